@@ -1,0 +1,45 @@
+// swift-tools-version:6.0
+import PackageDescription
+import Foundation
+
+// Kernel targets are compiled for the build machine's CPU (AVX-512 / FMA on the
+// project machines). Set LMKIT_PORTABLE=1 for a build that runs on any x86-64.
+let portable = ProcessInfo.processInfo.environment["LMKIT_PORTABLE"] == "1"
+let kernelFlags: [SwiftSetting] = portable ? [] : [.unsafeFlags(["-target-cpu", "native", "-Xcc", "-march=native"])]
+let fastFlags: [SwiftSetting] = kernelFlags + [.unsafeFlags(["-Ounchecked"])]
+
+let package = Package(
+    name: "lmkit",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "lmconvert", targets: ["lmconvert"]),
+        .executable(name: "lmeval", targets: ["lmeval"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["libz-dev"])]),
+        .systemLibrary(name: "CJSONC", pkgConfig: "json-c", providers: [.apt(["libjson-c-dev"])]),
+        .target(name: "LMCore", dependencies: ["CZlib", "CJSONC"], swiftSettings: kernelFlags),
+        .target(name: "LMFormats", dependencies: ["LMCore"], swiftSettings: kernelFlags),
+        .target(name: "LMTokenizer", dependencies: ["LMCore"]),
+        .target(name: "LMRuntime", dependencies: ["LMCore", "LMFormats", "COpenBLAS"], swiftSettings: fastFlags),
+        .target(name: "LMEval", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "LMRuntime"], swiftSettings: kernelFlags),
+        .executableTarget(name: "lmconvert", dependencies: [
+            "LMCore", "LMFormats", "LMTokenizer",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "lmeval", dependencies: [
+            "LMCore", "LMFormats", "LMTokenizer", "LMRuntime", "LMEval",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "LMCoreTests", dependencies: ["LMCore"]),
+        .testTarget(name: "LMFormatsTests", dependencies: ["LMCore", "LMFormats", "LMTokenizer"]),
+        .testTarget(name: "LMTokenizerTests", dependencies: ["LMCore", "LMFormats", "LMTokenizer"]),
+        .testTarget(name: "LMRuntimeTests", dependencies: ["LMCore", "LMFormats", "LMRuntime", "LMTokenizer"]),
+        .testTarget(name: "LMEvalTests", dependencies: ["LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMEval"]),
+        .testTarget(name: "CLITests", dependencies: ["LMCore", "LMFormats"]),
+    ]
+)

@@ -1,0 +1,107 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A read-only memory mapping of a whole file.
+///
+/// The mapping lives as long as the object; `bytes` must not be used after the
+/// last reference is dropped. Tensor views borrow from it (zero copy).
+public final class MappedFile: @unchecked Sendable {
+    /// Path the file was opened from (used in error messages).
+    public let path: String
+    /// The mapped bytes (empty for an empty file).
+    public let bytes: UnsafeRawBufferPointer
+    private let base: UnsafeMutableRawPointer?
+
+    /// Maps `path` read-only.
+    /// - Throws: `IOError` naming the file when it cannot be opened or mapped.
+    public init(path: String) throws {
+        self.path = path
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw IOError(path: path, reason: "cannot open: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw IOError(path: path, reason: "cannot stat: \(String(cString: strerror(errno)))") }
+        if (st.st_mode & S_IFMT) == S_IFDIR { throw IOError(path: path, reason: "is a directory, expected a file") }
+        let size = Int(st.st_size)
+        if size == 0 {
+            base = nil
+            bytes = UnsafeRawBufferPointer(start: nil, count: 0)
+            return
+        }
+        guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
+            throw IOError(path: path, reason: "cannot mmap: \(String(cString: strerror(errno)))")
+        }
+        base = p
+        bytes = UnsafeRawBufferPointer(start: p, count: size)
+    }
+
+    deinit {
+        if let base { munmap(base, bytes.count) }
+    }
+}
+
+/// A file-system level failure, naming the file.
+public struct IOError: Error, CustomStringConvertible {
+    public let path: String
+    public let reason: String
+    public init(path: String, reason: String) { self.path = path; self.reason = reason }
+    public var description: String { "\(path): \(reason)" }
+}
+
+/// Writes a file atomically: the bytes go to `path.tmp-PID`, are fsync'ed, then
+/// renamed over `path`. An interrupted write leaves no file at `path`.
+public final class AtomicFileWriter {
+    public let path: String
+    let tmpPath: String
+    private var handle: UnsafeMutablePointer<FILE>?
+    /// Bytes written so far.
+    public private(set) var offset: Int = 0
+
+    public init(path: String) throws {
+        self.path = path
+        self.tmpPath = path + ".tmp-\(getpid())"
+        guard let h = fopen(tmpPath, "wb") else {
+            throw IOError(path: path, reason: "cannot create temporary file \(tmpPath): \(String(cString: strerror(errno)))")
+        }
+        handle = h
+    }
+
+    /// Appends raw bytes.
+    public func write(_ buffer: UnsafeRawBufferPointer) throws {
+        guard let handle else { throw IOError(path: path, reason: "write after close") }
+        if buffer.isEmpty { return }
+        let n = fwrite(buffer.baseAddress, 1, buffer.count, handle)
+        guard n == buffer.count else {
+            throw IOError(path: path, reason: "write failed: \(String(cString: strerror(errno)))")
+        }
+        offset += n
+    }
+
+    public func write(_ data: [UInt8]) throws { try data.withUnsafeBytes { try write($0) } }
+    public func write(_ string: String) throws { try write(Array(string.utf8)) }
+    public func writeZeros(_ count: Int) throws { if count > 0 { try write([UInt8](repeating: 0, count: count)) } }
+
+    /// Flushes, fsyncs and renames the temporary file into place.
+    public func commit() throws {
+        guard let h = handle else { return }
+        handle = nil
+        guard fflush(h) == 0, fsync(fileno(h)) == 0 else {
+            fclose(h); unlink(tmpPath)
+            throw IOError(path: path, reason: "flush failed: \(String(cString: strerror(errno)))")
+        }
+        fclose(h)
+        guard rename(tmpPath, path) == 0 else {
+            unlink(tmpPath)
+            throw IOError(path: path, reason: "rename failed: \(String(cString: strerror(errno)))")
+        }
+    }
+
+    /// Abandons the write and removes the temporary file.
+    public func abort() {
+        if let h = handle { fclose(h); handle = nil; unlink(tmpPath) }
+    }
+
+    deinit { abort() }
+}

@@ -1,0 +1,59 @@
+import Foundation
+
+/// Progress lines on a terminal's standard error, with rate and ETA.
+/// Quiet when standard error is not a terminal (CI logs, pipes) unless forced.
+public final class ProgressReporter: @unchecked Sendable {
+    let label: String
+    let total: Int
+    let enabled: Bool
+    let start = Date()
+    var last = Date.distantPast
+    let unit: String
+
+    public init(label: String, total: Int, unit: String = "", enabled: Bool? = nil) {
+        self.label = label; self.total = total; self.unit = unit
+        self.enabled = enabled ?? (isatty(2) != 0)
+    }
+
+    /// Reports `done` of `total`; rate-limited to ~5 updates per second.
+    public func update(_ done: Int, extra: String = "") {
+        guard enabled else { return }
+        let now = Date()
+        if done < total && now.timeIntervalSince(last) < 0.2 { return }
+        last = now
+        let el = now.timeIntervalSince(start)
+        let rate = el > 0 ? Double(done) / el : 0
+        let eta = rate > 0 ? Double(total - done) / rate : 0
+        let line = String(format: "\r%@ %d/%d %@ %.1f%@/s ETA %@ %@", label, done, total, unit, rate, unit, formatDuration(eta), extra)
+        FileHandle.standardError.write(line.data(using: .utf8)!)
+        if done >= total { FileHandle.standardError.write("\n".data(using: .utf8)!) }
+    }
+
+    public func finish() {
+        guard enabled else { return }
+        FileHandle.standardError.write("\n".data(using: .utf8)!)
+    }
+}
+
+public func formatDuration(_ s: Double) -> String {
+    if !s.isFinite { return "?" }
+    if s < 60 { return String(format: "%.0fs", s) }
+    if s < 3600 { return String(format: "%dm%02ds", Int(s) / 60, Int(s) % 60) }
+    return String(format: "%dh%02dm", Int(s) / 3600, (Int(s) % 3600) / 60)
+}
+
+/// Peak resident set size of this process in bytes (Linux: VmHWM).
+public func peakResidentBytes() -> Int {
+    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+        if parts.count >= 2, let kb = Int(parts[1]) { return kb * 1024 }
+    }
+    return 0
+}
+
+/// SHA-256 of a file, hex (streaming, small memory).
+public func sha256Hex(file path: String) throws -> String {
+    let m = try MappedFile(path: path)
+    return SHA256.hex(m.bytes)
+}
