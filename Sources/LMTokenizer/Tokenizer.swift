@@ -164,9 +164,6 @@ public final class Tokenizer: @unchecked Sendable {
             byteTokenIds[b] = Int32(vocab[String(format: "<0x%02X>", b)] ?? -1)
             byteLevelIds[b] = Int32(vocab[String(ByteLevelAlphabet.scalar(for: UInt8(b)))] ?? -1)
         }
-        if family == .byteLevel, let missing = (0..<256).first(where: { byteLevelIds[$0] < 0 }) {
-            throw fail("byte-level vocabulary lacks the symbol for byte \(missing)")
-        }
     }
 
     // MARK: encoding
@@ -288,7 +285,9 @@ public final class Tokenizer: @unchecked Sendable {
             let key = Substring(String(str))
             if let hit = cache[key] { for t in hit { out.append(Int(t)) }; continue }
             var syms: [Int32] = []
-            for b in key.utf8 { syms.append(byteLevelIds[Int(b)]) }
+            // A byte whose symbol is missing from the vocabulary is dropped, as `tokenizers`
+            // does for an unknown character when the model has no unk token.
+            for b in key.utf8 { let t = byteLevelIds[Int(b)]; if t >= 0 { syms.append(t) } else if let u = unkId { syms.append(Int32(u)) } }
             let ids = merger.merge(syms)
             if cache.count < 200_000 { cache[key] = ids }
             for t in ids { out.append(Int(t)) }

@@ -29,3 +29,39 @@ struct GoldenTokenizerTests {
         #expect(mismatches == 0)
     }
 }
+
+@Suite("Tokenizer golden tests, imported tokenizers (shared data)")
+struct ImportedTokenizerTests {
+    @Test("SmolLM2 (tokenizer from GGUF): all 303,415 wiki_test_ids exactly; round-trip; speed")
+    func smolWiki() throws {
+        guard let root = sharedRoot("SmolLM2 wiki tokenization") else { return }
+        let g = try GGUFFile(path: root + "/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+        let imported = try GGUFImporter.load(g)
+        let tok = try Tokenizer(json: imported.tokenizer!, source: "gguf")
+        #expect(tok.bosId == nil, "SmolLM2 adds no BOS")
+        let want = try SafetensorsFile(path: root + "/reference/smollm2-135m/reference.safetensors")["wiki_test_ids"]!.toInts()
+        let text = try String(contentsOfFile: root + "/text/wiki.test.raw", encoding: .utf8)
+        let t0 = Date()
+        let got = tok.encode(text)
+        let secs = Date().timeIntervalSince(t0)
+        print("wiki.test.raw tokenized in \(String(format: "%.2f", secs)) s (\(got.count) tokens)")
+        #expect(got.count == want.count)
+        let firstDiff = (0..<min(got.count, want.count)).first { got[$0] != want[$0] }
+        #expect(firstDiff == nil, "first difference at token \(firstDiff ?? -1)")
+        #expect(tok.decode(got) == text)
+        #expect(secs < 2.0, "tokenizing wiki.test.raw took \(secs) s")
+    }
+
+    @Test("llama2.c tok512.bin → tokenizer.json reproduces valid100_ids")
+    func llama2cTokenizer() throws {
+        guard let root = sharedRoot("llama2.c tokenizer import") else { return }
+        let json = try Llama2cImporter.loadTokenizer(root + "/models/stories260k/original/tok512.bin", vocabSize: 512)
+        let tok = try Tokenizer(json: json, source: "tok512.bin")
+        let ref = try SafetensorsFile(path: root + "/reference/stories260k/reference.safetensors")
+        let ids = try ref["valid100_ids"]!.toInts(), offs = try ref["valid100_doc_offsets"]!.toInts()
+        let text = try String(contentsOfFile: root + "/text/tinystories_v2_valid_first100.txt", encoding: .utf8)
+        for (k, d) in TextDocuments.split(text, separator: "<|endoftext|>").enumerated() {
+            #expect(tok.encode(d) == Array(ids[offs[k]..<offs[k + 1]]), "story \(k)")
+        }
+    }
+}

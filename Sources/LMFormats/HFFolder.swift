@@ -1,0 +1,43 @@
+import Foundation
+import LMCore
+
+/// A tensor to be written by `HFFolderWriter`: its HF name, shape and a producer
+/// that materialises its float values only when it is written (streaming).
+public struct PendingTensor {
+    public let name: String
+    public let shape: [Int]
+    public let produce: () throws -> [Float]
+    public init(name: String, shape: [Int], produce: @escaping () throws -> [Float]) {
+        self.name = name; self.shape = shape; self.produce = produce
+    }
+}
+
+/// Writes a Hugging Face model folder (`model.safetensors`, `config.json`,
+/// `tokenizer.json`), one tensor in memory at a time. Each file is atomic.
+public enum HFFolderWriter {
+    public static func write(folder: String, config: ModelConfig, tokenizer: JSON?, tensors: [PendingTensor],
+                             dtype: DType, metadata: [(String, String)] = [], progress: ProgressReporter? = nil) throws {
+        guard [.f32, .f16, .bf16].contains(dtype) else { throw ModelError.unsupportedDType(tensor: "*", dtype: dtype.rawValue, expected: "f32, f16 or bf16") }
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let entries = tensors.map { SafetensorsWriter.Entry(name: $0.name, dtype: dtype, shape: $0.shape) }
+        let w = try SafetensorsWriter(path: folder + "/model.safetensors", entries: entries, metadata: [("format", "pt")] + metadata)
+        for (i, t) in tensors.enumerated() {
+            let v = try t.produce()
+            guard v.count == t.shape.reduce(1, *) else { throw ModelError.shapeMismatch(tensor: t.name, expected: t.shape, found: [v.count]) }
+            if let bad = v.firstIndex(where: { !$0.isFinite }) {
+                throw ModelError.badConfig(key: t.name, reason: "element \(bad) is \(v[bad]) (NaN/Inf in weights)", source: folder)
+            }
+            try w.write(floats: v, as: dtype)
+            progress?.update(i + 1)
+        }
+        try w.commit()
+        try writeText(config.toJSON().serialized(pretty: true) + "\n", to: folder + "/config.json")
+        if let tokenizer { try writeText(tokenizer.serialized(pretty: true) + "\n", to: folder + "/tokenizer.json") }
+    }
+
+    static func writeText(_ s: String, to path: String) throws {
+        let w = try AtomicFileWriter(path: path)
+        try w.write(s)
+        try w.commit()
+    }
+}
