@@ -1,0 +1,186 @@
+import COpenBLAS
+import Foundation
+import LMCore
+import LMFormats
+
+/// Errors from building a runnable model.
+public struct RuntimeError: Error, CustomStringConvertible {
+    public let reason: String
+    public init(_ reason: String) { self.reason = reason }
+    public var description: String { reason }
+}
+
+/// One decoder layer's weights.
+public struct LlamaLayer: @unchecked Sendable {
+    public let attnNorm: [Float]
+    public let q: LinearWeight, k: LinearWeight, v: LinearWeight, o: LinearWeight
+    public let qBias: [Float]?, kBias: [Float]?, vBias: [Float]?
+    public let mlpNorm: [Float]
+    public let gate: LinearWeight, up: LinearWeight, down: LinearWeight
+}
+
+/// A Llama-family decoder ready to run: embeddings, RMSNorm, rotary embeddings
+/// (rotate-half), grouped-query attention through a `KVCache`, SwiGLU MLP, tied or
+/// untied output head. Batched prefill uses OpenBLAS `sgemm`.
+public final class LlamaModel: @unchecked Sendable {
+    public let config: ModelConfig
+    public let layers: [LlamaLayer]
+    /// `[vocab, hidden]`, also the output head when tied.
+    public let embedding: DenseLinear
+    public let lmHead: LinearWeight
+    public let finalNorm: [Float]
+    let rope: RotaryTable
+    /// Keeps the source mappings alive.
+    let sources: [AnyObject]
+
+    public init(config: ModelConfig, layers: [LlamaLayer], embedding: DenseLinear, lmHead: LinearWeight?, finalNorm: [Float], sources: [AnyObject] = []) {
+        self.config = config; self.layers = layers; self.embedding = embedding
+        self.lmHead = lmHead ?? embedding; self.finalNorm = finalNorm; self.sources = sources
+        rope = RotaryTable(headDim: config.headDim, theta: config.ropeTheta)
+    }
+
+    /// Loads an HF folder (config.json + safetensors). F32 tensors are used in
+    /// place from the mapping; F16/BF16 are widened to F32 once at load.
+    /// - Throws: missing/mis-shaped tensors, unsupported dtypes, bad config — naming the tensor.
+    public static func load(folder: String) throws -> LlamaModel {
+        let config = try ModelConfig.load(path: folder)
+        let store = try TensorStore(path: folder)
+        let expected = Dictionary(config.expectedTensors(), uniquingKeysWith: { a, _ in a })
+        func tensor(_ name: String) throws -> TensorView {
+            let t = try store.require(name)
+            if let e = expected[name], e != t.shape { throw ModelError.shapeMismatch(tensor: name, expected: e, found: t.shape) }
+            guard t.dtype == .f32 || t.dtype == .f16 || t.dtype == .bf16 else {
+                throw ModelError.unsupportedDType(tensor: name, dtype: t.dtype.rawValue, expected: "F32, F16 or BF16")
+            }
+            return t
+        }
+        func matrix(_ name: String) throws -> DenseLinear {
+            let t = try tensor(name)
+            guard t.shape.count == 2 else { throw ModelError.shapeMismatch(tensor: name, expected: expected[name] ?? [], found: t.shape) }
+            if t.dtype == .f32, let base = t.bytes.baseAddress, Int(bitPattern: base) % 4 == 0 {
+                return DenseLinear(rows: t.shape[0], cols: t.shape[1], borrowing: base.assumingMemoryBound(to: Float.self), owner: t.owner)
+            }
+            return DenseLinear(rows: t.shape[0], cols: t.shape[1], values: try t.toFloat())
+        }
+        func vector(_ name: String) throws -> [Float] { try tensor(name).toFloat() }
+        var layers: [LlamaLayer] = []
+        for l in 0..<config.numLayers {
+            let p = "model.layers.\(l)."
+            let hasBias = store[p + "self_attn.q_proj.bias"] != nil
+            layers.append(LlamaLayer(
+                attnNorm: try vector(p + "input_layernorm.weight"),
+                q: try matrix(p + "self_attn.q_proj.weight"), k: try matrix(p + "self_attn.k_proj.weight"),
+                v: try matrix(p + "self_attn.v_proj.weight"), o: try matrix(p + "self_attn.o_proj.weight"),
+                qBias: hasBias ? try vector(p + "self_attn.q_proj.bias") : nil,
+                kBias: hasBias ? try vector(p + "self_attn.k_proj.bias") : nil,
+                vBias: hasBias ? try vector(p + "self_attn.v_proj.bias") : nil,
+                mlpNorm: try vector(p + "post_attention_layernorm.weight"),
+                gate: try matrix(p + "mlp.gate_proj.weight"), up: try matrix(p + "mlp.up_proj.weight"),
+                down: try matrix(p + "mlp.down_proj.weight")))
+        }
+        let emb = try matrix("model.embed_tokens.weight")
+        let head: DenseLinear? = config.tieWordEmbeddings ? nil : try matrix("lm_head.weight")
+        return LlamaModel(config: config, layers: layers, embedding: emb, lmHead: head, finalNorm: try vector("model.norm.weight"), sources: [store])
+    }
+
+    /// A float KV cache sized for `capacity` positions.
+    public func makeCache(capacity: Int) -> KVCache {
+        FloatKVCache(layers: config.numLayers, kvHeads: config.numKVHeads, headDim: config.headDim, capacity: capacity)
+    }
+
+    /// Which logits a forward call returns.
+    public enum Logits { case all, last, none }
+
+    /// Runs `tokens` at positions `cache.count ..< cache.count+tokens.count`, stores
+    /// their K/V in `cache` and advances it. Returns `[T, vocab]` (`.all`), `[vocab]`
+    /// (`.last`) or nothing.
+    public func forward(_ tokens: [Int], cache: KVCache, logits: Logits = .all) -> [Float] {
+        let T = tokens.count
+        precondition(T > 0)
+        precondition(cache.count + T <= cache.capacity, "context overflow: \(cache.count)+\(T) > \(cache.capacity)")
+        for t in tokens { precondition(t >= 0 && t < config.vocabSize, "token id \(t) outside the vocabulary (\(config.vocabSize))") }
+        let c = config
+        let D = c.hiddenSize, H = c.numHeads, KVH = c.numKVHeads, hd = c.headDim, F = c.intermediateSize
+        let qDim = H * hd, kvDim = KVH * hd
+        let p0 = cache.count, S = p0 + T
+        rope.ensure(S)
+        let x = UnsafeMutablePointer<Float>.allocate(capacity: T * D)
+        let xn = UnsafeMutablePointer<Float>.allocate(capacity: T * max(D, qDim))
+        let q = UnsafeMutablePointer<Float>.allocate(capacity: T * qDim)
+        let k = UnsafeMutablePointer<Float>.allocate(capacity: T * kvDim)
+        let v = UnsafeMutablePointer<Float>.allocate(capacity: T * kvDim)
+        let att = UnsafeMutablePointer<Float>.allocate(capacity: T * qDim)
+        let g = UnsafeMutablePointer<Float>.allocate(capacity: T * F)
+        let u = UnsafeMutablePointer<Float>.allocate(capacity: T * F)
+        let threads = RuntimeThreads.current
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: threads * T * S)
+        let kvScratch = UnsafeMutablePointer<Float>.allocate(capacity: threads * 2 * S * hd)
+        defer { for b in [x, xn, q, k, v, att, g, u, scores, kvScratch] { b.deallocate() } }
+
+        for (t, id) in tokens.enumerated() { (x + t * D).update(from: embedding.data + id * D, count: D) }
+        let scale = 1 / Float(hd).squareRoot()
+        let group = H / KVH
+        for (li, L) in layers.enumerated() {
+            for t in 0..<T { Ops.rmsNorm(x + t * D, L.attnNorm, xn + t * D, D, eps: c.rmsNormEps) }
+            L.q.apply(xn, tokens: T, out: q, ldOut: qDim)
+            L.k.apply(xn, tokens: T, out: k, ldOut: kvDim)
+            L.v.apply(xn, tokens: T, out: v, ldOut: kvDim)
+            if let qb = L.qBias, let kb = L.kBias, let vb = L.vBias {
+                for t in 0..<T { Ops.add(q + t * qDim, qb, qDim); Ops.add(k + t * kvDim, kb, kvDim); Ops.add(v + t * kvDim, vb, kvDim) }
+            }
+            for t in 0..<T {
+                rope.apply(q + t * qDim, heads: H, pos: p0 + t)
+                rope.apply(k + t * kvDim, heads: KVH, pos: p0 + t)
+            }
+            cache.store(layer: li, keys: k, values: v, tokens: T)
+            // Attention, one head per task; OpenBLAS single-threaded inside the tasks.
+            let sp = SendablePointer(scores), ks = SendablePointer(kvScratch), ap = SendablePointer(att), qp = SendablePointer(q)
+            let chunks = min(threads, H)
+            if chunks > 1 { openblas_set_num_threads(1) }
+            RuntimeThreads.parallelFor(chunks) { w in
+                let sc = sp.p + w * T * S
+                let scratchK = ks.p + w * 2 * S * hd, scratchV = scratchK + S * hd
+                var h = w
+                while h < H {
+                    let kvh = h / group
+                    let K = cache.keys(layer: li, head: kvh, upTo: S, scratch: scratchK)
+                    let V = cache.values(layer: li, head: kvh, upTo: S, scratch: scratchV)
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(S), Int32(hd),
+                                scale, qp.p + h * hd, Int32(qDim), K, Int32(hd), 0, sc, Int32(S))
+                    for t in 0..<T {
+                        let row = sc + t * S
+                        let valid = p0 + t + 1
+                        Ops.softmax(row, valid)
+                        if valid < S { (row + valid).update(repeating: 0, count: S - valid) }
+                    }
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(hd), Int32(S),
+                                1, sc, Int32(S), V, Int32(hd), 0, ap.p + h * hd, Int32(qDim))
+                    h += chunks
+                }
+            }
+            if chunks > 1 { openblas_set_num_threads(Int32(threads)) }
+            L.o.apply(att, tokens: T, out: xn, ldOut: D)
+            Ops.add(x, xn, T * D)
+            for t in 0..<T { Ops.rmsNorm(x + t * D, L.mlpNorm, xn + t * D, D, eps: c.rmsNormEps) }
+            L.gate.apply(xn, tokens: T, out: g, ldOut: F)
+            L.up.apply(xn, tokens: T, out: u, ldOut: F)
+            Ops.siluMul(g, u, T * F)
+            L.down.apply(g, tokens: T, out: xn, ldOut: D)
+            Ops.add(x, xn, T * D)
+        }
+        cache.advance(by: T)
+        switch logits {
+        case .none: return []
+        case .last:
+            Ops.rmsNorm(x + (T - 1) * D, finalNorm, xn, D, eps: c.rmsNormEps)
+            var out = [Float](repeating: 0, count: c.vocabSize)
+            out.withUnsafeMutableBufferPointer { lmHead.apply(xn, tokens: 1, out: $0.baseAddress!, ldOut: c.vocabSize) }
+            return out
+        case .all:
+            for t in 0..<T { Ops.rmsNorm(x + t * D, finalNorm, xn + t * D, D, eps: c.rmsNormEps) }
+            var out = [Float](repeating: 0, count: T * c.vocabSize)
+            out.withUnsafeMutableBufferPointer { lmHead.apply(xn, tokens: T, out: $0.baseAddress!, ldOut: c.vocabSize) }
+            return out
+        }
+    }
+}

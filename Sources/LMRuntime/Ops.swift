@@ -1,0 +1,100 @@
+import Foundation
+
+/// Elementwise and per-row kernels of the Llama forward pass. Each has a simple
+/// scalar definition in its doc comment; the SIMD bodies implement exactly that.
+public enum Ops {
+    /// `out[i] = x[i] / sqrt(mean(x²) + eps) * w[i]` for one row of `n`
+    /// (sum of squares accumulated in Float, SIMD16 lanes).
+    @inline(__always)
+    public static func rmsNorm(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ n: Int, eps: Float) {
+        var acc = SIMD16<Float>()
+        var i = 0
+        let raw = UnsafeRawPointer(x)
+        while i + 16 <= n { let v = raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self); acc += v * v; i += 16 }
+        var ss = acc.sum()
+        while i < n { ss += x[i] * x[i]; i += 1 }
+        let scale = 1 / (ss / Float(n) + eps).squareRoot()
+        for j in 0..<n { out[j] = (x[j] * scale) * w[j] }
+    }
+
+    /// `a[i] = silu(a[i]) * b[i]`, `silu(z) = z / (1 + e^-z)`.
+    @inline(__always)
+    public static func siluMul(_ a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) {
+        for i in 0..<n { let z = a[i]; a[i] = z / (1 + Foundation.exp(-z)) * b[i] }
+    }
+
+    /// `x[i] += y[i]`.
+    @inline(__always)
+    public static func add(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, _ n: Int) {
+        var i = 0
+        let rx = UnsafeMutableRawPointer(x), ry = UnsafeRawPointer(y)
+        while i + 16 <= n {
+            let s = rx.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self) + ry.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+            rx.storeBytes(of: s, toByteOffset: 4 * i, as: SIMD16<Float>.self)
+            i += 16
+        }
+        while i < n { x[i] += y[i]; i += 1 }
+    }
+
+    /// In-place softmax over `x[0..<n]` (max-subtracted; sum in Float).
+    @inline(__always)
+    public static func softmax(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
+        var m = -Float.infinity
+        for i in 0..<n { m = max(m, x[i]) }
+        var s: Float = 0
+        for i in 0..<n { let e = Foundation.exp(x[i] - m); x[i] = e; s += e }
+        let inv = 1 / s
+        for i in 0..<n { x[i] *= inv }
+    }
+}
+
+/// Rotary position embedding tables (HF rotate-half layout), float32 as HF computes them:
+/// `inv_freq[i] = 1 / theta^(2i/d)`, `angle = pos · inv_freq[i]`.
+public final class RotaryTable: @unchecked Sendable {
+    public let headDim: Int
+    let half: Int
+    var cos: [Float] = []
+    var sin: [Float] = []
+    let invFreq: [Float]
+    public private(set) var positions = 0
+
+    public init(headDim: Int, theta: Float) {
+        self.headDim = headDim
+        half = headDim / 2
+        invFreq = (0..<half).map { i in 1 / Foundation.pow(theta, Float(2 * i) / Float(headDim)) }
+    }
+
+    /// Makes sure positions `0..<n` are tabulated.
+    public func ensure(_ n: Int) {
+        guard n > positions else { return }
+        let newCount = max(n, positions * 2, 256)
+        cos = [Float](repeating: 0, count: newCount * half)
+        sin = cos
+        for p in 0..<newCount {
+            for i in 0..<half {
+                let a = Float(p) * invFreq[i]
+                cos[p * half + i] = Foundation.cos(a); sin[p * half + i] = Foundation.sin(a)
+            }
+        }
+        positions = newCount
+    }
+
+    /// Rotates `heads` heads of one token at position `pos`, in place:
+    /// `x1' = x1·cos − x2·sin`, `x2' = x2·cos + x1·sin` with `x1 = x[i]`, `x2 = x[i+d/2]`.
+    @inline(__always)
+    public func apply(_ x: UnsafeMutablePointer<Float>, heads: Int, pos: Int) {
+        cos.withUnsafeBufferPointer { c in
+            sin.withUnsafeBufferPointer { s in
+                let cb = c.baseAddress! + pos * half, sb = s.baseAddress! + pos * half
+                for h in 0..<heads {
+                    let p = x + h * headDim
+                    for i in 0..<half {
+                        let x1 = p[i], x2 = p[i + half]
+                        p[i] = x1 * cb[i] - x2 * sb[i]
+                        p[i + half] = x2 * cb[i] + x1 * sb[i]
+                    }
+                }
+            }
+        }
+    }
+}

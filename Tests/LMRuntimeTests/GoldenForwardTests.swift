@@ -1,0 +1,65 @@
+import Foundation
+import LMCore
+import LMFormats
+import LMRuntime
+import Testing
+
+/// Compares logits with a reference: argmax at every position, max and mean |Δ|.
+func compareLogits(_ got: [Float], _ want: [Float], vocab: Int) -> (argmaxMismatches: Int, maxAbs: Float, meanAbs: Double) {
+    var mism = 0, maxAbs: Float = 0, sum = 0.0
+    let T = want.count / vocab
+    for t in 0..<T {
+        let g = got[(t * vocab)..<((t + 1) * vocab)], w = want[(t * vocab)..<((t + 1) * vocab)]
+        if g.indices.max(by: { g[$0] < g[$1] }) != w.indices.max(by: { w[$0] < w[$1] }) { mism += 1 }
+    }
+    for i in 0..<want.count { let d = abs(got[i] - want[i]); maxAbs = max(maxAbs, d); sum += Double(d) }
+    return (mism, maxAbs, sum / Double(want.count))
+}
+
+@Suite("Float runtime vs reference logits (shared data)", .serialized)
+struct GoldenForwardTests {
+    @Test("stories260K: same argmax everywhere, max |Δlogit| ≤ 1e-3 (batched prefill and token-by-token)")
+    func stories260k() throws {
+        guard let root = sharedRoot("stories260K forward") else { return }
+        RuntimeThreads.set(2)
+        let model = try LlamaModel.load(folder: root + "/models/stories260k")
+        let ref = try SafetensorsFile(path: root + "/reference/stories260k/reference.safetensors")
+        let ids = try ref["input_ids"]!.toInts()
+        let want = try ref["logits"]!.toFloat()
+        let cache = model.makeCache(capacity: 256)
+        let got = model.forward(ids, cache: cache, logits: .all)
+        let r = compareLogits(got, want, vocab: 512)
+        print("stories260K prefill: argmax mismatches \(r.argmaxMismatches), max |Δ| \(r.maxAbs), mean |Δ| \(r.meanAbs)")
+        #expect(r.argmaxMismatches == 0)
+        #expect(r.maxAbs <= 1e-3)
+        // Decode path: one token at a time through the cache.
+        let cache2 = model.makeCache(capacity: 256)
+        var stepwise: [Float] = []
+        for id in ids { stepwise += model.forward([id], cache: cache2, logits: .last) }
+        let r2 = compareLogits(stepwise, want, vocab: 512)
+        #expect(r2.argmaxMismatches == 0)
+        #expect(r2.maxAbs <= 1e-3)
+    }
+
+    @Test("SmolLM2 (imported from GGUF): same argmax, max |Δ| ≤ 1e-2, mean |Δ| ≤ 1e-3 on 3 prompts")
+    func smol() throws {
+        guard sharedRoot("SmolLM2 forward") != nil, let folder = ImportedModels.smolFolder else {
+            if SharedData.locate() != nil { Issue.record("SmolLM2 import failed") }
+            return
+        }
+        let root = SharedData.locate()!
+        RuntimeThreads.set(2)
+        let model = try LlamaModel.load(folder: folder)
+        let ref = try SafetensorsFile(path: root + "/reference/smollm2-135m/reference.safetensors")
+        for n in 0..<3 {
+            let ids = try ref["prompt\(n).input_ids"]!.toInts()
+            let want = try ref["prompt\(n).logits"]!.toFloat()
+            let got = model.forward(ids, cache: model.makeCache(capacity: 64), logits: .all)
+            let r = compareLogits(got, want, vocab: 49152)
+            print("SmolLM2 prompt \(n): argmax mismatches \(r.argmaxMismatches), max |Δ| \(r.maxAbs), mean |Δ| \(r.meanAbs)")
+            #expect(r.argmaxMismatches == 0)
+            #expect(r.maxAbs <= 1e-2)
+            #expect(r.meanAbs <= 1e-3)
+        }
+    }
+}
