@@ -220,6 +220,7 @@ public final class Tokenizer: @unchecked Sendable {
     }
 
     private func encodeMetaspace(_ s: Substring, first: Bool, into out: inout [Int]) {
+        if s.isEmpty { return }
         var scalars: [Unicode.Scalar] = []
         scalars.reserveCapacity(s.unicodeScalars.count + 1)
         for u in s.unicodeScalars { scalars.append(u == " " ? replacement : u) }

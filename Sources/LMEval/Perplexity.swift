@@ -1,0 +1,209 @@
+import Foundation
+import LMCore
+import LMRuntime
+import LMTokenizer
+
+/// A named, pinned perplexity protocol. Numbers are only comparable under the same one.
+public enum PerplexityProtocol: String, Sendable, CaseIterable {
+    /// llama.cpp `llama-perplexity`: the whole text tokenized once, cut into
+    /// non-overlapping `ctx`-token chunks (partial last chunk dropped); when the
+    /// tokenizer adds a BOS, each chunk's first token is replaced by BOS; only the
+    /// second half of each chunk is scored (positions ctx/2 … ctx−2 predict the next).
+    case chunks
+    /// Hugging Face's perplexity guide: windows of `ctx` tokens every `stride`
+    /// tokens; each window scores only the tokens not scored before (the first
+    /// token of the whole text is never scored); NLL averaged over scored tokens.
+    case sliding
+    /// Per document (split on a separator): BOS + tokens truncated to `ctx`, every
+    /// token after the first scored; bits per byte over the UTF-8 bytes of the
+    /// scored tokens' decoded text.
+    case documents
+}
+
+/// Settings of one perplexity run.
+public struct PerplexityOptions: Sendable {
+    public var proto: PerplexityProtocol
+    public var ctx: Int
+    /// `sliding` only; default `ctx/2`.
+    public var stride: Int?
+    /// Stop after this many chunks / windows / documents.
+    public var limit: Int?
+    /// `documents` only.
+    public var separator: String
+    public init(proto: PerplexityProtocol, ctx: Int, stride: Int? = nil, limit: Int? = nil, separator: String = "<|endoftext|>") {
+        self.proto = proto; self.ctx = ctx; self.stride = stride; self.limit = limit; self.separator = separator
+    }
+}
+
+/// The result of a perplexity run: every number, and the protocol that produced it.
+public struct PerplexityResult: Sendable {
+    public var proto: PerplexityProtocol
+    public var ctx: Int
+    public var stride: Int?
+    public var textPath: String
+    public var textSHA256: String
+    public var bosPerWindow: Bool
+    /// Windows (chunks / sliding windows / documents) evaluated.
+    public var windows: Int
+    public var tokensScored: Int
+    /// Tokens run through the model (scored or context).
+    public var tokensEvaluated: Int
+    public var nllSum: Double
+    public var nllSqSum: Double
+    /// UTF-8 bytes of the scored text (`documents` only).
+    public var bytes: Int?
+    public var seconds: Double
+    public var peakRSSBytes: Int
+    /// Running perplexity after each window (as llama.cpp prints).
+    public var running: [Double]
+    /// Per-token NLL in nats, in scoring order (kept for KL/gates; may be large).
+    public var tokenNLL: [Double]
+
+    public var meanNLL: Double { nllSum / Double(max(tokensScored, 1)) }
+    public var perplexity: Double { exp(meanNLL) }
+    /// Standard error of the perplexity (llama.cpp's estimate: ppl · stderr(mean NLL)).
+    public var perplexityStderr: Double {
+        let n = Double(tokensScored)
+        guard n > 1 else { return 0 }
+        let mean = meanNLL
+        let variance = max(nllSqSum / n - mean * mean, 0)
+        return perplexity * (variance / (n - 1)).squareRoot()
+    }
+    public var bitsPerByte: Double? { bytes.map { nllSum / log(2) / Double($0) } }
+    public var tokensPerSecond: Double { Double(tokensEvaluated) / max(seconds, 1e-9) }
+
+    /// Machine-readable form (every number and the protocol).
+    public func json(model: String) -> JSON {
+        var o: [(String, JSON)] = [
+            ("model", .string(model)),
+            ("protocol", .object([
+                ("name", .string(proto.rawValue)), ("ctx", .int(Int64(ctx))),
+                ("stride", stride.map { .int(Int64($0)) } ?? .null), ("bos_per_window", .bool(bosPerWindow)),
+                ("text", .string(textPath)), ("text_sha256", .string(textSHA256)),
+            ])),
+            ("windows", .int(Int64(windows))), ("tokens_scored", .int(Int64(tokensScored))),
+            ("tokens_evaluated", .int(Int64(tokensEvaluated))),
+            ("nll_sum", .double(nllSum)), ("mean_nll", .double(meanNLL)),
+            ("perplexity", .double(perplexity)), ("perplexity_stderr", .double(perplexityStderr)),
+        ]
+        if let b = bytes { o.append(("bytes", .int(Int64(b)))) }
+        if let bpb = bitsPerByte { o.append(("bits_per_byte", .double(bpb))) }
+        o += [("seconds", .double(seconds)), ("tokens_per_second", .double(tokensPerSecond)),
+              ("peak_rss_bytes", .int(Int64(peakRSSBytes))), ("threads", .int(Int64(RuntimeThreads.current)))]
+        return .object(o)
+    }
+
+    /// A readable summary block.
+    public func summary(model: String) -> String {
+        var s = "model      \(model)\n"
+        s += "protocol   \(proto.rawValue), ctx \(ctx)\(stride.map { ", stride \($0)" } ?? "")\(bosPerWindow ? ", BOS per window" : ", no BOS inserted")\n"
+        s += "text       \(textPath) (sha256 \(textSHA256.prefix(16))…)\n"
+        s += "scored     \(tokensScored) tokens in \(windows) \(proto == .documents ? "documents" : proto == .chunks ? "chunks" : "windows")"
+        if let b = bytes { s += ", \(b) bytes" }
+        s += "\n"
+        s += String(format: "PPL        %.4f ± %.4f\n", perplexity, perplexityStderr)
+        if let bpb = bitsPerByte { s += String(format: "bits/byte  %.4f\n", bpb) }
+        s += String(format: "speed      %.1f tokens/s (%d evaluated in %.2f s, %d threads), peak RSS %.0f MiB\n",
+                    tokensPerSecond, tokensEvaluated, seconds, RuntimeThreads.current, Double(peakRSSBytes) / 1_048_576)
+        return s
+    }
+}
+
+public struct EvalError: Error, CustomStringConvertible {
+    public let reason: String
+    public init(_ r: String) { reason = r }
+    public var description: String { reason }
+}
+
+/// Runs perplexity protocols over a model.
+public enum Perplexity {
+    /// Evaluates `textPath` under `options`.
+    /// - Throws: `EvalError` when the text yields nothing to score under the protocol.
+    public static func run(model: LlamaModel, tokenizer: Tokenizer, textPath: String, options: PerplexityOptions,
+                           progress: Bool? = nil) throws -> PerplexityResult {
+        guard options.ctx >= 2 else { throw EvalError("--ctx must be at least 2") }
+        guard options.ctx <= model.config.maxPositionEmbeddings || options.ctx <= 1 << 16 else { throw EvalError("--ctx \(options.ctx) is too large") }
+        let text: String
+        do { text = try String(contentsOfFile: textPath, encoding: .utf8) } catch {
+            throw EvalError("\(textPath): cannot read as UTF-8 text (\(error.localizedDescription))")
+        }
+        let sha = try sha256Hex(file: textPath)
+        let start = Date()
+        let bos = tokenizer.bosId
+        let V = model.config.vocabSize
+        var r = PerplexityResult(proto: options.proto, ctx: options.ctx, stride: nil, textPath: textPath, textSHA256: sha,
+                                 bosPerWindow: bos != nil, windows: 0, tokensScored: 0, tokensEvaluated: 0, nllSum: 0, nllSqSum: 0,
+                                 bytes: nil, seconds: 0, peakRSSBytes: 0, running: [], tokenNLL: [])
+        let cache = model.makeCache(capacity: options.ctx)
+        func score(_ window: [Int], rows: [Int], targets: [Int]) {
+            cache.reset()
+            let logits = model.forward(window, cache: cache, logits: .all)
+            let nll = Scoring.nll(logits: logits, vocab: V, rows: rows, targets: targets)
+            for x in nll { r.nllSum += x; r.nllSqSum += x * x }
+            r.tokenNLL += nll
+            r.tokensScored += nll.count
+            r.tokensEvaluated += window.count
+            r.windows += 1
+            r.running.append(exp(r.nllSum / Double(max(r.tokensScored, 1))))
+        }
+        switch options.proto {
+        case .chunks:
+            let ids = tokenizer.encode(text, addBOS: false)
+            let n = options.ctx
+            var count = ids.count / n
+            guard count > 0 else { throw EvalError("\(textPath): \(ids.count) tokens, fewer than one chunk of --ctx \(n)") }
+            if let l = options.limit { count = min(count, l) }
+            let first = n / 2
+            let pr = ProgressReporter(label: "perplexity", total: count, unit: " chunks", enabled: progress)
+            for c in 0..<count {
+                var w = Array(ids[(c * n)..<((c + 1) * n)])
+                if let b = bos { w[0] = b }
+                let rows = Array(first..<(n - 1))
+                score(w, rows: rows, targets: rows.map { w[$0 + 1] })
+                pr.update(c + 1, extra: String(format: "PPL %.4f", r.running.last!))
+            }
+        case .sliding:
+            let ids = tokenizer.encode(text)
+            let stride = options.stride ?? options.ctx / 2
+            guard stride >= 1 && stride <= options.ctx else { throw EvalError("--stride must be between 1 and --ctx") }
+            r.stride = stride
+            r.bosPerWindow = false
+            guard ids.count >= 2 else { throw EvalError("\(textPath): fewer than 2 tokens") }
+            var begins: [Int] = []
+            var b = 0
+            while true { begins.append(b); if b + options.ctx >= ids.count { break }; b += stride }
+            if let l = options.limit { begins = Array(begins.prefix(l)) }
+            let pr = ProgressReporter(label: "perplexity", total: begins.count, unit: " windows", enabled: progress)
+            var prevEnd = 0
+            for (i, b) in begins.enumerated() {
+                let end = min(b + options.ctx, ids.count)
+                let w = Array(ids[b..<end])
+                let firstTarget = max(prevEnd, b + 1)
+                let targetsPos = Array(firstTarget..<end)
+                score(w, rows: targetsPos.map { $0 - b - 1 }, targets: targetsPos.map { ids[$0] })
+                prevEnd = end
+                pr.update(i + 1, extra: String(format: "PPL %.4f", r.running.last!))
+            }
+        case .documents:
+            var docs = TextDocuments.split(text, separator: options.separator)
+            guard !docs.isEmpty else { throw EvalError("\(textPath): no documents (separator '\(options.separator)')") }
+            if let l = options.limit { docs = Array(docs.prefix(l)) }
+            var bytes = 0
+            let pr = ProgressReporter(label: "perplexity", total: docs.count, unit: " docs", enabled: progress)
+            for (i, d) in docs.enumerated() {
+                var ids = tokenizer.encode(d, addBOS: false)
+                if let b = bos { ids.insert(b, at: 0) }
+                ids = Array(ids.prefix(options.ctx))
+                guard ids.count >= 2 else { continue }
+                let scored = Array(ids[1...])
+                bytes += tokenizer.decode(scored).utf8.count
+                score(ids, rows: Array(0..<(ids.count - 1)), targets: scored)
+                pr.update(i + 1, extra: String(format: "PPL %.4f", r.running.last!))
+            }
+            r.bytes = bytes
+        }
+        r.seconds = Date().timeIntervalSince(start)
+        r.peakRSSBytes = peakResidentBytes()
+        return r
+    }
+}

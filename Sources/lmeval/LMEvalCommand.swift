@@ -1,0 +1,50 @@
+import ArgumentParser
+import Foundation
+import LMCore
+import LMFormats
+import LMRuntime
+import LMTokenizer
+
+@main
+struct LMEvalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lmeval",
+        abstract: "Measure language models: perplexity under named protocols, and generation.",
+        version: "0.1.0",
+        subcommands: [PerplexityCommand.self, GenerateCommand.self])
+}
+
+/// Options shared by every command that runs a model.
+struct ModelOptions: ParsableArguments {
+    @Option(name: .shortAndLong, help: "Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json).")
+    var model: String
+    @Option(help: "Worker threads (our loops and OpenBLAS).")
+    var threads: Int = 2
+
+    func validate() throws {
+        guard threads >= 1 && threads <= 256 else { throw ValidationError("--threads must be between 1 and 256") }
+    }
+
+    /// Loads model and tokenizer, with a hint for non-HF inputs.
+    func load() throws -> (LlamaModel, Tokenizer) {
+        RuntimeThreads.set(threads)
+        let lower = model.lowercased()
+        if lower.hasSuffix(".gguf") || lower.hasSuffix(".bin") {
+            throw ValidationError("\(model): convert it first with `lmconvert import -i \(model) -o FOLDER`, then pass the folder")
+        }
+        let m = try LlamaModel.load(folder: model)
+        let t = try Tokenizer(path: model)
+        guard t.vocabSize <= m.config.vocabSize else {
+            throw ValidationError("\(model): tokenizer has \(t.vocabSize) tokens but the model's vocabulary is \(m.config.vocabSize)")
+        }
+        return (m, t)
+    }
+}
+
+func writeJSON(_ j: JSON, to path: String) throws {
+    let w = try AtomicFileWriter(path: path)
+    try w.write(j.serialized(pretty: true) + "\n")
+    try w.commit()
+}
+
+func printErr(_ s: String) { FileHandle.standardError.write((s + "\n").data(using: .utf8)!) }

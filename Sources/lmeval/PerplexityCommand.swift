@@ -1,0 +1,52 @@
+import ArgumentParser
+import Foundation
+import LMCore
+import LMEval
+
+extension PerplexityProtocol: ExpressibleByArgument {}
+
+struct PerplexityCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "perplexity",
+        abstract: "Perplexity (and bits per byte) of a text under a named protocol.",
+        discussion: """
+        Protocols: chunks    llama.cpp llama-perplexity: non-overlapping --ctx chunks, second half scored
+                   sliding   Hugging Face guide: --ctx windows every --stride tokens, new tokens scored
+                   documents split on --separator, BOS + document truncated to --ctx, all tokens scored
+        The protocol, context and the text's SHA-256 are printed with every result.
+        """)
+
+    @OptionGroup var modelOptions: ModelOptions
+    @Option(help: "UTF-8 text file to evaluate.")
+    var text: String
+    @Option(name: .customLong("protocol"), help: "chunks | sliding | documents.")
+    var proto: PerplexityProtocol = .chunks
+    @Option(help: "Context length in tokens.")
+    var ctx: Int = 512
+    @Option(help: "Stride for --protocol sliding (default ctx/2).")
+    var stride: Int?
+    @Option(help: "Evaluate at most this many chunks / windows / documents.")
+    var chunks: Int?
+    @Option(help: "Document separator for --protocol documents.")
+    var separator: String = "<|endoftext|>"
+    @Option(help: "Write every number as JSON to this file.")
+    var json: String?
+
+    func validate() throws {
+        guard ctx >= 2 else { throw ValidationError("--ctx must be at least 2") }
+        if let c = chunks, c < 1 { throw ValidationError("--chunks must be at least 1") }
+        if stride != nil && proto != .sliding { throw ValidationError("--stride applies to --protocol sliding only") }
+        guard FileManager.default.fileExists(atPath: text) else { throw ValidationError("--text \(text): no such file") }
+    }
+
+    func run() throws {
+        let (model, tok) = try modelOptions.load()
+        guard ctx <= model.config.maxPositionEmbeddings else {
+            throw ValidationError("--ctx \(ctx) exceeds the model's max_position_embeddings (\(model.config.maxPositionEmbeddings))")
+        }
+        let r = try Perplexity.run(model: model, tokenizer: tok, textPath: text,
+                                   options: PerplexityOptions(proto: proto, ctx: ctx, stride: stride, limit: chunks, separator: separator))
+        print(r.summary(model: modelOptions.model), terminator: "")
+        if let json { try writeJSON(r.json(model: modelOptions.model), to: json) }
+    }
+}
