@@ -137,8 +137,8 @@ public enum Perplexity {
         let cache = model.makeCache(capacity: options.ctx)
         func score(_ window: [Int], rows: [Int], targets: [Int]) {
             cache.reset()
-            let logits = model.forward(window, cache: cache, logits: .all)
-            let nll = Scoring.nll(logits: logits, vocab: V, rows: rows, targets: targets)
+            var logits = model.forward(window, cache: cache, logits: .all)
+            let nll = Scoring.nll(logits: &logits, vocab: V, rows: rows, targets: targets)
             for x in nll { r.nllSum += x; r.nllSqSum += x * x }
             r.tokenNLL += nll
             r.tokensScored += nll.count

@@ -3,39 +3,39 @@ import LMRuntime
 
 /// Log-probability helpers. Accumulation is in Double; the exponentials in Float.
 public enum Scoring {
-    /// `log Σ exp(row)` of one logits row, max-subtracted.
+    /// `log Σ exp(row)` of one logits row, max-subtracted. Overwrites `row` with
+    /// the shifted exponentials (SIMD exp; lanes summed in Float, total in Double).
     @inline(__always)
-    public static func logSumExp(_ row: UnsafePointer<Float>, _ n: Int) -> Double {
+    public static func logSumExpInPlace(_ row: UnsafeMutablePointer<Float>, _ n: Int) -> Double {
+        let m = FastMath.max(row, n)
+        return Double(m) + Foundation.log(FastMath.expShiftSum(row, n, shift: m))
+    }
+
+    /// Reference twin of `logSumExpInPlace` (scalar, Foundation `exp`, Double sum; does not modify).
+    public static func logSumExpReference(_ row: UnsafePointer<Float>, _ n: Int) -> Double {
         var m = -Float.infinity
         for i in 0..<n { m = max(m, row[i]) }
-        var s: Double = 0
-        var acc: Float = 0
-        var i = 0
-        // Blocks of 256 in Float, then into Double, to keep rounding small and speed high.
-        while i < n {
-            let e = min(i + 256, n)
-            acc = 0
-            while i < e { acc += Foundation.exp(row[i] - m); i += 1 }
-            s += Double(acc)
-        }
+        var s = 0.0
+        for i in 0..<n { s += Foundation.exp(Double(row[i] - m)) }
         return Double(m) + Foundation.log(s)
     }
 
     /// Negative log-likelihoods (nats) of `targets[j]` under logits rows `rows[j]`
-    /// of a `[T, vocab]` matrix; rows are processed in parallel.
-    public static func nll(logits: [Float], vocab: Int, rows: [Int], targets: [Int]) -> [Double] {
+    /// of a `[T, vocab]` matrix; rows are processed in parallel. The scored rows of
+    /// `logits` are overwritten.
+    public static func nll(logits: inout [Float], vocab: Int, rows: [Int], targets: [Int]) -> [Double] {
         var out = [Double](repeating: 0, count: rows.count)
-        logits.withUnsafeBufferPointer { lp in
+        logits.withUnsafeMutableBufferPointer { lp in
             out.withUnsafeMutableBufferPointer { op in
                 let o = SendablePointer(op.baseAddress!)
-                let base = UnsafeMutablePointer(mutating: lp.baseAddress!)
-                let b = SendablePointer(base)
+                let b = SendablePointer(lp.baseAddress!)
                 let workers = min(RuntimeThreads.current, max(rows.count, 1))
                 RuntimeThreads.parallelFor(workers) { w in
                     var j = w
                     while j < rows.count {
-                        let row = UnsafePointer(b.p + rows[j] * vocab)
-                        o.p[j] = logSumExp(row, vocab) - Double(row[targets[j]])
+                        let row = b.p + rows[j] * vocab
+                        let target = Double(row[targets[j]])
+                        o.p[j] = logSumExpInPlace(row, vocab) - target
                         j += workers
                     }
                 }

@@ -36,12 +36,22 @@ public final class DenseLinear: LinearWeight, @unchecked Sendable {
 
     deinit { owned?.deallocate() }
 
+    /// Splits the output rows across the runtime's workers; each calls single-threaded
+    /// OpenBLAS (`sgemv` for one token, `sgemm` otherwise) on its slice.
     public func apply(_ x: UnsafePointer<Float>, tokens: Int, out: UnsafeMutablePointer<Float>, ldOut: Int) {
-        if tokens == 1 {
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(rows), Int32(cols), 1, data, Int32(cols), x, 1, 0, out, 1)
-        } else {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tokens), Int32(rows), Int32(cols),
-                        1, x, Int32(cols), data, Int32(cols), 0, out, Int32(ldOut))
+        let work = tokens * rows * cols
+        let parts = work < 1 << 18 ? 1 : RuntimeThreads.current
+        let slices = RuntimeThreads.ranges(rows, parts: parts, align: 16)
+        let o = SendablePointer(out), xp = SendablePointer(UnsafeMutablePointer(mutating: x)), w = SendablePointer(UnsafeMutablePointer(mutating: data))
+        let (cols, tokens, ldOut) = (self.cols, tokens, ldOut)
+        RuntimeThreads.parallelFor(slices.count) { i in
+            let r = slices[i]
+            if tokens == 1 {
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(r.count), Int32(cols), 1, w.p + r.lowerBound * cols, Int32(cols), xp.p, 1, 0, o.p + r.lowerBound, 1)
+            } else {
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tokens), Int32(r.count), Int32(cols),
+                            1, xp.p, Int32(cols), w.p + r.lowerBound * cols, Int32(cols), 0, o.p + r.lowerBound, Int32(ldOut))
+            }
         }
     }
 }

@@ -113,58 +113,45 @@ public final class LlamaModel: @unchecked Sendable {
         let g = UnsafeMutablePointer<Float>.allocate(capacity: T * F)
         let u = UnsafeMutablePointer<Float>.allocate(capacity: T * F)
         let threads = RuntimeThreads.current
-        let scores = UnsafeMutablePointer<Float>.allocate(capacity: threads * T * S)
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: threads * min(T, Self.queryBlock) * S)
         let kvScratch = UnsafeMutablePointer<Float>.allocate(capacity: threads * 2 * S * hd)
         defer { for b in [x, xn, q, k, v, att, g, u, scores, kvScratch] { b.deallocate() } }
 
         for (t, id) in tokens.enumerated() { (x + t * D).update(from: embedding.data + id * D, count: D) }
         let scale = 1 / Float(hd).squareRoot()
-        let group = H / KVH
+        let xp = SendablePointer(x), xnp = SendablePointer(xn), qp = SendablePointer(q), kp = SendablePointer(k)
+        let tokenSlices = RuntimeThreads.ranges(T, parts: T >= 8 ? threads : 1)
         for (li, L) in layers.enumerated() {
-            for t in 0..<T { Ops.rmsNorm(x + t * D, L.attnNorm, xn + t * D, D, eps: c.rmsNormEps) }
+            RuntimeThreads.parallelFor(tokenSlices.count) { i in
+                for t in tokenSlices[i] { Ops.rmsNorm(xp.p + t * D, L.attnNorm, xnp.p + t * D, D, eps: c.rmsNormEps) }
+            }
             L.q.apply(xn, tokens: T, out: q, ldOut: qDim)
             L.k.apply(xn, tokens: T, out: k, ldOut: kvDim)
             L.v.apply(xn, tokens: T, out: v, ldOut: kvDim)
             if let qb = L.qBias, let kb = L.kBias, let vb = L.vBias {
                 for t in 0..<T { Ops.add(q + t * qDim, qb, qDim); Ops.add(k + t * kvDim, kb, kvDim); Ops.add(v + t * kvDim, vb, kvDim) }
             }
-            for t in 0..<T {
-                rope.apply(q + t * qDim, heads: H, pos: p0 + t)
-                rope.apply(k + t * kvDim, heads: KVH, pos: p0 + t)
-            }
-            cache.store(layer: li, keys: k, values: v, tokens: T)
-            // Attention, one head per task; OpenBLAS single-threaded inside the tasks.
-            let sp = SendablePointer(scores), ks = SendablePointer(kvScratch), ap = SendablePointer(att), qp = SendablePointer(q)
-            let chunks = min(threads, H)
-            if chunks > 1 { openblas_set_num_threads(1) }
-            RuntimeThreads.parallelFor(chunks) { w in
-                let sc = sp.p + w * T * S
-                let scratchK = ks.p + w * 2 * S * hd, scratchV = scratchK + S * hd
-                var h = w
-                while h < H {
-                    let kvh = h / group
-                    let K = cache.keys(layer: li, head: kvh, upTo: S, scratch: scratchK)
-                    let V = cache.values(layer: li, head: kvh, upTo: S, scratch: scratchV)
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(S), Int32(hd),
-                                scale, qp.p + h * hd, Int32(qDim), K, Int32(hd), 0, sc, Int32(S))
-                    for t in 0..<T {
-                        let row = sc + t * S
-                        let valid = p0 + t + 1
-                        Ops.softmax(row, valid)
-                        if valid < S { (row + valid).update(repeating: 0, count: S - valid) }
-                    }
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(hd), Int32(S),
-                                1, sc, Int32(S), V, Int32(hd), 0, ap.p + h * hd, Int32(qDim))
-                    h += chunks
+            let rope = self.rope
+            RuntimeThreads.parallelFor(tokenSlices.count) { i in
+                for t in tokenSlices[i] {
+                    rope.apply(qp.p + t * qDim, heads: H, pos: p0 + t)
+                    rope.apply(kp.p + t * kvDim, heads: KVH, pos: p0 + t)
                 }
             }
-            if chunks > 1 { openblas_set_num_threads(Int32(threads)) }
+            cache.store(layer: li, keys: k, values: v, tokens: T)
+            attention(layer: li, q: q, out: att, T: T, p0: p0, cache: cache, scores: scores, kvScratch: kvScratch, scale: scale)
             L.o.apply(att, tokens: T, out: xn, ldOut: D)
             Ops.add(x, xn, T * D)
-            for t in 0..<T { Ops.rmsNorm(x + t * D, L.mlpNorm, xn + t * D, D, eps: c.rmsNormEps) }
+            RuntimeThreads.parallelFor(tokenSlices.count) { i in
+                for t in tokenSlices[i] { Ops.rmsNorm(xp.p + t * D, L.mlpNorm, xnp.p + t * D, D, eps: c.rmsNormEps) }
+            }
             L.gate.apply(xn, tokens: T, out: g, ldOut: F)
             L.up.apply(xn, tokens: T, out: u, ldOut: F)
-            Ops.siluMul(g, u, T * F)
+            let gp = SendablePointer(g), up = SendablePointer(u)
+            RuntimeThreads.parallelFor(tokenSlices.count) { i in
+                let r = tokenSlices[i]
+                Ops.siluMul(gp.p + r.lowerBound * F, up.p + r.lowerBound * F, r.count * F)
+            }
             L.down.apply(g, tokens: T, out: xn, ldOut: D)
             Ops.add(x, xn, T * D)
         }
@@ -181,6 +168,51 @@ public final class LlamaModel: @unchecked Sendable {
             var out = [Float](repeating: 0, count: T * c.vocabSize)
             out.withUnsafeMutableBufferPointer { lmHead.apply(xn, tokens: T, out: $0.baseAddress!, ldOut: c.vocabSize) }
             return out
+        }
+    }
+
+    /// Query rows per attention block: keys beyond the block's last position are
+    /// skipped (causal), which halves prefill attention work.
+    static let queryBlock = 64
+
+    /// Causal grouped-query attention for `T` queries at positions `p0..<p0+T`,
+    /// reading K/V through `cache`. Heads run in parallel; within a head, query
+    /// blocks of `queryBlock` rows use `sgemm` for QKᵀ and PV.
+    func attention(layer li: Int, q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, T: Int, p0: Int,
+                   cache: KVCache, scores: UnsafeMutablePointer<Float>, kvScratch: UnsafeMutablePointer<Float>, scale: Float) {
+        let c = config
+        let H = c.numHeads, hd = c.headDim, qDim = H * hd, group = H / c.numKVHeads
+        let S = p0 + T
+        let B = min(T, Self.queryBlock)
+        let workers = min(RuntimeThreads.current, H)
+        let sp = SendablePointer(scores), ks = SendablePointer(kvScratch), ap = SendablePointer(out), qp = SendablePointer(q)
+        let cacheBox = UncheckedBox(cache)
+        RuntimeThreads.parallelFor(workers) { w in
+            let sc = sp.p + w * B * S
+            let scratchK = ks.p + w * 2 * S * hd, scratchV = scratchK + S * hd
+            var h = w
+            while h < H {
+                let kvh = h / group
+                let K = cacheBox.value.keys(layer: li, head: kvh, upTo: S, scratch: scratchK)
+                let V = cacheBox.value.values(layer: li, head: kvh, upTo: S, scratch: scratchV)
+                var t0 = 0
+                while t0 < T {
+                    let rows = min(B, T - t0)
+                    let keys = p0 + t0 + rows // causal: later keys are masked for every row of this block
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(keys), Int32(hd),
+                                scale, qp.p + t0 * qDim + h * hd, Int32(qDim), K, Int32(hd), 0, sc, Int32(keys))
+                    for r in 0..<rows {
+                        let row = sc + r * keys
+                        let valid = p0 + t0 + r + 1
+                        Ops.softmax(row, valid)
+                        if valid < keys { (row + valid).update(repeating: 0, count: keys - valid) }
+                    }
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(hd), Int32(keys),
+                                1, sc, Int32(keys), V, Int32(hd), 0, ap.p + t0 * qDim + h * hd, Int32(qDim))
+                    t0 += rows
+                }
+                h += workers
+            }
         }
     }
 }

@@ -20,6 +20,19 @@ public enum Ops {
     /// `a[i] = silu(a[i]) * b[i]`, `silu(z) = z / (1 + e^-z)`.
     @inline(__always)
     public static func siluMul(_ a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) {
+        let ra = UnsafeMutableRawPointer(a), rb = UnsafeRawPointer(b)
+        var i = 0
+        while i + 16 <= n {
+            let z = ra.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+            let y = z / (1 + FastMath.exp(-z)) * rb.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+            ra.storeBytes(of: y, toByteOffset: 4 * i, as: SIMD16<Float>.self)
+            i += 16
+        }
+        while i < n { let z = a[i]; a[i] = z / (1 + FastMath.exp(-z)) * b[i]; i += 1 }
+    }
+
+    /// Reference twin of `siluMul` (Foundation `exp`).
+    public static func siluMulReference(_ a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) {
         for i in 0..<n { let z = a[i]; a[i] = z / (1 + Foundation.exp(-z)) * b[i] }
     }
 
@@ -39,12 +52,18 @@ public enum Ops {
     /// In-place softmax over `x[0..<n]` (max-subtracted; sum in Float).
     @inline(__always)
     public static func softmax(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
+        let m = FastMath.max(x, n)
+        let inv = Float(1 / FastMath.expShiftSum(x, n, shift: m))
+        for i in 0..<n { x[i] *= inv }
+    }
+
+    /// Reference twin of `softmax` (scalar, Foundation `exp`, Double sum).
+    public static func softmaxReference(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
         var m = -Float.infinity
         for i in 0..<n { m = max(m, x[i]) }
-        var s: Float = 0
-        for i in 0..<n { let e = Foundation.exp(x[i] - m); x[i] = e; s += e }
-        let inv = 1 / s
-        for i in 0..<n { x[i] *= inv }
+        var s = 0.0
+        for i in 0..<n { let e = Foundation.exp(x[i] - m); x[i] = e; s += Double(e) }
+        for i in 0..<n { x[i] = Float(Double(x[i]) / s) }
     }
 }
 

@@ -13,10 +13,26 @@ public struct SendablePointer<T>: @unchecked Sendable {
 public enum RuntimeThreads {
     nonisolated(unsafe) static var count = 2
 
-    /// Sets the worker count for both our loops and OpenBLAS.
+    /// Sets the worker count. All parallelism is ours: OpenBLAS is pinned to one
+    /// thread and each of our workers calls it on its own slice. (Mixing OpenBLAS's
+    /// pool with ours made its idle threads spin against our workers: −40 % prefill.)
     public static func set(_ n: Int) {
         count = max(1, n)
-        openblas_set_num_threads(Int32(count))
+        openblas_set_num_threads(1)
+    }
+
+    /// Splits `0..<n` into `parts` near-equal ranges, aligned to `align`.
+    public static func ranges(_ n: Int, parts: Int, align: Int = 1) -> [Range<Int>] {
+        let p = max(1, min(parts, (n + align - 1) / align))
+        var out: [Range<Int>] = []
+        var start = 0
+        for i in 0..<p {
+            var end = (n * (i + 1)) / p
+            end = i == p - 1 ? n : min(n, (end + align - 1) / align * align)
+            if end > start { out.append(start..<end) }
+            start = end
+        }
+        return out
     }
     public static var current: Int { count }
 
