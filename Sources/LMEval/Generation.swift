@@ -1,4 +1,5 @@
 import Foundation
+import LMCore
 import LMRuntime
 import LMTokenizer
 
@@ -8,19 +9,6 @@ public struct SamplingOptions: Sendable {
     public var topP: Float
     public var seed: UInt64
     public init(temperature: Float = 0, topP: Float = 1, seed: UInt64 = 0) { self.temperature = temperature; self.topP = topP; self.seed = seed }
-}
-
-/// SplitMix64: a small, fast, seedable generator (reproducible across platforms).
-public struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 /// Picks the next token from a logits row.

@@ -1,0 +1,152 @@
+import COpenBLAS
+import Foundation
+import LMCore
+import LMRuntime
+import LMFormats
+
+/// A speed measurement of one model: load, batched prefill, token-by-token decode,
+/// against bounds measured in the same process (sgemm throughput on the model's
+/// own matrix shapes, memory read bandwidth).
+public struct BenchmarkResult: Sendable {
+    public var loadSeconds: Double
+    public var prefillTokens: Int
+    public var prefillTokensPerSecond: [Double]
+    public var decodeTokens: Int
+    public var decodeTokensPerSecond: [Double]
+    /// Tokens/s if prefill were only the model's matmuls at this process's sgemm speed.
+    public var sgemmBoundTokensPerSecond: Double
+    public var sgemmGFLOPS: Double
+    /// Tokens/s if decode only streamed the weights once per token at the measured bandwidth.
+    public var bandwidthBoundTokensPerSecond: Double
+    public var bandwidthGBps: Double
+    public var weightBytes: Int
+    public var peakRSSBytes: Int
+    public var threads: Int
+
+    static func median(_ x: [Double]) -> Double { let s = x.sorted(); return s.isEmpty ? 0 : s[s.count / 2] }
+    public var prefillMedian: Double { Self.median(prefillTokensPerSecond) }
+    public var decodeMedian: Double { Self.median(decodeTokensPerSecond) }
+
+    public func json(model: String) -> JSON {
+        func arr(_ a: [Double]) -> JSON { .array(a.map { .double($0) }) }
+        return .object([
+            ("model", .string(model)), ("threads", .int(Int64(threads))), ("load_seconds", .double(loadSeconds)),
+            ("prefill_tokens", .int(Int64(prefillTokens))), ("prefill_tokens_per_second", arr(prefillTokensPerSecond)),
+            ("prefill_median", .double(prefillMedian)), ("decode_tokens", .int(Int64(decodeTokens))),
+            ("decode_tokens_per_second", arr(decodeTokensPerSecond)), ("decode_median", .double(decodeMedian)),
+            ("sgemm_gflops", .double(sgemmGFLOPS)), ("sgemm_bound_tokens_per_second", .double(sgemmBoundTokensPerSecond)),
+            ("prefill_ratio_to_sgemm_bound", .double(prefillMedian / sgemmBoundTokensPerSecond)),
+            ("bandwidth_gbps", .double(bandwidthGBps)), ("weight_bytes", .int(Int64(weightBytes))),
+            ("bandwidth_bound_tokens_per_second", .double(bandwidthBoundTokensPerSecond)),
+            ("decode_ratio_to_bandwidth_bound", .double(decodeMedian / bandwidthBoundTokensPerSecond)),
+            ("peak_rss_bytes", .int(Int64(peakRSSBytes))),
+        ])
+    }
+
+    public func table(model: String) -> String {
+        var s = "model        \(model) (\(threads) threads)\n"
+        s += String(format: "load         %.1f ms\n", loadSeconds * 1000)
+        s += String(format: "prefill      %.1f tokens/s (pp%d, median of %d)   bound %.1f (sgemm %.1f GFLOP/s)   ratio %.2f\n",
+                    prefillMedian, prefillTokens, prefillTokensPerSecond.count, sgemmBoundTokensPerSecond, sgemmGFLOPS, prefillMedian / sgemmBoundTokensPerSecond)
+        s += String(format: "decode       %.1f tokens/s (tg%d, median of %d)   bound %.1f (%.1f GB/s over %.0f MiB)   ratio %.2f\n",
+                    decodeMedian, decodeTokens, decodeTokensPerSecond.count, bandwidthBoundTokensPerSecond, bandwidthGBps,
+                    Double(weightBytes) / 1_048_576, decodeMedian / bandwidthBoundTokensPerSecond)
+        s += String(format: "peak RSS     %.0f MiB\n", Double(peakRSSBytes) / 1_048_576)
+        return s
+    }
+}
+
+public enum Benchmark {
+    /// Measures `model` (already loaded in `loadSeconds`). Prompt tokens are a fixed
+    /// pseudo-random sequence, so runs are comparable.
+    public static func run(model: LlamaModel, loadSeconds: Double, prefill: Int = 512, decode: Int = 128, repetitions: Int = 3) -> BenchmarkResult {
+        let c = model.config
+        let ids = (0..<prefill).map { ($0 &* 7919 &+ 13) % c.vocabSize }
+        var pp: [Double] = [], tg: [Double] = []
+        for _ in 0..<repetitions {
+            let cache = model.makeCache(capacity: prefill + decode)
+            let t0 = Date()
+            _ = model.forward(ids, cache: cache, logits: .last)
+            pp.append(Double(prefill) / Date().timeIntervalSince(t0))
+            let cache2 = model.makeCache(capacity: decode + 1)
+            var tok = 1 % c.vocabSize
+            let t1 = Date()
+            for _ in 0..<decode {
+                let l = model.forward([tok], cache: cache2, logits: .last)
+                tok = l.indices.max { l[$0] < l[$1] } ?? 0
+            }
+            tg.append(Double(decode) / Date().timeIntervalSince(t1))
+        }
+        // Bounds measured now, with the same worker split the runtime uses.
+        let shapes = modelShapes(c)
+        let flopsPerToken = shapes.reduce(0.0) { $0 + 2.0 * Double($1.0 * $1.1) }
+        let gflops = measureSgemm(shapes: shapes, tokens: prefill)
+        let weightBytes = shapes.reduce(0) { $0 + 4 * $1.0 * $1.1 }
+        let bw = measureBandwidth(bytes: max(weightBytes, 256 << 20))
+        return BenchmarkResult(
+            loadSeconds: loadSeconds, prefillTokens: prefill, prefillTokensPerSecond: pp, decodeTokens: decode, decodeTokensPerSecond: tg,
+            sgemmBoundTokensPerSecond: gflops * 1e9 / flopsPerToken, sgemmGFLOPS: gflops,
+            bandwidthBoundTokensPerSecond: bw * 1e9 / Double(weightBytes), bandwidthGBps: bw, weightBytes: weightBytes,
+            peakRSSBytes: peakResidentBytes(), threads: RuntimeThreads.current)
+    }
+
+    /// (rows, cols) of every matmul per token, output head included.
+    static func modelShapes(_ c: ModelConfig) -> [(Int, Int)] {
+        let q = c.numHeads * c.headDim, kv = c.numKVHeads * c.headDim
+        var s: [(Int, Int)] = []
+        for _ in 0..<c.numLayers {
+            s += [(q, c.hiddenSize), (kv, c.hiddenSize), (kv, c.hiddenSize), (c.hiddenSize, q),
+                  (c.intermediateSize, c.hiddenSize), (c.intermediateSize, c.hiddenSize), (c.hiddenSize, c.intermediateSize)]
+        }
+        s.append((c.vocabSize, c.hiddenSize))
+        return s
+    }
+
+    /// GFLOP/s of `DenseLinear.apply` on one layer's distinct shapes plus the head (best of 3).
+    static func measureSgemm(shapes: [(Int, Int)], tokens: Int) -> Double {
+        var distinct: [(Int, Int)] = []
+        for sh in shapes where !distinct.contains(where: { $0 == sh }) { distinct.append(sh) }
+        var best = 0.0
+        for _ in 0..<3 {
+            var flops = 0.0, secs = 0.0
+            for (r, c) in distinct {
+                let w = DenseLinear(rows: r, cols: c, values: [Float](repeating: 0.001, count: r * c))
+                let x = [Float](repeating: 0.01, count: tokens * c)
+                var o = [Float](repeating: 0, count: tokens * r)
+                let t0 = Date()
+                x.withUnsafeBufferPointer { xp in o.withUnsafeMutableBufferPointer { w.apply(xp.baseAddress!, tokens: tokens, out: $0.baseAddress!, ldOut: r) } }
+                secs += Date().timeIntervalSince(t0)
+                flops += 2.0 * Double(tokens * r * c)
+            }
+            best = max(best, flops / secs / 1e9)
+        }
+        return best
+    }
+
+    /// GB/s of a parallel SIMD sum over `bytes` (best of 3).
+    static func measureBandwidth(bytes: Int) -> Double {
+        let n = bytes / 4
+        let buf = UnsafeMutablePointer<Float>.allocate(capacity: n)
+        defer { buf.deallocate() }
+        buf.update(repeating: 1, count: n)
+        let p = SendablePointer(buf)
+        var best = 0.0
+        for _ in 0..<3 {
+            let parts = RuntimeThreads.ranges(n, parts: RuntimeThreads.current, align: 64)
+            let sums = UnsafeMutablePointer<Float>.allocate(capacity: parts.count)
+            let sp = SendablePointer(sums)
+            let t0 = Date()
+            RuntimeThreads.parallelFor(parts.count) { i in
+                let raw = UnsafeRawPointer(p.p)
+                var acc = SIMD16<Float>()
+                var j = parts[i].lowerBound
+                while j + 16 <= parts[i].upperBound { acc += raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD16<Float>.self); j += 16 }
+                sp.p[i] = acc.sum()
+            }
+            let secs = Date().timeIntervalSince(t0)
+            sums.deallocate()
+            best = max(best, Double(bytes) / secs / 1e9)
+        }
+        return best
+    }
+}
