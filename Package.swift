@@ -26,6 +26,7 @@ let package = Package(
         .target(name: "LMFormats", dependencies: ["LMCore"], swiftSettings: kernelFlags),
         .target(name: "LMTokenizer", dependencies: ["LMCore"]),
         .target(name: "LMRuntime", dependencies: ["LMCore", "LMFormats", "COpenBLAS"], swiftSettings: fastFlags),
+        .target(name: "LMFixtures", dependencies: ["LMCore", "LMFormats"]),
         .target(name: "LMEval", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "LMRuntime"], swiftSettings: kernelFlags),
         .executableTarget(name: "lmconvert", dependencies: [
             "LMCore", "LMFormats", "LMTokenizer",
@@ -36,10 +37,10 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "LMCoreTests", dependencies: ["LMCore"]),
-        .testTarget(name: "LMFormatsTests", dependencies: ["LMCore", "LMFormats", "LMTokenizer"]),
+        .testTarget(name: "LMFormatsTests", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "LMFixtures"]),
         .testTarget(name: "LMTokenizerTests", dependencies: ["LMCore", "LMFormats", "LMTokenizer"]),
-        .testTarget(name: "LMRuntimeTests", dependencies: ["LMCore", "LMFormats", "LMRuntime", "LMTokenizer"]),
-        .testTarget(name: "LMEvalTests", dependencies: ["LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMEval"]),
-        .testTarget(name: "CLITests", dependencies: ["LMCore", "LMFormats"]),
+        .testTarget(name: "LMRuntimeTests", dependencies: ["LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMFixtures"]),
+        .testTarget(name: "LMEvalTests", dependencies: ["LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMEval", "LMFixtures"]),
+        .testTarget(name: "CLITests", dependencies: ["LMCore", "LMFormats", "LMFixtures"]),
     ]
 )
