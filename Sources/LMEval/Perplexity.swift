@@ -12,7 +12,8 @@ public enum PerplexityProtocol: String, Sendable, CaseIterable {
     case chunks
     /// Hugging Face's perplexity guide: windows of `ctx` tokens every `stride`
     /// tokens; each window scores only the tokens not scored before (the first
-    /// token of the whole text is never scored); NLL averaged over scored tokens.
+    /// token of the whole text is never scored; with stride = ctx a window's first
+    /// token has no context and is not scored either); NLL averaged over scored tokens.
     case sliding
     /// Per document (split on a separator): BOS + tokens truncated to `ctx`, every
     /// token after the first scored; bits per byte over the UTF-8 bytes of the

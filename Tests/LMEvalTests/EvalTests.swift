@@ -1,0 +1,147 @@
+import Foundation
+import LMCore
+import LMEval
+import LMFixtures
+import LMFormats
+import LMRuntime
+import LMTokenizer
+import Testing
+
+@Suite("Perplexity and generation against published numbers (shared data)", .serialized)
+struct EvalGoldenTests {
+    @Test("stories260K documents ctx 128: 12,685 tokens, 27,821 bytes, 0.8132 bpb, PPL 3.4426")
+    func published() throws {
+        guard let root = sharedRoot("stories260K published perplexity") else { return }
+        RuntimeThreads.set(2)
+        let folder = root + "/models/stories260k"
+        let r = try Perplexity.run(model: LlamaModel.load(folder: folder), tokenizer: Tokenizer(path: folder),
+                                   textPath: root + "/text/tinystories_v2_valid_first100.txt",
+                                   options: PerplexityOptions(proto: .documents, ctx: 128), progress: false)
+        #expect(r.windows == 100)
+        #expect(r.tokensScored == 12685)
+        #expect(r.bytes == 27821)
+        #expect(abs(r.bitsPerByte! - 0.8132) < 5e-5, "bpb \(r.bitsPerByte!)")
+        #expect(abs(r.perplexity - 3.4426) < 5e-4, "ppl \(r.perplexity)")
+        #expect(r.textSHA256 == (try sha256Hex(file: root + "/text/tinystories_v2_valid_first100.txt")))
+    }
+
+    @Test("stories260K greedy from BOS reproduces the published 199-token sample")
+    func greedyStories() throws {
+        guard let root = sharedRoot("stories260K greedy") else { return }
+        let folder = root + "/models/stories260k"
+        let ref = try SafetensorsFile(path: root + "/reference/stories260k/reference.safetensors")
+        let want = try ref["greedy_ids"]!.toInts()
+        let tok = try Tokenizer(path: folder)
+        let r = try Generation.run(model: LlamaModel.load(folder: folder), prompt: tok.encode(""), maxTokens: 199,
+                                   sampling: SamplingOptions(), eos: [], stopAtEOS: false)
+        #expect([1] + r.generated == want)
+        #expect(tok.decode(r.generated) == ref.metadata["greedy_text"])
+    }
+
+    @Test("SmolLM2 prompt 0 greedy reproduces greedy_prompt0_ids")
+    func greedySmol() throws {
+        guard let root = sharedRoot("SmolLM2 greedy"), let folder = EvalModels.smolFolder else { return }
+        let want = try SafetensorsFile(path: root + "/reference/smollm2-135m/reference.safetensors")["greedy_prompt0_ids"]!.toInts()
+        let tok = try Tokenizer(path: folder)
+        let prompt = tok.encode("The capital of France is")
+        #expect(prompt == Array(want.prefix(5)))
+        let r = try Generation.run(model: LlamaModel.load(folder: folder), prompt: prompt, maxTokens: 16, sampling: SamplingOptions(), eos: [], stopAtEOS: false)
+        #expect(prompt + r.generated == want)
+    }
+
+    @Test("SmolLM2 chunks ctx 512 on wiki.test.raw, 4 chunks: finite PPL in the published range, 255 scored per chunk")
+    func smolChunks() throws {
+        guard let root = sharedRoot("SmolLM2 chunks"), let folder = EvalModels.smolFolder else { return }
+        RuntimeThreads.set(2)
+        let r = try Perplexity.run(model: LlamaModel.load(folder: folder), tokenizer: Tokenizer(path: folder),
+                                   textPath: root + "/text/wiki.test.raw", options: PerplexityOptions(proto: .chunks, ctx: 512, limit: 4), progress: false)
+        #expect(r.windows == 4 && r.tokensScored == 4 * 255)
+        #expect(!r.bosPerWindow)
+        // SmolLM2-135M on WikiText-2 is ~20 PPL at ctx 512; a broken runtime is far off.
+        #expect(r.perplexity > 10 && r.perplexity < 40, "ppl \(r.perplexity)")
+    }
+}
+
+enum EvalModels {
+    static let smolFolder: String? = {
+        guard let root = SharedData.locate() else { return nil }
+        let dir = NSTemporaryDirectory() + "lmkit-evaltest-smol-\(getpid())"
+        do {
+            let m = try GGUFImporter.load(GGUFFile(path: root + "/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"))
+            try HFFolderWriter.write(folder: dir, config: m.config, tokenizer: m.tokenizer, tensors: m.tensors, dtype: .f32)
+            atexit { try? FileManager.default.removeItem(atPath: NSTemporaryDirectory() + "lmkit-evaltest-smol-\(getpid())") }
+            return dir
+        } catch { Issue.record("SmolLM2 import failed: \(error)"); return nil }
+    }()
+}
+
+@Suite("Perplexity protocol invariants (synthetic model)", .serialized)
+struct ProtocolTests {
+    static let text = String(repeating: "The cat sat on the mat and it was 42 times happier than the dog in 1999.\n", count: 12)
+
+    func setup() throws -> (LlamaModel, Tokenizer, String, String) {
+        let dir = NSTemporaryDirectory() + "lmkit-proto-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try SyntheticModel.write(SyntheticModelSpec(), to: dir)
+        let textPath = dir + "/text.txt"
+        try Self.text.write(toFile: textPath, atomically: true, encoding: .utf8)
+        RuntimeThreads.set(2)
+        return (try LlamaModel.load(folder: dir), try Tokenizer(path: dir), textPath, dir)
+    }
+
+    @Test("sliding: stride < ctx scores every token but the first exactly once (stride = ctx: all but each window's first); one-window NLL equals token-by-token decode")
+    func sliding() throws {
+        let (model, tok, textPath, dir) = try setup()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ids = tok.encode(Self.text)
+        for (ctx, stride) in [(64, 32), (64, 64), (100, 7)] {
+            let r = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .sliding, ctx: ctx, stride: stride), progress: false)
+            let expected = stride < ctx ? ids.count - 1 : ids.count - r.windows
+            #expect(r.tokensScored == expected, "ctx \(ctx) stride \(stride)")
+        }
+        // One window covering the whole text vs. an independent decode loop.
+        let r = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .sliding, ctx: ids.count), progress: false)
+        let cache = model.makeCache(capacity: ids.count)
+        var nll = 0.0
+        for t in 0..<(ids.count - 1) {
+            let l = model.forward([ids[t]], cache: cache, logits: .last)
+            nll += l.withUnsafeBufferPointer { Scoring.logSumExpReference($0.baseAddress!, l.count) } - Double(l[ids[t + 1]])
+        }
+        #expect(abs(r.nllSum - nll) < 1e-3 * Double(ids.count), "batched \(r.nllSum) vs decode \(nll)")
+    }
+
+    @Test("chunks: ctx/2−1 tokens scored per chunk, partial chunk dropped, --chunks limits")
+    func chunks() throws {
+        let (model, tok, textPath, dir) = try setup()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let n = tok.encode(Self.text).count
+        let r = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 64), progress: false)
+        #expect(r.windows == n / 64 && r.tokensScored == (n / 64) * 31)
+        let r2 = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 64, limit: 2), progress: false)
+        #expect(r2.windows == 2 && r2.running.count == 2 && r2.running[1] == r2.perplexity)
+        #expect(r2.perplexityStderr > 0)
+        #expect(throws: EvalError.self) {
+            try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 100_000), progress: false)
+        }
+    }
+
+    @Test("runs are bit-for-bit deterministic at a fixed thread count")
+    func deterministic() throws {
+        let (model, tok, textPath, dir) = try setup()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let a = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 64), progress: false)
+        let b = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 64), progress: false)
+        #expect(a.nllSum == b.nllSum && a.tokenNLL == b.tokenNLL)
+    }
+
+    @Test("sampling is reproducible for a seed and differs across seeds; top-p 0 < p tiny → greedy")
+    func sampling() {
+        var rng = SplitMix64(seed: 3)
+        let logits = (0..<500).map { _ in rng.nextSigned() * 4 }
+        func draw(_ seed: UInt64, _ t: Float, _ p: Float) -> [Int] { var s = Sampler(SamplingOptions(temperature: t, topP: p, seed: seed)); return (0..<50).map { _ in s.sample(logits) } }
+        #expect(draw(1, 1, 0.9) == draw(1, 1, 0.9))
+        #expect(draw(1, 1, 0.9) != draw(2, 1, 0.9))
+        let argmax = logits.indices.max { logits[$0] < logits[$1] }!
+        #expect(draw(5, 1, 1e-6).allSatisfy { $0 == argmax })
+        #expect(draw(5, 0, 1).allSatisfy { $0 == argmax })
+    }
+}
