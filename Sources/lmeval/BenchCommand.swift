@@ -29,7 +29,7 @@ struct BenchCommand: ParsableCommand {
         let model = try LlamaModel.load(folder: modelOptions.model)
         let load = Date().timeIntervalSince(t0)
         guard prefill + decode <= model.config.maxPositionEmbeddings else {
-            throw ValidationError("--prefill + --decode exceeds the model's \(model.config.maxPositionEmbeddings) positions")
+            throw EvalError("--prefill + --decode exceeds the model's \(model.config.maxPositionEmbeddings) positions")
         }
         let r = Benchmark.run(model: model, loadSeconds: load, prefill: prefill, decode: decode, repetitions: repetitions)
         print(r.table(model: modelOptions.model), terminator: "")

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LMCore
+import LMEval
 import LMFormats
 import LMRuntime
 import LMTokenizer
@@ -30,12 +31,12 @@ struct ModelOptions: ParsableArguments {
         RuntimeThreads.set(threads)
         let lower = model.lowercased()
         if lower.hasSuffix(".gguf") || lower.hasSuffix(".bin") {
-            throw ValidationError("\(model): convert it first with `lmconvert import -i \(model) -o FOLDER`, then pass the folder")
+            throw EvalError("\(model): convert it first with `lmconvert import -i \(model) -o FOLDER`, then pass the folder")
         }
         let m = try LlamaModel.load(folder: model)
         let t = try Tokenizer(path: model)
         guard t.vocabSize <= m.config.vocabSize else {
-            throw ValidationError("\(model): tokenizer has \(t.vocabSize) tokens but the model's vocabulary is \(m.config.vocabSize)")
+            throw EvalError("\(model): tokenizer has \(t.vocabSize) tokens but the model's vocabulary is \(m.config.vocabSize)")
         }
         return (m, t)
     }

