@@ -127,3 +127,24 @@ struct ImporterGoldenTests {
 extension ModelConfig {
     func withMaxPositions(_ n: Int) -> ModelConfig { var c = self; c.maxPositionEmbeddings = n; return c }
 }
+
+@Suite("K-quant dequantization vs gguf-py (fixtures/kquants)")
+struct KQuantTests {
+    @Test("Q4_K and Q6_K blocks equal gguf-py's dequantize")
+    func kquants() throws {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path + "/fixtures/kquants/kquants.json"
+        let j = try JSON.parse(file: path)
+        let cases = try #require(j["cases"]?.array)
+        #expect(cases.count == 6)
+        for c in cases {
+            let type: GGMLType = c["type"]?.string == "Q4_K" ? .q4_K : .q6_K
+            let hex = Array(c["hex"]!.string!.utf8)
+            let bytes = stride(from: 0, to: hex.count, by: 2).map { UInt8(String(decoding: hex[$0..<($0 + 2)], as: UTF8.self), radix: 16)! }
+            let want = c["values"]!.array!.map { Float($0.double!) }
+            var got = [Float](repeating: 0, count: 256)
+            bytes.withUnsafeBytes { src in got.withUnsafeMutableBufferPointer { GGUFDequant.dequantize(type: type, src: src, dst: $0) } }
+            let maxd = zip(got, want).map { abs($0 - $1) / max(1, abs($1)) }.max()!
+            #expect(maxd <= 1e-6, "\(type.name): max relative error \(maxd)")
+        }
+    }
+}
