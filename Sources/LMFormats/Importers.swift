@@ -127,8 +127,9 @@ public enum GGUFImporter {
 
 /// llama2.c checkpoints (`run.c` format: 7 int32 header, float32 weights) → HF.
 public enum Llama2cImporter {
-    /// Reads `bin` and, optionally, its tokenizer (`tokenizer.bin` format: max length,
-    /// then per token a float score, an int32 length and the bytes).
+    /// Reads `bin` and, optionally, its tokenizer: llama2.c's `tokenizer.bin` format
+    /// (max length, then per token a float score, an int32 length and the bytes) or a
+    /// sentencepiece `.model`.
     public static func load(checkpoint path: String, tokenizer tokPath: String?) throws -> ImportedModel {
         let m = try MappedFile(path: path)
         var r = ByteReader(m.bytes, source: path)
@@ -186,7 +187,9 @@ public enum Llama2cImporter {
                                  vocabSize: V, rmsNormEps: 1e-5, ropeTheta: 10000, tieWordEmbeddings: shared,
                                  maxPositionEmbeddings: seq, bosTokenId: 1, eosTokenIds: [2])
         var tok: JSON? = nil
-        if let tokPath { tok = try loadTokenizer(tokPath, vocabSize: V) }
+        if let tokPath {
+            tok = tokPath.hasSuffix(".model") ? try SentencePieceModel.tokenizerJSON(path: tokPath) : try loadTokenizer(tokPath, vocabSize: V)
+        }
         return ImportedModel(config: config, tokenizer: tok, tensors: plan, source: m)
     }
 

@@ -22,7 +22,7 @@ struct ImportCommand: ParsableCommand {
     var input: String
     @Option(name: .shortAndLong, help: "Output folder (created).")
     var output: String
-    @Option(help: "Tokenizer for llama2.c input: its tokenizer .bin (default: tok<vocab>.bin or tokenizer.bin beside the checkpoint).")
+    @Option(help: "Tokenizer for llama2.c input: its tokenizer .bin or sentencepiece .model (default: tok<vocab>.bin, tokenizer.bin, tok<vocab>.model or tokenizer.model beside the checkpoint).")
     var tokenizer: String?
     @Option(help: "Storage dtype of the written tensors.")
     var dtype: OutputDType = .f32
@@ -37,7 +37,7 @@ struct ImportCommand: ParsableCommand {
             var tok = tokenizer
             if tok == nil {
                 let m = try Llama2cImporter.load(checkpoint: input, tokenizer: nil)
-                for c in ["tok\(m.config.vocabSize).bin", "tokenizer.bin"] where FileManager.default.fileExists(atPath: dir + "/" + c) { tok = dir + "/" + c; break }
+                for c in ["tok\(m.config.vocabSize).bin", "tokenizer.bin", "tok\(m.config.vocabSize).model", "tokenizer.model"] where FileManager.default.fileExists(atPath: dir + "/" + c) { tok = dir + "/" + c; break }
             }
             if tok == nil { FileHandle.standardError.write("warning: no llama2.c tokenizer .bin found; writing no tokenizer.json (pass --tokenizer)\n".data(using: .utf8)!) }
             model = try Llama2cImporter.load(checkpoint: input, tokenizer: tok)

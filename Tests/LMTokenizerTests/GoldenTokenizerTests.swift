@@ -65,3 +65,23 @@ struct ImportedTokenizerTests {
         }
     }
 }
+
+@Suite("sentencepiece .model import (shared data)")
+struct SentencePieceModelTests {
+    @Test("tok512.model → tokenizer.json equals tok512.bin's and reproduces valid100_ids")
+    func model() throws {
+        guard let root = sharedRoot("sentencepiece .model import") else { return }
+        let fromModel = try SentencePieceModel.tokenizerJSON(path: root + "/models/stories260k/original/tok512.model")
+        let fromBin = try Llama2cImporter.loadTokenizer(root + "/models/stories260k/original/tok512.bin", vocabSize: 512)
+        #expect(fromModel["model"]?["vocab"] == fromBin["model"]?["vocab"])
+        #expect(fromModel["model"]?["merges"] == fromBin["model"]?["merges"])
+        let tok = try Tokenizer(json: fromModel, source: "tok512.model")
+        let ref = try SafetensorsFile(path: root + "/reference/stories260k/reference.safetensors")
+        let ids = try ref["valid100_ids"]!.toInts(), offs = try ref["valid100_doc_offsets"]!.toInts()
+        let text = try String(contentsOfFile: root + "/text/tinystories_v2_valid_first100.txt", encoding: .utf8)
+        for (k, d) in TextDocuments.split(text, separator: "<|endoftext|>").enumerated() {
+            #expect(tok.encode(d) == Array(ids[offs[k]..<offs[k + 1]]), "story \(k)")
+        }
+        #expect(throws: (any Error).self) { try SentencePieceModel.load(path: root + "/text/wiki.test.raw") }
+    }
+}
