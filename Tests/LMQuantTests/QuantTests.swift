@@ -1,0 +1,103 @@
+import Foundation
+import LMCore
+import LMFormats
+import LMQuant
+import Testing
+
+func randomMatrix(_ rows: Int, _ cols: Int, seed: UInt64) -> [Float] {
+    var rng = SplitMix64(seed: seed)
+    // Heavy-ish tails, like real weights: mostly small, a few outliers.
+    return (0..<(rows * cols)).map { _ in let u = rng.nextSigned(); return u * u * u * 0.2 + u * 0.02 }
+}
+
+func dequant(_ q: QuantizedTensor) -> [Float] {
+    let bufs = q.sections.map { $0.bytes }
+    return withPointers(bufs) { RoundToNearest.dequantize(scheme: q.scheme, rows: q.rows, cols: q.cols, sections: $0) }
+}
+
+func withPointers<R>(_ arrays: [[UInt8]], _ body: ([UnsafeRawBufferPointer]) -> R) -> R {
+    var ptrs: [UnsafeRawBufferPointer] = []
+    var copies: [UnsafeMutableRawBufferPointer] = []
+    for a in arrays {
+        let p = UnsafeMutableRawBufferPointer.allocate(byteCount: max(a.count, 1), alignment: 64)
+        p.copyBytes(from: a)
+        copies.append(p); ptrs.append(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(p)[0..<a.count]))
+    }
+    defer { copies.forEach { $0.deallocate() } }
+    return body(ptrs)
+}
+
+@Suite("Quantization schemes (round to nearest)")
+struct QuantTests {
+
+    @Test("scheme names parse and print; bad names and groups are clear errors")
+    func names() throws {
+        for n in QuantScheme.allNames { #expect(try QuantScheme(parsing: n).name == n) }
+        #expect(try QuantScheme(parsing: "int4").name == "int4-g32")
+        #expect(try QuantScheme(parsing: "int4", defaultGroup: 128).name == "int4-g128")
+        #expect(throws: QuantSchemeError.self) { try QuantScheme(parsing: "int3") }
+        #expect(throws: QuantSchemeError.self) { try QuantScheme(parsing: "int4-g48") }
+        #expect(throws: QuantSchemeError.self) { try QuantScheme(parsing: "f16-g32") }
+    }
+
+    @Test("bits per weight are exact, overhead included")
+    func bits() throws {
+        #expect(try QuantScheme(parsing: "int4-g32").bitsPerWeight(rows: 576, cols: 576) == 5.0)
+        #expect(try QuantScheme(parsing: "int4s-g32").bitsPerWeight(rows: 576, cols: 576) == 4.5)
+        #expect(try QuantScheme(parsing: "int4-g128").bitsPerWeight(rows: 576, cols: 576) == 4.0 + 32.0 * 5 / 576)
+        #expect(try QuantScheme(parsing: "int8").bitsPerWeight(rows: 10, cols: 64) == 8.5)
+        #expect(try QuantScheme(parsing: "f16").bitsPerWeight(rows: 3, cols: 7) == 16)
+    }
+
+    @Test("round trip error bounded by half a step; odd shapes and short last groups", arguments: QuantScheme.allNames)
+    func roundTrip(_ name: String) throws {
+        let scheme = try QuantScheme(parsing: name)
+        for (rows, cols) in [(1, 1), (3, 7), (5, 33), (7, 127), (4, 576), (2, 172)] {
+            let x = randomMatrix(rows, cols, seed: UInt64(rows * 1000 + cols))
+            let q = RoundToNearest.quantize(x, rows: rows, cols: cols, scheme: scheme)
+            #expect(q.sections.map { $0.bytes.count } == scheme.sections(rows: rows, cols: cols).map { $0.bytes })
+            let y = dequant(q)
+            let G = scheme.groupSize == 0 ? cols : scheme.groupSize
+            for r in 0..<rows {
+                for g in 0..<scheme.groups(cols: cols) {
+                    let lo = g * G, hi = min(cols, lo + G)
+                    let seg = x[(r * cols + lo)..<(r * cols + hi)]
+                    let (mn, mx) = (seg.min()!, seg.max()!)
+                    let amax = max(abs(mn), abs(mx))
+                    let bound: Float
+                    switch scheme.kind {
+                    case .f32: bound = 0
+                    case .f16: bound = amax * 1e-3
+                    case .bf16: bound = amax * 8e-3
+                    case .int8: bound = amax / 127 * 0.51 + amax * 1e-3
+                    case .int4s: bound = amax / 7 * 0.51 + amax * 1e-3
+                    case .int4: bound = (mx - mn) / 15 * 0.51 + amax * 2e-3
+                    }
+                    for c in lo..<hi { #expect(abs(y[r * cols + c] - x[r * cols + c]) <= bound + 1e-7, "\(name) \(rows)x\(cols) r\(r) c\(c)") }
+                }
+            }
+        }
+    }
+
+    @Test("--clip mse never has larger squared error than min/max", arguments: ["int4-g32", "int4-g128", "int4s-g64", "int8", "int8-g32"])
+    func mse(_ name: String) throws {
+        let scheme = try QuantScheme(parsing: name)
+        let x = randomMatrix(16, 576, seed: 42)
+        func err(_ clip: ClipMethod) -> Double {
+            let y = dequant(RoundToNearest.quantize(x, rows: 16, cols: 576, scheme: scheme, clip: clip))
+            return zip(x, y).reduce(0.0) { $0 + Double(($1.0 - $1.1) * ($1.0 - $1.1)) }
+        }
+        let a = err(.minmax), b = err(.mse)
+        #expect(b <= a)
+        if scheme.kind != .int8 { #expect(b < a * 0.97, "mse \(b) vs minmax \(a)") }
+    }
+
+    @Test("quantization is deterministic")
+    func deterministic() throws {
+        let x = randomMatrix(33, 200, seed: 7)
+        let s = try QuantScheme(parsing: "int4-g64")
+        let a = RoundToNearest.quantize(x, rows: 33, cols: 200, scheme: s, clip: .mse)
+        let b = RoundToNearest.quantize(x, rows: 33, cols: 200, scheme: s, clip: .mse)
+        #expect(a.sections.map { $0.bytes } == b.sections.map { $0.bytes })
+    }
+}
