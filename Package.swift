@@ -30,7 +30,7 @@ let package = Package(
         .target(name: "LMFixtures", dependencies: ["LMCore", "LMFormats"]),
         .target(name: "LMEval", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "LMRuntime"], swiftSettings: kernelFlags),
         .executableTarget(name: "lmconvert", dependencies: [
-            "LMCore", "LMFormats", "LMTokenizer",
+            "LMCore", "LMFormats", "LMTokenizer", "LMQuant",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "lmeval", dependencies: [

@@ -83,6 +83,15 @@ public final class AtomicFileWriter {
     public func write(_ string: String) throws { try write(Array(string.utf8)) }
     public func writeZeros(_ count: Int) throws { if count > 0 { try write([UInt8](repeating: 0, count: count)) } }
 
+    /// Overwrites bytes already written at `offset` (same length; the position is restored).
+    public func overwrite(at offset: Int, _ bytes: [UInt8]) throws {
+        guard let handle else { throw IOError(path: path, reason: "write after close") }
+        precondition(offset + bytes.count <= self.offset)
+        guard fseeko(handle, off_t(offset), SEEK_SET) == 0 else { throw IOError(path: path, reason: "seek failed") }
+        let n = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, bytes.count, handle) }
+        guard n == bytes.count, fseeko(handle, off_t(self.offset), SEEK_SET) == 0 else { throw IOError(path: path, reason: "rewrite failed") }
+    }
+
     /// Flushes, fsyncs and renames the temporary file into place.
     public func commit() throws {
         guard let h = handle else { return }

@@ -1,0 +1,114 @@
+import Foundation
+import LMCore
+import LMFormats
+
+/// Which scheme each tensor gets.
+///
+/// Rules, in order: vectors (norms, biases) stay `f32`; the token embedding and an
+/// untied output head get `int8` (per channel) when the default scheme is quantized,
+/// else the default; a tied embedding is one tensor serving both roles, so it follows
+/// the embedding rule; everything else gets the default. Then `--override
+/// REGEX=SCHEME` rules apply in order (last match wins); each must match a tensor.
+public struct Recipe: Sendable {
+    public var defaultScheme: QuantScheme
+    public var clip: ClipMethod
+    public var overrides: [(pattern: String, scheme: QuantScheme)]
+    public var embeddingScheme: QuantScheme?
+
+    public init(defaultScheme: QuantScheme, clip: ClipMethod = .minmax, overrides: [(pattern: String, scheme: QuantScheme)] = []) {
+        self.defaultScheme = defaultScheme; self.clip = clip; self.overrides = overrides
+    }
+
+    /// Parses `REGEX=SCHEME`.
+    public static func parseOverride(_ s: String, defaultGroup: Int?) throws -> (pattern: String, scheme: QuantScheme) {
+        guard let eq = s.lastIndex(of: "=") else { throw RecipeError("override '\(s)' is not REGEX=SCHEME") }
+        let pattern = String(s[..<eq])
+        do { _ = try NSRegularExpression(pattern: pattern) } catch { throw RecipeError("override '\(s)': '\(pattern)' is not a valid regular expression") }
+        return (pattern, try QuantScheme(parsing: String(s[s.index(after: eq)...]), defaultGroup: defaultGroup))
+    }
+
+    /// The scheme per tensor, or an error naming the tensor / pattern.
+    public func assign(_ tensors: [(name: String, shape: [Int])]) throws -> [QuantScheme] {
+        let emb = embeddingScheme ?? (defaultScheme.isQuantized ? QuantScheme(kind: .int8) : defaultScheme)
+        var out: [QuantScheme] = tensors.map { t in
+            if t.shape.count == 1 { return QuantScheme(kind: .f32) }
+            if t.name == "model.embed_tokens.weight" || t.name == "lm_head.weight" { return emb }
+            return defaultScheme
+        }
+        for (pattern, scheme) in overrides {
+            let re = try NSRegularExpression(pattern: pattern)
+            var matched = false
+            for (i, t) in tensors.enumerated() where re.firstMatch(in: t.name, range: NSRange(t.name.startIndex..., in: t.name)) != nil {
+                matched = true
+                if t.shape.count == 1 && scheme.isQuantized {
+                    throw RecipeError("override '\(pattern)=\(scheme.name)': tensor '\(t.name)' is a vector (norm or bias); vectors stay f32, f16 or bf16")
+                }
+                out[i] = scheme
+            }
+            if !matched { throw RecipeError("override '\(pattern)=\(scheme.name)' matches no tensor (names look like 'model.layers.0.mlp.down_proj.weight')") }
+        }
+        return out
+    }
+
+    public func json(overrideStrings: [String]) -> JSON {
+        .object([("default", .string(defaultScheme.name)), ("clip", .string(clip.rawValue)),
+                 ("overrides", .array(overrideStrings.map { .string($0) }))])
+    }
+}
+
+public struct RecipeError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ s: String) { description = s }
+}
+
+/// Summary of a quantization run.
+public struct QuantizeSummary: Sendable {
+    public var tensors: Int
+    public var parameters: Int
+    public var fileBytes: Int
+    public var tensorBytes: Int
+    public var seconds: Double
+    public var peakRSSBytes: Int
+    public var bitsPerWeight: Double { Double(tensorBytes * 8) / Double(max(parameters, 1)) }
+}
+
+/// Model → `.lmpk`, one tensor at a time.
+public enum Quantizer {
+    /// Quantizes `model` into `output` with `recipe`. Checks (schemes, overrides,
+    /// NaN/Inf) fail with the tensor's name; on any failure no output file is left.
+    public static func run(model: ImportedModel, recipe: Recipe, overrideStrings: [String], output: String,
+                           provenance: JSON, progress: ProgressReporter? = nil) throws -> QuantizeSummary {
+        let start = Date()
+        guard let tok = model.tokenizer else {
+            throw RecipeError("the input has no tokenizer (tokenizer.json); an .lmpk embeds it to be self-contained")
+        }
+        let schemes = try recipe.assign(model.tensors.map { ($0.name, $0.shape) })
+        let specs = zip(model.tensors, schemes).map { LMPKTensorSpec(name: $0.name, shape: $0.shape, scheme: $1) }
+        let w = try LMPKWriter(path: output, config: model.config, tokenizerJSON: Array(tok.serialized().utf8),
+                               meta: [("recipe", recipe.json(overrideStrings: overrideStrings)), ("provenance", provenance),
+                                      ("tensor_parallel", .object([("world_size", .int(1)), ("rank", .int(0))]))],
+                               tensors: specs)
+        var params = 0, tbytes = 0
+        do {
+            for (i, (t, s)) in zip(model.tensors, schemes).enumerated() {
+                let v = try t.produce()
+                if let bad = v.firstIndex(where: { !$0.isFinite }) {
+                    throw RecipeError("tensor '\(t.name)': element \(bad) is \(v[bad]); refusing to quantize NaN/Inf weights")
+                }
+                let rows = t.shape.count == 2 ? t.shape[0] : 1, cols = t.shape.count == 2 ? t.shape[1] : t.shape[0]
+                let q = RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: s, clip: recipe.clip)
+                try w.write(sections: q.sections.map { $0.bytes })
+                params += v.count
+                tbytes += q.sections.reduce(0) { $0 + $1.bytes.count }
+                progress?.update(i + 1, extra: t.name)
+            }
+            try w.commit()
+        } catch {
+            w.abort()
+            throw error
+        }
+        let size = (try? FileManager.default.attributesOfItem(atPath: output)[.size] as? Int) ?? 0
+        return QuantizeSummary(tensors: specs.count, parameters: params, fileBytes: size, tensorBytes: tbytes,
+                               seconds: Date().timeIntervalSince(start), peakRSSBytes: peakResidentBytes())
+    }
+}

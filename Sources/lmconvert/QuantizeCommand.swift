@@ -1,0 +1,126 @@
+import ArgumentParser
+import Foundation
+import LMCore
+import LMFormats
+import LMQuant
+
+extension ClipMethod: ExpressibleByArgument {}
+
+struct QuantizeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "quantize",
+        abstract: "Quantize a model (HF folder, GGUF or llama2.c) into an .lmpk file.",
+        discussion: """
+        Schemes: \(QuantScheme.allNames.joined(separator: ", ")) (int4 = asymmetric scale+min, int4s = symmetric;
+        -gN = group size along the input dimension; int8 without a group = per output channel).
+        Default recipe: norms and biases f32; embeddings and an untied head int8 (per channel) when the scheme is
+        quantized; everything else the scheme. --override 'REGEX=SCHEME' (repeatable, last match wins).
+        Layouts and formulas: formats/lmpk.md.
+        """)
+
+    @Option(name: .shortAndLong, help: "Input: HF folder, .gguf, or llama2.c .bin.")
+    var input: String
+    @Option(name: .shortAndLong, help: "Output .lmpk file.")
+    var output: String
+    @Option(help: "Default scheme for matrices.")
+    var scheme: String = "int4-g32"
+    @Option(help: "Group size for int4/int4s/int8 when the scheme name has none (32, 64, 128).")
+    var groupSize: Int?
+    @Option(help: "Range selection: minmax, or mse (per-group search minimizing reconstruction error).")
+    var clip: ClipMethod = .minmax
+    @Option(name: .customLong("override"), help: "Per-tensor scheme by name pattern, e.g. 'mlp\\.down_proj=int8'.")
+    var overrides: [String] = []
+    @Option(help: "Tokenizer for llama2.c input (.bin or .model).")
+    var tokenizer: String?
+    @Flag(help: "Print a JSON summary instead of text.")
+    var json = false
+
+    func run() throws {
+        let defaultScheme: QuantScheme
+        do { defaultScheme = try QuantScheme(parsing: scheme, defaultGroup: groupSize) } catch { throw ValidationError("\(error)") }
+        if let g = groupSize, scheme.contains("-g") { throw ValidationError("--group-size \(g) conflicts with the group in --scheme \(scheme)") }
+        var recipe = Recipe(defaultScheme: defaultScheme, clip: clip)
+        recipe.overrides = try overrides.map { try Recipe.parseOverride($0, defaultGroup: groupSize) }
+        guard output.hasSuffix(".lmpk") else { throw ValidationError("--output must end in .lmpk") }
+        let model = try ModelSource.open(input, llama2cTokenizer: tokenizer)
+        let provenance = JSON.object([
+            ("tool", .string("lmconvert 0.1.0")),
+            ("command", .string((["lmconvert"] + CommandLine.arguments.dropFirst()).joined(separator: " "))),
+            ("source", .string((input as NSString).lastPathComponent)),
+            ("source_sha256", .string(try ModelSource.digest(input))),
+        ])
+        let progress = ProgressReporter(label: "quantize", total: model.tensors.count, unit: " tensors")
+        let s = try Quantizer.run(model: model, recipe: recipe, overrideStrings: overrides, output: output, provenance: provenance, progress: progress)
+        if json {
+            print(JSON.object([("output", .string(output)), ("tensors", .int(Int64(s.tensors))), ("parameters", .int(Int64(s.parameters))),
+                               ("file_bytes", .int(Int64(s.fileBytes))), ("bits_per_weight", .double(s.bitsPerWeight)),
+                               ("seconds", .double(s.seconds)), ("peak_rss_bytes", .int(Int64(s.peakRSSBytes)))]).serialized(pretty: true))
+        } else {
+            print(String(format: "wrote %@: %d tensors, %.1f M parameters, %.2f MiB, %.3f bits/weight, %.1f s, peak RSS %.0f MiB",
+                         output, s.tensors, Double(s.parameters) / 1e6, Double(s.fileBytes) / 1_048_576, s.bitsPerWeight, s.seconds,
+                         Double(s.peakRSSBytes) / 1_048_576))
+        }
+    }
+}
+
+struct InspectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "inspect", abstract: "Show an .lmpk file's metadata, recipe and tensors.")
+    @Argument(help: "An .lmpk file.") var file: String
+    @Flag(help: "Machine-readable output.") var json = false
+
+    func run() throws {
+        let f = try LMPKFile(path: file)
+        var rows: [JSON] = []
+        var total = 0, params = 0
+        for t in f.tensors {
+            let n = t.shape.reduce(1, *)
+            total += t.byteCount; params += n
+            rows.append(.object([("name", .string(t.name)), ("shape", .array(t.shape.map { .int(Int64($0)) })), ("scheme", .string(t.scheme.name)),
+                                 ("bytes", .int(Int64(t.byteCount))), ("bits_per_weight", .double(Double(t.byteCount * 8) / Double(n)))]))
+        }
+        if json {
+            print(JSON.object([("file", .string(file)), ("file_bytes", .int(Int64(f.fileBytes))), ("config", f.config.toJSON()),
+                               ("recipe", f.header["recipe"] ?? .null), ("provenance", f.header["provenance"] ?? .null),
+                               ("tensor_parallel", f.header["tensor_parallel"] ?? .null),
+                               ("tensors", .array(rows)), ("parameters", .int(Int64(params))), ("tensor_bytes", .int(Int64(total))),
+                               ("bits_per_weight", .double(Double(total * 8) / Double(params)))]).serialized(pretty: true))
+            return
+        }
+        let c = f.config
+        print("file        \(file) (\(f.fileBytes) bytes, .lmpk v\(LMPK.version))")
+        print("model       \(c.architecture): \(c.numLayers) layers, hidden \(c.hiddenSize), heads \(c.numHeads)/\(c.numKVHeads), vocab \(c.vocabSize)")
+        print("recipe      \(f.header["recipe"]?.serialized() ?? "-")")
+        print("provenance  \(f.header["provenance"]?.serialized() ?? "-")")
+        print("")
+        let w = max(40, f.tensors.map { $0.name.count }.max() ?? 0)
+        print("name".padding(toLength: w, withPad: " ", startingAt: 0) + "  shape          scheme       bytes      bits/w")
+        for t in f.tensors {
+            let n = t.shape.reduce(1, *)
+            print(t.name.padding(toLength: w, withPad: " ", startingAt: 0) + "  " +
+                  "\(t.shape)".padding(toLength: 13, withPad: " ", startingAt: 0) + "  " +
+                  t.scheme.name.padding(toLength: 11, withPad: " ", startingAt: 0) + String(format: "  %10d  %6.3f", t.byteCount, Double(t.byteCount * 8) / Double(n)))
+        }
+        print(String(format: "\ntotal       %d tensors, %.1f M parameters, %.2f MiB of tensors, %.3f bits/weight", f.tensors.count,
+                     Double(params) / 1e6, Double(total) / 1_048_576, Double(total * 8) / Double(params)))
+    }
+}
+
+struct VerifyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "verify", abstract: "Check every CRC and structural invariant of .lmpk files; exit 1 naming the first bad tensor.")
+    @Argument(help: "An .lmpk file or a folder of them.") var path: String
+
+    func run() throws {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw ValidationError("\(path): no such file or folder") }
+        let files = isDir.boolValue ? try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasSuffix(".lmpk") }.sorted().map { path + "/" + $0 } : [path]
+        guard !files.isEmpty else { throw ValidationError("\(path): no .lmpk files") }
+        for file in files {
+            let f = try LMPKFile(path: file)
+            if let bad = f.firstCorruptTensor() {
+                throw LMPKError(file: file, reason: "CRC mismatch in tensor '\(bad)' (corrupt file)")
+            }
+            _ = try f.tokenizerJSON()
+            print("ok  \(file): \(f.tensors.count) tensors, structure and CRCs valid")
+        }
+    }
+}
