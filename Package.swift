@@ -41,8 +41,8 @@ let package = Package(
         .testTarget(name: "LMQuantTests", dependencies: ["LMCore", "LMFormats", "LMQuant"]),
         .testTarget(name: "LMFormatsTests", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "LMFixtures"]),
         .testTarget(name: "LMTokenizerTests", dependencies: ["LMCore", "LMFormats", "LMTokenizer"]),
-        .testTarget(name: "LMRuntimeTests", dependencies: ["LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMFixtures"]),
-        .testTarget(name: "LMEvalTests", dependencies: ["LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMEval", "LMFixtures"]),
+        .testTarget(name: "LMRuntimeTests", dependencies: ["LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMFixtures", "LMQuant"]),
+        .testTarget(name: "LMEvalTests", dependencies: ["LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMEval", "LMFixtures", "LMQuant"]),
         .testTarget(name: "CLITests", dependencies: ["LMCore", "LMFormats", "LMFixtures"]),
     ]
 )

@@ -11,6 +11,8 @@ public protocol LinearWeight: AnyObject, Sendable {
     /// `out[t, r] = Σ_c x[t, c] · W[r, c]` for `t < tokens`. `x` is `[tokens, cols]`
     /// row-major, `out` is `[tokens, rows]` (leading dimension `ldOut`).
     func apply(_ x: UnsafePointer<Float>, tokens: Int, out: UnsafeMutablePointer<Float>, ldOut: Int)
+    /// Row `r` of W as floats (`cols` values): embedding lookups use it.
+    func row(_ r: Int, into out: UnsafeMutablePointer<Float>)
 }
 
 /// Float32 weights, row-major, either borrowed from a mapping (zero copy) or owned.
@@ -35,6 +37,8 @@ public final class DenseLinear: LinearWeight, @unchecked Sendable {
     }
 
     deinit { owned?.deallocate() }
+
+    public func row(_ r: Int, into out: UnsafeMutablePointer<Float>) { out.update(from: data + r * cols, count: cols) }
 
     /// Splits the output rows across the runtime's workers; each calls single-threaded
     /// OpenBLAS (`sgemv` for one token, `sgemm` otherwise) on its slice.

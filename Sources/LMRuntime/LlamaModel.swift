@@ -26,14 +26,14 @@ public final class LlamaModel: @unchecked Sendable {
     public let config: ModelConfig
     public let layers: [LlamaLayer]
     /// `[vocab, hidden]`, also the output head when tied.
-    public let embedding: DenseLinear
+    public let embedding: LinearWeight
     public let lmHead: LinearWeight
     public let finalNorm: [Float]
     let rope: RotaryTable
     /// Keeps the source mappings alive.
     let sources: [AnyObject]
 
-    public init(config: ModelConfig, layers: [LlamaLayer], embedding: DenseLinear, lmHead: LinearWeight?, finalNorm: [Float], sources: [AnyObject] = []) {
+    public init(config: ModelConfig, layers: [LlamaLayer], embedding: LinearWeight, lmHead: LinearWeight?, finalNorm: [Float], sources: [AnyObject] = []) {
         self.config = config; self.layers = layers; self.embedding = embedding
         self.lmHead = lmHead ?? embedding; self.finalNorm = finalNorm; self.sources = sources
         rope = RotaryTable(headDim: config.headDim, theta: config.ropeTheta)
@@ -83,6 +83,52 @@ public final class LlamaModel: @unchecked Sendable {
         return LlamaModel(config: config, layers: layers, embedding: emb, lmHead: head, finalNorm: try vector("model.norm.weight"), sources: [store])
     }
 
+    /// Loads an HF folder or an `.lmpk` file (by extension).
+    public static func load(path: String) throws -> LlamaModel {
+        path.hasSuffix(".lmpk") ? try load(lmpk: LMPKFile(path: path)) : try load(folder: path)
+    }
+
+    /// Builds the model over an `.lmpk` mapping: matrices are used in place in their
+    /// stored scheme (no copies, no transforms); vectors (norms, biases) are widened
+    /// to float (a few KiB).
+    public static func load(lmpk f: LMPKFile) throws -> LlamaModel {
+        let c = f.config
+        func t(_ n: String) throws -> LMPKTensor {
+            guard let t = f[n] else { throw LMPKError(file: f.path, reason: "tensor '\(n)' is missing") }
+            return t
+        }
+        func matrix(_ n: String) throws -> LinearWeight {
+            let x = try t(n)
+            guard x.shape.count == 2 else { throw LMPKError(file: f.path, reason: "tensor '\(n)' must be a matrix") }
+            return PackedLinear.make(x, owner: f)
+        }
+        func vector(_ n: String) throws -> [Float] {
+            let x = try t(n)
+            guard !x.scheme.isQuantized else { throw LMPKError(file: f.path, reason: "tensor '\(n)' is a vector and must be f32/f16/bf16, not \(x.scheme.name)") }
+            let dt: DType = x.scheme.kind == .f32 ? .f32 : x.scheme.kind == .f16 ? .f16 : .bf16
+            var v = [Float](repeating: 0, count: x.cols)
+            v.withUnsafeMutableBufferPointer { convertToFloat(x.sections[0], dtype: dt, into: $0) }
+            return v
+        }
+        var layers: [LlamaLayer] = []
+        for l in 0..<c.numLayers {
+            let p = "model.layers.\(l)."
+            let bias = f[p + "self_attn.q_proj.bias"] != nil
+            layers.append(LlamaLayer(
+                attnNorm: try vector(p + "input_layernorm.weight"),
+                q: try matrix(p + "self_attn.q_proj.weight"), k: try matrix(p + "self_attn.k_proj.weight"),
+                v: try matrix(p + "self_attn.v_proj.weight"), o: try matrix(p + "self_attn.o_proj.weight"),
+                qBias: bias ? try vector(p + "self_attn.q_proj.bias") : nil,
+                kBias: bias ? try vector(p + "self_attn.k_proj.bias") : nil,
+                vBias: bias ? try vector(p + "self_attn.v_proj.bias") : nil,
+                mlpNorm: try vector(p + "post_attention_layernorm.weight"),
+                gate: try matrix(p + "mlp.gate_proj.weight"), up: try matrix(p + "mlp.up_proj.weight"),
+                down: try matrix(p + "mlp.down_proj.weight")))
+        }
+        return LlamaModel(config: c, layers: layers, embedding: try matrix("model.embed_tokens.weight"),
+                          lmHead: c.tieWordEmbeddings ? nil : try matrix("lm_head.weight"), finalNorm: try vector("model.norm.weight"), sources: [f])
+    }
+
     /// A float KV cache sized for `capacity` positions.
     public func makeCache(capacity: Int) -> KVCache {
         FloatKVCache(layers: config.numLayers, kvHeads: config.numKVHeads, headDim: config.headDim, capacity: capacity)
@@ -117,7 +163,7 @@ public final class LlamaModel: @unchecked Sendable {
         let kvScratch = UnsafeMutablePointer<Float>.allocate(capacity: threads * 2 * S * hd)
         defer { for b in [x, xn, q, k, v, att, g, u, scores, kvScratch] { b.deallocate() } }
 
-        for (t, id) in tokens.enumerated() { (x + t * D).update(from: embedding.data + id * D, count: D) }
+        for (t, id) in tokens.enumerated() { embedding.row(id, into: x + t * D) }
         let scale = 1 / Float(hd).squareRoot()
         let xp = SendablePointer(x), xnp = SendablePointer(xn), qp = SendablePointer(q), kp = SendablePointer(k)
         let tokenSlices = RuntimeThreads.ranges(T, parts: T >= 8 ? threads : 1)

@@ -26,7 +26,7 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         RuntimeThreads.set(modelOptions.threads)
         let t0 = Date()
-        let model = try LlamaModel.load(folder: modelOptions.model)
+        let model = try LlamaModel.load(path: modelOptions.model)
         let load = Date().timeIntervalSince(t0)
         guard prefill + decode <= model.config.maxPositionEmbeddings else {
             throw EvalError("--prefill + --decode exceeds the model's \(model.config.maxPositionEmbeddings) positions")

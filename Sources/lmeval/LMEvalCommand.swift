@@ -17,7 +17,7 @@ struct LMEvalCommand: ParsableCommand {
 
 /// Options shared by every command that runs a model.
 struct ModelOptions: ParsableArguments {
-    @Option(name: .shortAndLong, help: "Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json).")
+    @Option(name: .shortAndLong, help: "Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or an .lmpk file.")
     var model: String
     @Option(help: "Worker threads (our loops and OpenBLAS).")
     var threads: Int = 2
@@ -26,19 +26,10 @@ struct ModelOptions: ParsableArguments {
         guard threads >= 1 && threads <= 256 else { throw ValidationError("--threads must be between 1 and 256") }
     }
 
-    /// Loads model and tokenizer, with a hint for non-HF inputs.
+    /// Loads model and tokenizer (HF folder or .lmpk).
     func load() throws -> (LlamaModel, Tokenizer) {
         RuntimeThreads.set(threads)
-        let lower = model.lowercased()
-        if lower.hasSuffix(".gguf") || lower.hasSuffix(".bin") {
-            throw EvalError("\(model): convert it first with `lmconvert import -i \(model) -o FOLDER`, then pass the folder")
-        }
-        let m = try LlamaModel.load(folder: model)
-        let t = try Tokenizer(path: model)
-        guard t.vocabSize <= m.config.vocabSize else {
-            throw EvalError("\(model): tokenizer has \(t.vocabSize) tokens but the model's vocabulary is \(m.config.vocabSize)")
-        }
-        return (m, t)
+        return try ModelLoader.load(model)
     }
 }
 

@@ -1,0 +1,104 @@
+import Foundation
+import LMCore
+import LMFixtures
+import LMFormats
+import LMQuant
+import LMRuntime
+import Testing
+
+/// Writes one matrix in `scheme` to an .lmpk-free buffer and builds its runtime kernel
+/// through a tiny .lmpk file (the real loading path).
+func packedWeight(_ w: [Float], rows: Int, cols: Int, scheme: QuantScheme) throws -> (LinearWeight, [Float], LMPKFile) {
+    let q = RoundToNearest.quantize(w, rows: rows, cols: cols, scheme: scheme)
+    let path = NSTemporaryDirectory() + "lmkit-kernel-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).lmpk"
+    defer { try? FileManager.default.removeItem(atPath: path) }
+    // A 1-layer model is not needed: write a minimal file with one extra tensor via a synthetic config.
+    var spec = SyntheticModelSpec(); spec.layers = 1; spec.hidden = 32; spec.intermediate = 32; spec.heads = 2; spec.kvHeads = 1; spec.headDim = 16; spec.vocab = 8; spec.tied = true
+    let c = spec.config
+    var specs = c.expectedTensors().map { LMPKTensorSpec(name: $0.0, shape: $0.1, scheme: QuantScheme(kind: .f32)) }
+    specs.append(LMPKTensorSpec(name: "test.weight", shape: [rows, cols], scheme: scheme))
+    let writer = try LMPKWriter(path: path, config: c, tokenizerJSON: Array("{}".utf8), meta: [], tensors: specs)
+    for s in specs.dropLast() { try writer.write(sections: [[UInt8](repeating: 0, count: s.shape.reduce(1, *) * 4)]) }
+    try writer.write(sections: q.sections.map { $0.bytes })
+    try writer.commit()
+    let f = try LMPKFile(path: path)
+    let t = f["test.weight"]!
+    let reference = RoundToNearest.dequantize(scheme: scheme, rows: rows, cols: cols, sections: t.sections)
+    return (PackedLinear.make(t, owner: f), reference, f)
+}
+
+@Suite("Packed kernels vs the reference dequantizer", .serialized)
+struct PackedKernelTests {
+    static let shapes: [(Int, Int)] = [(1, 32), (3, 7), (17, 33), (33, 172), (64, 576), (130, 200)]
+
+    @Test("matvec (1–3 tokens), tiled prefill (many tokens) and row lookup match W_ref·x", arguments: QuantScheme.allNames)
+    func kernels(_ name: String) throws {
+        let scheme = try QuantScheme(parsing: name)
+        RuntimeThreads.set(2)
+        for (rows, cols) in Self.shapes {
+            var rng = SplitMix64(seed: UInt64(rows * 7 + cols))
+            let w = (0..<(rows * cols)).map { _ in rng.nextSigned() * 0.5 }
+            let (lin, ref, _) = try packedWeight(w, rows: rows, cols: cols, scheme: scheme)
+            for tokens in [1, 3, 9] {
+                let x = (0..<(tokens * cols)).map { _ in rng.nextSigned() }
+                var out = [Float](repeating: .nan, count: tokens * rows)
+                x.withUnsafeBufferPointer { xp in out.withUnsafeMutableBufferPointer { lin.apply(xp.baseAddress!, tokens: tokens, out: $0.baseAddress!, ldOut: rows) } }
+                var worst = 0.0
+                for t in 0..<tokens { for r in 0..<rows {
+                    var s = 0.0, mag = 0.0
+                    for c in 0..<cols { s += Double(ref[r * cols + c]) * Double(x[t * cols + c]); mag += abs(Double(ref[r * cols + c]) * Double(x[t * cols + c])) }
+                    // Float accumulation over `cols` terms: relative to the sum of magnitudes.
+                    worst = max(worst, abs(Double(out[t * rows + r]) - s) / max(mag, 1e-6))
+                } }
+                #expect(worst <= 1e-5, "\(name) \(rows)x\(cols) tokens \(tokens): worst relative error \(worst)")
+            }
+            var row = [Float](repeating: .nan, count: cols)
+            for r in [0, rows - 1] {
+                row.withUnsafeMutableBufferPointer { lin.row(r, into: $0.baseAddress!) }
+                #expect(row == Array(ref[(r * cols)..<((r + 1) * cols)]), "\(name) row \(r)")
+            }
+        }
+    }
+}
+
+@Suite("Quantized models end to end (synthetic)", .serialized)
+struct QuantizedModelTests {
+    @Test("an .lmpk in f32 reproduces the HF folder's logits exactly; int8/int4 stay close", arguments: ["f32", "f16", "int8", "int8-g32", "int4-g32", "int4s-g64", "int4-g128"])
+    func model(_ name: String) throws {
+        let dir = NSTemporaryDirectory() + "lmkit-qmodel-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var spec = SyntheticModelSpec(); spec.hidden = 96; spec.intermediate = 80; spec.headDim = 16
+        try SyntheticModel.write(spec, to: dir)
+        let scheme = try QuantScheme(parsing: name)
+        var recipe = Recipe(defaultScheme: scheme)
+        recipe.embeddingScheme = scheme
+        _ = try Quantizer.run(model: ModelSource.open(dir), recipe: recipe, overrideStrings: [], output: dir + "/m.lmpk", provenance: .object([]))
+        RuntimeThreads.set(2)
+        let base = try LlamaModel.load(path: dir), q = try LlamaModel.load(path: dir + "/m.lmpk")
+        // The float model of exactly the dequantized weights (reference dequantizer).
+        let f = try LMPKFile(path: dir + "/m.lmpk")
+        let deq = dir + "/dequantized"
+        try FileManager.default.createDirectory(atPath: deq, withIntermediateDirectories: true)
+        let w = try SafetensorsWriter(path: deq + "/model.safetensors", entries: f.tensors.map { .init(name: $0.name, dtype: .f32, shape: $0.shape) })
+        for t in f.tensors { try w.write(floats: RoundToNearest.dequantize(scheme: t.scheme, rows: t.rows, cols: t.cols, sections: t.sections), as: .f32) }
+        try w.commit()
+        try FileManager.default.copyItem(atPath: dir + "/config.json", toPath: deq + "/config.json")
+        let dq = try LlamaModel.load(path: deq)
+        let ids = (0..<40).map { ($0 * 37 + 5) % spec.vocab }
+        let a = base.forward(ids, cache: base.makeCache(capacity: 64))
+        let b = q.forward(ids, cache: q.makeCache(capacity: 64))
+        let c = dq.forward(ids, cache: dq.makeCache(capacity: 64))
+        let kernelError = zip(b, c).map { abs($0 - $1) }.max()!
+        #expect(kernelError <= 2e-4, "\(name): packed kernels vs dequantized float model: max |Δlogit| \(kernelError)")
+        // Quantization error itself (smoke bound; real-model accuracy is measured by perplexity).
+        let d = zip(a, b).map { abs($0 - $1) }.max()!
+        let limit: Float = name == "f32" ? 0 : name == "f16" ? 0.01 : name.hasPrefix("int8") ? 0.1 : 2.0
+        #expect(d <= limit, "\(name): max |Δlogit| vs float \(d)")
+        // Decode path agrees with prefill for the quantized model.
+        let cache = q.makeCache(capacity: 64)
+        _ = q.forward(Array(ids[0..<39]), cache: cache, logits: .none)
+        let last = q.forward([ids[39]], cache: cache, logits: .last)
+        let d2 = zip(last, b.suffix(spec.vocab)).map { abs($0 - $1) }.max()!
+        #expect(d2 <= 2e-4, "\(name): decode vs prefill \(d2)")
+    }
+}
