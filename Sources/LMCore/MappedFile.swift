@@ -40,6 +40,17 @@ public final class MappedFile: @unchecked Sendable {
     deinit {
         if let base { munmap(base, bytes.count) }
     }
+
+    /// Drops the resident pages of `range` (a read-only private mapping re-reads them
+    /// from the file if touched again). Streaming conversions call this after each
+    /// tensor so that resident memory stays bounded by one tensor, not the file.
+    public func release(_ range: UnsafeRawBufferPointer) {
+        guard let base, let start = range.baseAddress, range.count > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let lo = (Int(bitPattern: start) - Int(bitPattern: base)) / page * page
+        let hi = min(bytes.count, (Int(bitPattern: start) - Int(bitPattern: base) + range.count + page - 1) / page * page)
+        if hi > lo { madvise(base + lo, hi - lo, Int32(MADV_DONTNEED)) }
+    }
 }
 
 /// A file-system level failure, naming the file.

@@ -52,8 +52,27 @@ public func peakResidentBytes() -> Int {
     return 0
 }
 
-/// SHA-256 of a file, hex (streaming, small memory).
+/// SHA-256 of a file, hex. Reads in 4 MiB chunks, so memory stays small and the
+/// file's pages are not kept resident.
 public func sha256Hex(file path: String) throws -> String {
-    let m = try MappedFile(path: path)
-    return SHA256.hex(m.bytes)
+    var h = SHA256()
+    try sha256Update(&h, file: path)
+    return h.finalizeHex()
+}
+
+/// Feeds a file into `h` in 4 MiB chunks.
+public func sha256Update(_ h: inout SHA256, file path: String) throws {
+    guard let f = fopen(path, "rb") else { throw IOError(path: path, reason: "cannot open: \(String(cString: strerror(errno)))") }
+    defer { fclose(f) }
+    let n = 4 << 20
+    let buf = UnsafeMutableRawPointer.allocate(byteCount: n, alignment: 64)
+    defer { buf.deallocate() }
+    while true {
+        let got = fread(buf, 1, n, f)
+        if got > 0 { h.update(UnsafeRawBufferPointer(start: buf, count: got)) }
+        if got < n {
+            if ferror(f) != 0 { throw IOError(path: path, reason: "read error") }
+            break
+        }
+    }
 }

@@ -99,3 +99,34 @@ enum ByteLevelSymbols {
         fatalError("unreachable")
     }
 }
+
+extension SyntheticModel {
+    /// Writes a large model one tensor at a time (memory: one tensor), for
+    /// streaming/peak-memory checks. Values are cheap deterministic noise.
+    public static func writeStreaming(_ spec: SyntheticModelSpec, to folder: String) throws {
+        let config = spec.config
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let tensors = config.expectedTensors()
+        let w = try SafetensorsWriter(path: folder + "/model.safetensors", entries: tensors.map { .init(name: $0.0, dtype: .f32, shape: $0.1) })
+        var rng = SplitMix64(seed: spec.seed)
+        for (name, shape) in tensors {
+            let n = shape.reduce(1, *)
+            var v = [Float](repeating: 0, count: n)
+            let isNorm = name.hasSuffix("norm.weight")
+            let scale: Float = 1 / Float(shape.last!).squareRoot()
+            var i = 0
+            while i < n {
+                let r = rng.next()
+                for k in 0..<4 where i + k < n {
+                    let u = Float(Int16(truncatingIfNeeded: r >> (16 * UInt64(k)))) / 32768
+                    v[i + k] = isNorm ? 1 + 0.1 * u : scale * u
+                }
+                i += 4
+            }
+            try w.write(floats: v, as: .f32)
+        }
+        try w.commit()
+        try config.toJSON().serialized(pretty: true).write(toFile: folder + "/config.json", atomically: true, encoding: .utf8)
+        try byteLevelTokenizer(vocab: spec.vocab).serialized().write(toFile: folder + "/tokenizer.json", atomically: true, encoding: .utf8)
+    }
+}

@@ -7,8 +7,10 @@ public struct PendingTensor {
     public let name: String
     public let shape: [Int]
     public let produce: () throws -> [Float]
-    public init(name: String, shape: [Int], produce: @escaping () throws -> [Float]) {
-        self.name = name; self.shape = shape; self.produce = produce
+    /// Releases the source pages this tensor was read from (after `produce`).
+    public let release: () -> Void
+    public init(name: String, shape: [Int], release: @escaping () -> Void = {}, produce: @escaping () throws -> [Float]) {
+        self.name = name; self.shape = shape; self.produce = produce; self.release = release
     }
 }
 
@@ -28,6 +30,7 @@ public enum HFFolderWriter {
                 throw ModelError.badConfig(key: t.name, reason: "element \(bad) is \(v[bad]) (NaN/Inf in weights)", source: folder)
             }
             try w.write(floats: v, as: dtype)
+            t.release()
             progress?.update(i + 1)
         }
         try w.commit()

@@ -77,7 +77,7 @@ public enum GGUFImporter {
         func add(_ ggufName: String, _ hfName: String, permuteHeads: Int? = nil) throws {
             guard let t = g[ggufName] else { throw fail("tensor '\(ggufName)' is missing") }
             let shape = t.shape
-            plan.append(PendingTensor(name: hfName, shape: shape) {
+            plan.append(PendingTensor(name: hfName, shape: shape, release: { g.mapping.release(t.bytes) }) {
                 let v = t.dequantize()
                 if let h = permuteHeads, shape.count == 2 { return unpermuteRotaryRows(v, heads: h, rows: shape[0], cols: shape[1]) }
                 return v
@@ -163,8 +163,9 @@ public enum Llama2cImporter {
             return v
         }
         func add(_ name: String, _ shape: [Int], _ at: Int, permute heads: Int? = nil) {
-            plan.append(PendingTensor(name: name, shape: shape) {
-                let v = floats(at, shape.reduce(1, *))
+            let n = shape.reduce(1, *)
+            plan.append(PendingTensor(name: name, shape: shape, release: { m.release(UnsafeRawBufferPointer(rebasing: m.bytes[at..<(at + 4 * n)])) }) {
+                let v = floats(at, n)
                 return heads.map { unpermuteRotaryRows(v, heads: $0, rows: shape[0], cols: shape[1]) } ?? v
             })
         }

@@ -25,7 +25,7 @@ public enum ModelSource {
         for (name, shape) in config.expectedTensors() {
             let t = try store.require(name)
             guard t.shape == shape else { throw ModelError.shapeMismatch(tensor: name, expected: shape, found: t.shape) }
-            plan.append(PendingTensor(name: name, shape: shape) { try t.toFloat() })
+            plan.append(PendingTensor(name: name, shape: shape, release: { t.releasePages() }) { try t.toFloat() })
         }
         return ImportedModel(config: config, tokenizer: tok, tensors: plan, source: store)
     }
@@ -40,7 +40,7 @@ public enum ModelSource {
             files = names.map { path + "/" + $0 }
         }
         var h = SHA256()
-        for f in files { let m = try MappedFile(path: f); h.update(m.bytes) }
+        for f in files { try sha256Update(&h, file: f) }
         return h.finalizeHex()
     }
 }

@@ -16,6 +16,9 @@ public struct TensorView: @unchecked Sendable {
 
     public var count: Int { shape.reduce(1, *) }
 
+    /// Drops this tensor's resident pages when it is backed by a file mapping.
+    public func releasePages() { (owner as? MappedFile)?.release(bytes) }
+
     /// Copies/converts the elements to Float (F32, F16, BF16 only).
     public func toFloat() throws -> [Float] {
         guard dtype == .f32 || dtype == .f16 || dtype == .bf16 else {

@@ -24,7 +24,11 @@ public struct Recipe: Sendable {
         guard let eq = s.lastIndex(of: "=") else { throw RecipeError("override '\(s)' is not REGEX=SCHEME") }
         let pattern = String(s[..<eq])
         do { _ = try NSRegularExpression(pattern: pattern) } catch { throw RecipeError("override '\(s)': '\(pattern)' is not a valid regular expression") }
-        return (pattern, try QuantScheme(parsing: String(s[s.index(after: eq)...]), defaultGroup: defaultGroup))
+        // --group-size fills in only int4/int4s overrides that name no group; `int8` stays per channel.
+        let name = String(s[s.index(after: eq)...])
+        let plain = try QuantScheme(parsing: name)
+        let scheme = (plain.kind == .int4 || plain.kind == .int4s) && !name.contains("-g") ? try QuantScheme(parsing: name, defaultGroup: defaultGroup) : plain
+        return (pattern, scheme)
     }
 
     /// The scheme per tensor, or an error naming the tensor / pattern.
@@ -98,6 +102,7 @@ public enum Quantizer {
                 let rows = t.shape.count == 2 ? t.shape[0] : 1, cols = t.shape.count == 2 ? t.shape[1] : t.shape[0]
                 let q = RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: s, clip: recipe.clip)
                 try w.write(sections: q.sections.map { $0.bytes })
+                t.release()
                 params += v.count
                 tbytes += q.sections.reduce(0) { $0 + $1.bytes.count }
                 progress?.update(i + 1, extra: t.name)
