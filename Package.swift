@@ -22,11 +22,12 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["libz-dev"])]),
         .systemLibrary(name: "CJSONC", pkgConfig: "json-c", providers: [.apt(["libjson-c-dev"])]),
+        .target(name: "CKernels", cSettings: portable ? [.unsafeFlags(["-O3"])] : [.unsafeFlags(["-O3", "-march=native"])]),
         .target(name: "LMCore", dependencies: ["CZlib", "CJSONC"], swiftSettings: kernelFlags),
         .target(name: "LMFormats", dependencies: ["LMCore"], swiftSettings: kernelFlags),
         .target(name: "LMTokenizer", dependencies: ["LMCore"]),
         .target(name: "LMQuant", dependencies: ["LMCore", "LMFormats"], swiftSettings: fastFlags),
-        .target(name: "LMRuntime", dependencies: ["LMCore", "LMFormats", "COpenBLAS"], swiftSettings: fastFlags),
+        .target(name: "LMRuntime", dependencies: ["LMCore", "LMFormats", "COpenBLAS", "CKernels"], swiftSettings: fastFlags),
         .target(name: "LMFixtures", dependencies: ["LMCore", "LMFormats"]),
         .target(name: "LMEval", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "LMRuntime"], swiftSettings: kernelFlags),
         .executableTarget(name: "lmconvert", dependencies: [

@@ -16,7 +16,7 @@ public struct BenchmarkResult: Sendable {
     /// Tokens/s if prefill were only the model's matmuls at this process's sgemm speed.
     public var sgemmBoundTokensPerSecond: Double
     public var sgemmGFLOPS: Double
-    /// Tokens/s if decode only streamed the weights once per token at the measured bandwidth.
+    /// Tokens/s if decode only streamed the weights (as stored) once per token at the measured bandwidth.
     public var bandwidthBoundTokensPerSecond: Double
     public var bandwidthGBps: Double
     public var weightBytes: Int
@@ -81,7 +81,9 @@ public enum Benchmark {
         let shapes = modelShapes(c)
         let flopsPerToken = shapes.reduce(0.0) { $0 + 2.0 * Double($1.0 * $1.1) }
         let gflops = measureSgemm(shapes: shapes, tokens: prefill)
-        let weightBytes = shapes.reduce(0) { $0 + 4 * $1.0 * $1.1 }
+        // Decode streams every matrix once per token (the tied head is the embedding;
+        // only the looked-up embedding rows are read, which is negligible).
+        let weightBytes = model.weightBytes - (model.lmHead === model.embedding ? 0 : model.embedding.storageBytes)
         let bw = measureBandwidth(bytes: max(weightBytes, 256 << 20))
         return BenchmarkResult(
             loadSeconds: loadSeconds, prefillTokens: prefill, prefillTokensPerSecond: pp, decodeTokens: decode, decodeTokensPerSecond: tg,

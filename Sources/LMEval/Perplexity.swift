@@ -59,6 +59,20 @@ public struct PerplexityResult: Sendable {
     public var running: [Double]
     /// Per-token NLL in nats, in scoring order (kept for KL/gates; may be large).
     public var tokenNLL: [Double]
+    /// With a baseline model: the baseline's NLL sum, KL(base ‖ model) per scored token,
+    /// and the number of positions whose argmax agrees.
+    public var baselineNLLSum: Double? = nil
+    public var tokenKL: [Double] = []
+    public var top1Agreements: Int = 0
+
+    public var meanKL: Double? { tokenKL.isEmpty ? nil : tokenKL.reduce(0, +) / Double(tokenKL.count) }
+    public var top1Agreement: Double? { tokenKL.isEmpty ? nil : Double(top1Agreements) / Double(tokenKL.count) }
+    public var baselinePerplexity: Double? { baselineNLLSum.map { exp($0 / Double(max(tokensScored, 1))) } }
+    /// 99th percentile of the per-token KL.
+    public var kl99: Double? {
+        guard !tokenKL.isEmpty else { return nil }
+        let s = tokenKL.sorted(); return s[min(s.count - 1, Int(Double(s.count) * 0.99))]
+    }
 
     public var meanNLL: Double { nllSum / Double(max(tokensScored, 1)) }
     public var perplexity: Double { exp(meanNLL) }
@@ -89,6 +103,10 @@ public struct PerplexityResult: Sendable {
         ]
         if let b = bytes { o.append(("bytes", .int(Int64(b)))) }
         if let bpb = bitsPerByte { o.append(("bits_per_byte", .double(bpb))) }
+        if let kl = meanKL, let t = top1Agreement, let bp = baselinePerplexity {
+            o += [("baseline_perplexity", .double(bp)), ("ppl_ratio", .double(perplexity / bp)),
+                  ("mean_kl", .double(kl)), ("kl_p99", .double(kl99 ?? 0)), ("top1_agreement", .double(t))]
+        }
         o += [("seconds", .double(seconds)), ("tokens_per_second", .double(tokensPerSecond)),
               ("peak_rss_bytes", .int(Int64(peakRSSBytes))), ("threads", .int(Int64(RuntimeThreads.current)))]
         return .object(o)
@@ -104,6 +122,9 @@ public struct PerplexityResult: Sendable {
         s += "\n"
         s += String(format: "PPL        %.4f ± %.4f\n", perplexity, perplexityStderr)
         if let bpb = bitsPerByte { s += String(format: "bits/byte  %.4f\n", bpb) }
+        if let kl = meanKL, let t = top1Agreement, let bp = baselinePerplexity {
+            s += String(format: "baseline   PPL %.4f (ratio %.4f), mean KL %.6f nats (p99 %.5f), top-1 agreement %.2f %%\n", bp, perplexity / bp, kl, kl99 ?? 0, 100 * t)
+        }
         s += String(format: "speed      %.1f tokens/s (%d evaluated in %.2f s, %d threads), peak RSS %.0f MiB\n",
                     tokensPerSecond, tokensEvaluated, seconds, RuntimeThreads.current, Double(peakRSSBytes) / 1_048_576)
         return s
@@ -121,7 +142,10 @@ public enum Perplexity {
     /// Evaluates `textPath` under `options`.
     /// - Throws: `EvalError` when the text yields nothing to score under the protocol.
     public static func run(model: LlamaModel, tokenizer: Tokenizer, textPath: String, options: PerplexityOptions,
-                           progress: Bool? = nil) throws -> PerplexityResult {
+                           baseline: LlamaModel? = nil, progress: Bool? = nil) throws -> PerplexityResult {
+        if let b = baseline, b.config.vocabSize != model.config.vocabSize {
+            throw EvalError("baseline vocabulary (\(b.config.vocabSize)) differs from the model's (\(model.config.vocabSize))")
+        }
         guard options.ctx >= 2 else { throw EvalError("--ctx must be at least 2") }
         guard options.ctx <= model.config.maxPositionEmbeddings || options.ctx <= 1 << 16 else { throw EvalError("--ctx \(options.ctx) is too large") }
         let text: String
@@ -136,9 +160,19 @@ public enum Perplexity {
                                  bosPerWindow: bos != nil, windows: 0, tokensScored: 0, tokensEvaluated: 0, nllSum: 0, nllSqSum: 0,
                                  bytes: nil, seconds: 0, peakRSSBytes: 0, running: [], tokenNLL: [])
         let cache = model.makeCache(capacity: options.ctx)
+        let baseCache = baseline?.makeCache(capacity: options.ctx)
+        if baseline != nil { r.baselineNLLSum = 0 }
         func score(_ window: [Int], rows: [Int], targets: [Int]) {
             cache.reset()
             var logits = model.forward(window, cache: cache, logits: .all)
+            if let b = baseline, let bc = baseCache {
+                bc.reset()
+                var bl = b.forward(window, cache: bc, logits: .all)
+                let (kl, top1) = Scoring.klAndTop1(base: bl, model: logits, vocab: V, rows: rows)
+                r.tokenKL += kl
+                r.top1Agreements += top1.filter { $0 }.count
+                for x in Scoring.nll(logits: &bl, vocab: V, rows: rows, targets: targets) { r.baselineNLLSum! += x }
+            }
             let nll = Scoring.nll(logits: &logits, vocab: V, rows: rows, targets: targets)
             for x in nll { r.nllSum += x; r.nllSqSum += x * x }
             r.tokenNLL += nll

@@ -13,6 +13,8 @@ public protocol LinearWeight: AnyObject, Sendable {
     func apply(_ x: UnsafePointer<Float>, tokens: Int, out: UnsafeMutablePointer<Float>, ldOut: Int)
     /// Row `r` of W as floats (`cols` values): embedding lookups use it.
     func row(_ r: Int, into out: UnsafeMutablePointer<Float>)
+    /// Bytes of stored weights (what one decode step streams from memory).
+    var storageBytes: Int { get }
 }
 
 /// Float32 weights, row-major, either borrowed from a mapping (zero copy) or owned.
@@ -39,6 +41,7 @@ public final class DenseLinear: LinearWeight, @unchecked Sendable {
     deinit { owned?.deallocate() }
 
     public func row(_ r: Int, into out: UnsafeMutablePointer<Float>) { out.update(from: data + r * cols, count: cols) }
+    public var storageBytes: Int { rows * cols * 4 }
 
     /// Splits the output rows across the runtime's workers; each calls single-threaded
     /// OpenBLAS (`sgemv` for one token, `sgemm` otherwise) on its slice.

@@ -32,6 +32,9 @@ public final class LlamaModel: @unchecked Sendable {
     let rope: RotaryTable
     /// Keeps the source mappings alive.
     let sources: [AnyObject]
+    /// Scratch buffers reused across forward calls (decode calls would otherwise
+    /// allocate — and page-fault — fresh buffers for every token).
+    let workspace = Workspace()
 
     public init(config: ModelConfig, layers: [LlamaLayer], embedding: LinearWeight, lmHead: LinearWeight?, finalNorm: [Float], sources: [AnyObject] = []) {
         self.config = config; self.layers = layers; self.embedding = embedding
@@ -129,6 +132,21 @@ public final class LlamaModel: @unchecked Sendable {
                           lmHead: c.tieWordEmbeddings ? nil : try matrix("lm_head.weight"), finalNorm: try vector("model.norm.weight"), sources: [f])
     }
 
+    /// Chooses integer-activation (default) or float-activation decode kernels for
+    /// every packed matrix of this model.
+    public func setIntegerDecode(_ on: Bool) {
+        var all: [LinearWeight] = [embedding, lmHead]
+        for l in layers { all += [l.q, l.k, l.v, l.o, l.gate, l.up, l.down] }
+        for w in all { (w as? PackedLinear)?.integerDecode = on }
+    }
+
+    /// Bytes of all matrices (embedding counted once when tied).
+    public var weightBytes: Int {
+        var n = embedding.storageBytes + (lmHead === embedding ? 0 : lmHead.storageBytes)
+        for l in layers { n += [l.q, l.k, l.v, l.o, l.gate, l.up, l.down].reduce(0) { $0 + $1.storageBytes } }
+        return n
+    }
+
     /// A float KV cache sized for `capacity` positions.
     public func makeCache(capacity: Int) -> KVCache {
         FloatKVCache(layers: config.numLayers, kvHeads: config.numKVHeads, headDim: config.headDim, capacity: capacity)
@@ -150,19 +168,15 @@ public final class LlamaModel: @unchecked Sendable {
         let qDim = H * hd, kvDim = KVH * hd
         let p0 = cache.count, S = p0 + T
         rope.ensure(S)
-        let x = UnsafeMutablePointer<Float>.allocate(capacity: T * D)
-        let xn = UnsafeMutablePointer<Float>.allocate(capacity: T * max(D, qDim))
-        let q = UnsafeMutablePointer<Float>.allocate(capacity: T * qDim)
-        let k = UnsafeMutablePointer<Float>.allocate(capacity: T * kvDim)
-        let v = UnsafeMutablePointer<Float>.allocate(capacity: T * kvDim)
-        let att = UnsafeMutablePointer<Float>.allocate(capacity: T * qDim)
-        let g = UnsafeMutablePointer<Float>.allocate(capacity: T * F)
-        let u = UnsafeMutablePointer<Float>.allocate(capacity: T * F)
         let threads = RuntimeThreads.current
-        let scores = UnsafeMutablePointer<Float>.allocate(capacity: threads * min(T, Self.queryBlock) * S)
-        let kvScratch = UnsafeMutablePointer<Float>.allocate(capacity: threads * 2 * S * hd)
-        defer { for b in [x, xn, q, k, v, att, g, u, scores, kvScratch] { b.deallocate() } }
-
+        workspace.lock.lock()
+        defer { workspace.lock.unlock() }
+        let ws = workspace
+        let x = ws.buffer(0, T * D), xn = ws.buffer(1, T * max(D, qDim)), q = ws.buffer(2, T * qDim)
+        let k = ws.buffer(3, T * kvDim), v = ws.buffer(4, T * kvDim), att = ws.buffer(5, T * qDim)
+        let g = ws.buffer(6, T * F), u = ws.buffer(7, T * F)
+        let scores = ws.buffer(8, threads * min(T, Self.queryBlock) * S)
+        let kvScratch = ws.buffer(9, threads * 2 * S * hd)
         for (t, id) in tokens.enumerated() { embedding.row(id, into: x + t * D) }
         let scale = 1 / Float(hd).squareRoot()
         let xp = SendablePointer(x), xnp = SendablePointer(xn), qp = SendablePointer(q), kp = SendablePointer(k)
@@ -233,6 +247,31 @@ public final class LlamaModel: @unchecked Sendable {
         let workers = min(RuntimeThreads.current, H)
         let sp = SendablePointer(scores), ks = SendablePointer(kvScratch), ap = SendablePointer(out), qp = SendablePointer(q)
         let cacheBox = UncheckedBox(cache)
+        if T <= 3 {
+            // Decode: dot products and a weighted sum per head, no sgemm (its packing
+            // costs more than the arithmetic for one query row).
+            RuntimeThreads.parallelFor(workers) { w in
+                let sc = sp.p + w * B * S
+                let scratchK = ks.p + w * 2 * S * hd, scratchV = scratchK + S * hd
+                var h = w
+                while h < H {
+                    let kvh = h / group
+                    let K = cacheBox.value.keys(layer: li, head: kvh, upTo: S, scratch: scratchK)
+                    let V = cacheBox.value.values(layer: li, head: kvh, upTo: S, scratch: scratchV)
+                    for t in 0..<T {
+                        let qv = qp.p + t * qDim + h * hd
+                        let valid = p0 + t + 1
+                        for j in 0..<valid { sc[j] = Ops.dot(qv, K + j * hd, hd) * scale }
+                        Ops.softmax(sc, valid)
+                        let o = ap.p + t * qDim + h * hd
+                        o.update(repeating: 0, count: hd)
+                        for j in 0..<valid { Ops.axpy(sc[j], V + j * hd, o, hd) }
+                    }
+                    h += workers
+                }
+            }
+            return
+        }
         RuntimeThreads.parallelFor(workers) { w in
             let sc = sp.p + w * B * S
             let scratchK = ks.p + w * 2 * S * hd, scratchV = scratchK + S * hd
@@ -261,4 +300,23 @@ public final class LlamaModel: @unchecked Sendable {
             }
         }
     }
+}
+
+/// Grow-only scratch buffers, one per slot.
+final class Workspace: @unchecked Sendable {
+    let lock = NSLock()
+    private var buffers: [UnsafeMutablePointer<Float>?] = Array(repeating: nil, count: 16)
+    private var sizes = [Int](repeating: 0, count: 16)
+
+    func buffer(_ slot: Int, _ count: Int) -> UnsafeMutablePointer<Float> {
+        if sizes[slot] < count {
+            buffers[slot]?.deallocate()
+            let n = max(count, sizes[slot] * 2)
+            buffers[slot] = .allocate(capacity: n)
+            sizes[slot] = n
+        }
+        return buffers[slot]!
+    }
+
+    deinit { for b in buffers { b?.deallocate() } }
 }

@@ -36,6 +36,35 @@ public enum Ops {
         for i in 0..<n { let z = a[i]; a[i] = z / (1 + Foundation.exp(-z)) * b[i] }
     }
 
+    /// `Σ a[i]·b[i]` (SIMD16 lanes, Float).
+    @inline(__always)
+    public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+        let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
+        var acc = SIMD16<Float>()
+        var i = 0
+        while i + 16 <= n {
+            acc = acc.addingProduct(ra.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self), rb.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self))
+            i += 16
+        }
+        var s = acc.sum()
+        while i < n { s += a[i] * b[i]; i += 1 }
+        return s
+    }
+
+    /// `y[i] += alpha · x[i]`.
+    @inline(__always)
+    public static func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+        let rx = UnsafeRawPointer(x), ry = UnsafeMutableRawPointer(y)
+        let av = SIMD16<Float>(repeating: alpha)
+        var i = 0
+        while i + 16 <= n {
+            let r = ry.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self).addingProduct(av, rx.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self))
+            ry.storeBytes(of: r, toByteOffset: 4 * i, as: SIMD16<Float>.self)
+            i += 16
+        }
+        while i < n { y[i] += alpha * x[i]; i += 1 }
+    }
+
     /// `x[i] += y[i]`.
     @inline(__always)
     public static func add(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, _ n: Int) {

@@ -1,6 +1,7 @@
 import COpenBLAS
 import Dispatch
 import Foundation
+import Synchronization
 
 /// A raw pointer that may cross into worker closures. Each worker must touch a
 /// disjoint range (that is the caller's contract).
@@ -12,6 +13,8 @@ public struct SendablePointer<T>: @unchecked Sendable {
 /// Thread settings for the runtime: our own loops and OpenBLAS.
 public enum RuntimeThreads {
     nonisolated(unsafe) static var count = 2
+    nonisolated(unsafe) static var pool: WorkerPool? = nil
+    static let poolLock = NSLock()
 
     /// Sets the worker count. All parallelism is ours: OpenBLAS is pinned to one
     /// thread and each of our workers calls it on its own slice. (Mixing OpenBLAS's
@@ -19,6 +22,8 @@ public enum RuntimeThreads {
     public static func set(_ n: Int) {
         count = max(1, n)
         openblas_set_num_threads(1)
+        poolLock.lock(); defer { poolLock.unlock() }
+        if count > 1 && (pool?.workers ?? 0) < count - 1 { pool = WorkerPool(extraThreads: count - 1) }
     }
 
     /// Splits `0..<n` into `parts` near-equal ranges, aligned to `align`.
@@ -34,12 +39,26 @@ public enum RuntimeThreads {
         }
         return out
     }
-    public static var current: Int { count }
+    /// The worker count in effect: a scoped override (`withThreads`) or the global setting.
+    public static var current: Int { override ?? count }
+
+    @TaskLocal static var override: Int?
+
+    /// Runs `body` with `n` workers for this task only (the global setting is untouched,
+    /// so concurrent callers are not affected).
+    public static func withThreads<R>(_ n: Int, _ body: () throws -> R) rethrows -> R {
+        try $override.withValue(max(1, n), operation: body)
+    }
 
     /// Runs `body(chunkIndex)` for `n` chunks on up to `count` threads.
     @inline(__always)
     public static func parallelFor(_ n: Int, _ body: (Int) -> Void) {
-        if n <= 1 || count <= 1 { for i in 0..<n { body(i) }; return }
+        if n <= 1 || current <= 1 { for i in 0..<n { body(i) }; return }
+        if let pool, poolBusy.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged {
+            pool.run(n, body)
+            poolBusy.store(false, ordering: .releasing)
+            return
+        }
         withoutActuallyEscaping(body) { b in
             let box = UncheckedBox(b)
             DispatchQueue.concurrentPerform(iterations: n) { box.value($0) }
@@ -48,3 +67,7 @@ public enum RuntimeThreads {
 }
 
 final class UncheckedBox<T>: @unchecked Sendable { let value: T; init(_ v: T) { value = v } }
+
+/// True while a caller owns the pool (it is single-caller; a concurrent or nested
+/// caller falls back to Dispatch).
+let poolBusy = Atomic<Bool>(false)

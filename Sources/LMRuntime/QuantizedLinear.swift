@@ -1,3 +1,4 @@
+import CKernels
 import COpenBLAS
 import Foundation
 import LMCore
@@ -33,14 +34,27 @@ public class PackedLinear: LinearWeight, @unchecked Sendable {
     func matvec(_ x: UnsafePointer<Float>, xsum: UnsafePointer<Float>, rows r0: Int, _ r1: Int, out: UnsafeMutablePointer<Float>) { fatalError("abstract") }
     /// Dequantizes rows `r0..<r1` into `out` (`[r1-r0, cols]`, row stride `cols`).
     func decodeRows(_ r0: Int, _ r1: Int, into out: UnsafeMutablePointer<Float>) { fatalError("abstract") }
+    /// Integer-activation kernel (C, AVX2): rows `r0..<r1` with activations quantized
+    /// to int8 per 32 columns (`qx`, `dx`). Returns false when the scheme has none.
+    func matvecQ8(_ qx: UnsafePointer<Int8>, dx: UnsafePointer<Float>, xsum: UnsafePointer<Float>, rows r0: Int, _ r1: Int, out: UnsafeMutablePointer<Float>) -> Bool { false }
+
+    /// Decode uses integer-activation kernels for int4/int8 unless `LMKIT_FLOAT_DECODE=1`
+    /// (float activations, the Swift SIMD kernels). Like llama.cpp's Q8 dot products,
+    /// the activation is rounded to int8 per 32 columns (error ≤ max|x|/254 per element).
+    public static let integerDecodeDefault = ProcessInfo.processInfo.environment["LMKIT_FLOAT_DECODE"] != "1"
+    /// This weight's decode mode (see `integerDecodeDefault`).
+    public var integerDecode = PackedLinear.integerDecodeDefault
 
     public func row(_ r: Int, into out: UnsafeMutablePointer<Float>) { decodeRows(r, r + 1, into: out) }
+    public var storageBytes: Int { scheme.sections(rows: rows, cols: cols).reduce(0) { $0 + $1.bytes } }
 
     public func apply(_ x: UnsafePointer<Float>, tokens: Int, out: UnsafeMutablePointer<Float>, ldOut: Int) {
         let workers = RuntimeThreads.current
         if tokens <= 3 {
-            let xp = UnsafeMutablePointer<Float>.allocate(capacity: cols32 + ngroups)
-            defer { xp.deallocate() }
+            let xp = UnsafeMutablePointer<Float>.allocate(capacity: cols32 + ngroups + cols32 / 32)
+            let qx = UnsafeMutablePointer<Int8>.allocate(capacity: cols32)
+            defer { xp.deallocate(); qx.deallocate() }
+            let useQ8 = integerDecode && scheme.isQuantized
             for t in 0..<tokens {
                 xp.update(from: x + t * cols, count: cols)
                 (xp + cols).update(repeating: 0, count: cols32 - cols)
@@ -50,10 +64,15 @@ public class PackedLinear: LinearWeight, @unchecked Sendable {
                     for c in (g * group)..<min(cols, (g + 1) * group) { s += xp[c] }
                     xs[g] = s
                 }
+                let dx = xs + ngroups
+                if useQ8 { lmk_quantize_q8(xp, Int32(cols32 / 32), qx, dx) }
                 let slices = RuntimeThreads.ranges(rows, parts: rows * cols < 1 << 16 ? 1 : workers, align: 16)
-                let o = SendablePointer(out + t * ldOut), xv = SendablePointer(xp)
+                let o = SendablePointer(out + t * ldOut), xv = SendablePointer(xp), qv = SendablePointer(qx)
+                let (c32, ng) = (cols32, ngroups)
                 RuntimeThreads.parallelFor(slices.count) { i in
-                    self.matvec(UnsafePointer(xv.p), xsum: UnsafePointer(xv.p + self.cols32), rows: slices[i].lowerBound, slices[i].upperBound, out: o.p)
+                    let (a, b) = (slices[i].lowerBound, slices[i].upperBound)
+                    if useQ8, self.matvecQ8(qv.p, dx: xv.p + c32 + ng, xsum: xv.p + c32, rows: a, b, out: o.p) { return }
+                    self.matvec(UnsafePointer(xv.p), xsum: UnsafePointer(xv.p + c32), rows: a, b, out: o.p)
                 }
             }
             return
@@ -137,11 +156,11 @@ final class Int8Linear: PackedLinear, @unchecked Sendable {
                 var acc0 = SIMD16<Float>(), acc1 = SIMD16<Float>()
                 var b = 0
                 while b + 2 <= nblocks {
-                    acc0 += i8x16(row + 16 * b) * load16(x + 16 * b)
-                    acc1 += i8x16(row + 16 * b + 16) * load16(x + 16 * b + 16)
+                    acc0 = acc0.addingProduct(i8x16(row + 16 * b), load16(x + 16 * b))
+                    acc1 = acc1.addingProduct(i8x16(row + 16 * b + 16), load16(x + 16 * b + 16))
                     b += 2
                 }
-                if b < nblocks { acc0 += i8x16(row + 16 * b) * load16(x + 16 * b) }
+                if b < nblocks { acc0 = acc0.addingProduct(i8x16(row + 16 * b), load16(x + 16 * b)) }
                 out[r] = (acc0 + acc1).sum() * scale(r, 0)
                 continue
             }
@@ -149,12 +168,18 @@ final class Int8Linear: PackedLinear, @unchecked Sendable {
             var b = 0, g = 0
             while b < nblocks {
                 let end = min(nblocks, b + blocksPerGroup)
-                let sv = SIMD16<Float>(repeating: scale(r, g))
-                while b < end { acc += i8x16(row + 16 * b) * load16(x + 16 * b) * sv; b += 1 }
+                var d = SIMD16<Float>()
+                while b < end { d = d.addingProduct(i8x16(row + 16 * b), load16(x + 16 * b)); b += 1 }
+                acc = acc.addingProduct(d, SIMD16<Float>(repeating: scale(r, g)))
                 g += 1
             }
             out[r] = acc.sum()
         }
+    }
+
+    override func matvecQ8(_ qx: UnsafePointer<Int8>, dx: UnsafePointer<Float>, xsum: UnsafePointer<Float>, rows r0: Int, _ r1: Int, out: UnsafeMutablePointer<Float>) -> Bool {
+        lmk_matvec_q8(q, scales, Int32(r0), Int32(r1), Int32(cols32), Int32(ngroups), Int32(scheme.groupSize), qx, dx, out)
+        return true
     }
 
     override func decodeRows(_ r0: Int, _ r1: Int, into out: UnsafeMutablePointer<Float>) {
@@ -202,16 +227,24 @@ final class Int4Linear: PackedLinear, @unchecked Sendable {
                 let end = min(nblocks, b + blocksPerGroup)
                 let s = halfAt(sc, g)
                 let sv = SIMD16<Float>(repeating: s)
+                var d = SIMD16<Float>()
                 while b < end {
                     let (lo, hi) = nibbles16(row + 16 * b)
-                    acc += (lo * load16(x + 32 * b) + hi * load16(x + 32 * b + 16)) * sv
+                    d = d.addingProduct(lo, load16(x + 32 * b))
+                    d = d.addingProduct(hi, load16(x + 32 * b + 16))
                     b += 1
                 }
+                acc = acc.addingProduct(d, sv)
                 offset += (mn.map { halfAt($0, g) } ?? -8 * s) * xsum[g]
                 g += 1
             }
             out[r] = acc.sum() + offset
         }
+    }
+
+    override func matvecQ8(_ qx: UnsafePointer<Int8>, dx: UnsafePointer<Float>, xsum: UnsafePointer<Float>, rows r0: Int, _ r1: Int, out: UnsafeMutablePointer<Float>) -> Bool {
+        lmk_matvec_q4(q, scales, mins, Int32(r0), Int32(r1), Int32(cols32), Int32(ngroups), Int32(group), qx, dx, xsum, out)
+        return true
     }
 
     override func decodeRows(_ r0: Int, _ r1: Int, into out: UnsafeMutablePointer<Float>) {
@@ -257,7 +290,7 @@ final class HalfLinear: PackedLinear, @unchecked Sendable {
             let row = q + r * cols
             var acc = SIMD16<Float>()
             var c = 0
-            while c + 16 <= cols { acc += widen16(row + c) * load16(x + c); c += 16 }
+            while c + 16 <= cols { acc = acc.addingProduct(widen16(row + c), load16(x + c)); c += 16 }
             var s = acc.sum()
             while c < cols { s += (isBF16 ? bf16ToFloat(row[c]) : halfToFloat(row[c])) * x[c]; c += 1 }
             out[r] = s

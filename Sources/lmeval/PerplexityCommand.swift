@@ -29,6 +29,8 @@ struct PerplexityCommand: ParsableCommand {
     var chunks: Int?
     @Option(help: "Document separator for --protocol documents.")
     var separator: String = "<|endoftext|>"
+    @Option(help: "Baseline model (HF folder or .lmpk): adds its PPL, mean KL(baseline ‖ model) and top-1 agreement.")
+    var baseline: String?
     @Option(help: "Write every number as JSON to this file.")
     var json: String?
 
@@ -44,8 +46,9 @@ struct PerplexityCommand: ParsableCommand {
         guard ctx <= model.config.maxPositionEmbeddings else {
             throw EvalError("--ctx \(ctx) exceeds the model's max_position_embeddings (\(model.config.maxPositionEmbeddings))")
         }
+        let base = try baseline.map { try ModelLoader.load($0).0 }
         let r = try Perplexity.run(model: model, tokenizer: tok, textPath: text,
-                                   options: PerplexityOptions(proto: proto, ctx: ctx, stride: stride, limit: chunks, separator: separator))
+                                   options: PerplexityOptions(proto: proto, ctx: ctx, stride: stride, limit: chunks, separator: separator), baseline: base)
         print(r.summary(model: modelOptions.model), terminator: "")
         if let json { try writeJSON(r.json(model: modelOptions.model), to: json) }
     }

@@ -124,6 +124,19 @@ struct ProtocolTests {
         }
     }
 
+    @Test("baseline comparison: a model against itself has KL 0 and 100 % top-1 agreement; a perturbed one does not")
+    func klSelf() throws {
+        let (model, tok, textPath, dir) = try setup()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let r = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 64), baseline: model, progress: false)
+        #expect(r.meanKL! < 1e-9 && r.top1Agreement == 1 && r.baselinePerplexity == r.perplexity)
+        var spec = SyntheticModelSpec(); spec.seed = 99
+        let other = dir + "/other"
+        try SyntheticModel.write(spec, to: other)
+        let r2 = try Perplexity.run(model: LlamaModel.load(folder: other), tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 64), baseline: model, progress: false)
+        #expect(r2.meanKL! > 0.01 && r2.top1Agreement! < 1)
+    }
+
     @Test("runs are bit-for-bit deterministic at a fixed thread count")
     func deterministic() throws {
         let (model, tok, textPath, dir) = try setup()

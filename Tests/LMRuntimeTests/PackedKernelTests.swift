@@ -39,18 +39,38 @@ struct PackedKernelTests {
             var rng = SplitMix64(seed: UInt64(rows * 7 + cols))
             let w = (0..<(rows * cols)).map { _ in rng.nextSigned() * 0.5 }
             let (lin, ref, _) = try packedWeight(w, rows: rows, cols: cols, scheme: scheme)
-            for tokens in [1, 3, 9] {
-                let x = (0..<(tokens * cols)).map { _ in rng.nextSigned() }
-                var out = [Float](repeating: .nan, count: tokens * rows)
-                x.withUnsafeBufferPointer { xp in out.withUnsafeMutableBufferPointer { lin.apply(xp.baseAddress!, tokens: tokens, out: $0.baseAddress!, ldOut: rows) } }
-                var worst = 0.0
-                for t in 0..<tokens { for r in 0..<rows {
-                    var s = 0.0, mag = 0.0
-                    for c in 0..<cols { s += Double(ref[r * cols + c]) * Double(x[t * cols + c]); mag += abs(Double(ref[r * cols + c]) * Double(x[t * cols + c])) }
-                    // Float accumulation over `cols` terms: relative to the sum of magnitudes.
-                    worst = max(worst, abs(Double(out[t * rows + r]) - s) / max(mag, 1e-6))
-                } }
-                #expect(worst <= 1e-5, "\(name) \(rows)x\(cols) tokens \(tokens): worst relative error \(worst)")
+            let packed = lin as? PackedLinear
+            for integer in [false, true] where !integer || scheme.isQuantized {
+                packed?.integerDecode = integer
+                for tokens in [1, 3, 9] {
+                    let x = (0..<(tokens * cols)).map { _ in rng.nextSigned() }
+                    var out = [Float](repeating: .nan, count: tokens * rows)
+                    x.withUnsafeBufferPointer { xp in out.withUnsafeMutableBufferPointer { lin.apply(xp.baseAddress!, tokens: tokens, out: $0.baseAddress!, ldOut: rows) } }
+                    let G = scheme.groupSize == 0 ? cols : scheme.groupSize
+                    for t in 0..<tokens { for r in 0..<rows {
+                        var s = 0.0, mag = 0.0, bound = 0.0
+                        for c in 0..<cols {
+                            let w = Double(ref[r * cols + c]), xv = Double(x[t * cols + c])
+                            s += w * xv; mag += abs(w * xv)
+                        }
+                        if integer && tokens <= 3 {
+                            // Activations rounded to int8 per 32 columns: |Δx| ≤ dx/2 = max|x_b|/254.
+                            // The kernel multiplies that error by the code part of each weight:
+                            // |w| for int8, at most 2·max|w_group| for int4 (s·q with q ≤ 15).
+                            for b in 0..<((cols + 31) / 32) {
+                                let lo = 32 * b, hi = min(cols, lo + 32)
+                                let dx = Double((lo..<hi).map { abs(x[t * cols + $0]) }.max()!) / 127
+                                for c in lo..<hi {
+                                    let g = c / G
+                                    let gmax = Double(((g * G)..<min(cols, (g + 1) * G)).map { abs(ref[r * cols + $0]) }.max()!)
+                                    bound += (scheme.kind == .int8 ? abs(Double(ref[r * cols + c])) : 2 * gmax) * dx / 2
+                                }
+                            }
+                        }
+                        let err = abs(Double(out[t * rows + r]) - s)
+                        #expect(err <= bound * 1.001 + 1e-5 * max(mag, 1e-6), "\(name) \(rows)x\(cols) tokens \(tokens) integer \(integer): error \(err), bound \(bound)")
+                    } }
+                }
             }
             var row = [Float](repeating: .nan, count: cols)
             for r in [0, rows - 1] {
@@ -94,11 +114,19 @@ struct QuantizedModelTests {
         let d = zip(a, b).map { abs($0 - $1) }.max()!
         let limit: Float = name == "f32" ? 0 : name == "f16" ? 0.01 : name.hasPrefix("int8") ? 0.1 : 2.0
         #expect(d <= limit, "\(name): max |Δlogit| vs float \(d)")
-        // Decode path agrees with prefill for the quantized model.
+        // Decode path (float-activation kernels) agrees with prefill for the quantized model.
+        q.setIntegerDecode(false)
         let cache = q.makeCache(capacity: 64)
         _ = q.forward(Array(ids[0..<39]), cache: cache, logits: .none)
         let last = q.forward([ids[39]], cache: cache, logits: .last)
         let d2 = zip(last, b.suffix(spec.vocab)).map { abs($0 - $1) }.max()!
         #expect(d2 <= 2e-4, "\(name): decode vs prefill \(d2)")
+        // Integer-activation decode: close to prefill (activation rounding only).
+        q.setIntegerDecode(true)
+        let cache2 = q.makeCache(capacity: 64)
+        _ = q.forward(Array(ids[0..<39]), cache: cache2, logits: .none)
+        let last2 = q.forward([ids[39]], cache: cache2, logits: .last)
+        let d3 = zip(last2, b.suffix(spec.vocab)).map { abs($0 - $1) }.max()!
+        #expect(d3 <= 0.25, "\(name): integer decode vs prefill \(d3)")
     }
 }

@@ -62,10 +62,8 @@ struct RuntimeTwinTests {
         try SyntheticModel.write(SyntheticModelSpec(), to: dir)
         let model = try LlamaModel.load(folder: dir)
         let ids = Array(0..<50).map { ($0 * 37) % 300 }
-        RuntimeThreads.set(1)
-        let a = model.forward(ids, cache: model.makeCache(capacity: 64))
-        RuntimeThreads.set(2)
-        let b = model.forward(ids, cache: model.makeCache(capacity: 64))
+        let a = RuntimeThreads.withThreads(1) { model.forward(ids, cache: model.makeCache(capacity: 64)) }
+        let b = RuntimeThreads.withThreads(2) { model.forward(ids, cache: model.makeCache(capacity: 64)) }
         let d = zip(a, b).map { abs($0 - $1) }.max()!
         #expect(d <= 1e-5)
     }
