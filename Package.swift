@@ -29,7 +29,7 @@ let package = Package(
         .target(name: "LMQuant", dependencies: ["LMCore", "LMFormats"], swiftSettings: fastFlags),
         .target(name: "LMRuntime", dependencies: ["LMCore", "LMFormats", "COpenBLAS", "CKernels"], swiftSettings: fastFlags),
         .target(name: "LMFixtures", dependencies: ["LMCore", "LMFormats"]),
-        .target(name: "LMEval", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "LMRuntime"], swiftSettings: kernelFlags),
+        .target(name: "LMEval", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "LMRuntime", "LMQuant"], swiftSettings: kernelFlags),
         .executableTarget(name: "lmconvert", dependencies: [
             "LMCore", "LMFormats", "LMTokenizer", "LMQuant",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

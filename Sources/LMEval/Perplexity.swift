@@ -142,7 +142,8 @@ public enum Perplexity {
     /// Evaluates `textPath` under `options`.
     /// - Throws: `EvalError` when the text yields nothing to score under the protocol.
     public static func run(model: LlamaModel, tokenizer: Tokenizer, textPath: String, options: PerplexityOptions,
-                           baseline: LlamaModel? = nil, progress: Bool? = nil) throws -> PerplexityResult {
+                           baseline: LlamaModel? = nil, progress: Bool? = nil,
+                           observer: ((_ logits: UnsafeMutablePointer<Float>, _ vocab: Int, _ rows: [Int], _ targets: [Int]) -> Void)? = nil) throws -> PerplexityResult {
         if let b = baseline, b.config.vocabSize != model.config.vocabSize {
             throw EvalError("baseline vocabulary (\(b.config.vocabSize)) differs from the model's (\(model.config.vocabSize))")
         }
@@ -165,6 +166,7 @@ public enum Perplexity {
         func score(_ window: [Int], rows: [Int], targets: [Int]) {
             cache.reset()
             var logits = model.forward(window, cache: cache, logits: .all)
+            if let observer { logits.withUnsafeMutableBufferPointer { observer($0.baseAddress!, V, rows, targets) } }
             if let b = baseline, let bc = baseCache {
                 bc.reset()
                 var bl = b.forward(window, cache: bc, logits: .all)

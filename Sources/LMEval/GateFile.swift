@@ -1,0 +1,175 @@
+import Foundation
+import LMCore
+import LMFormats
+import LMQuant
+
+/// A malformed gate file or missing/changed data (exit code 2). `key` is the JSON
+/// path of the offending entry, e.g. `suites[0].candidates[1].limits.top1_min`.
+public struct GateFileError: Error, CustomStringConvertible {
+    public let file: String
+    public let key: String
+    public let reason: String
+    public var description: String { "\(file): \(key): \(reason)" }
+}
+
+/// Limits a candidate must meet; nil = not checked.
+public struct GateLimits: Sendable, Equatable {
+    public var pplRatioMax: Double?
+    public var pplIncreaseMax: Double?
+    public var bpbMax: Double?
+    public var meanKLMax: Double?
+    public var top1Min: Double?
+    public var prefillSpeedRatioMin: Double?
+    public var decodeSpeedRatioMin: Double?
+    public var needsSpeed: Bool { prefillSpeedRatioMin != nil || decodeSpeedRatioMin != nil }
+}
+
+/// How a candidate model is obtained.
+public enum GateCandidateSource: Sendable {
+    case artifact(String)
+    case recipe(source: String, scheme: QuantScheme, clip: ClipMethod, overrides: [String])
+}
+
+public struct GateCandidate: Sendable {
+    public var name: String
+    public var source: GateCandidateSource
+    public var limits: GateLimits
+    public var justification: String?
+}
+
+public struct GateData: Sendable {
+    public var text: String
+    public var sha256: String
+    public var options: PerplexityOptions
+}
+
+public struct GateSuite: Sendable {
+    public var name: String
+    public var data: GateData
+    public var baseline: GateCandidateSource
+    public var candidates: [GateCandidate]
+}
+
+/// A parsed, validated gate file (formats/gates.md).
+public struct GateFile: Sendable {
+    public var path: String
+    public var threads: Int
+    public var cacheDir: String
+    public var suites: [GateSuite]
+
+    public static func load(_ path: String) throws -> GateFile {
+        let json: JSON
+        do { json = try JSON.parse(file: path) } catch { throw GateFileError(file: path, key: "(file)", reason: "\(error)") }
+        let dir = (path as NSString).deletingLastPathComponent
+        func fail(_ key: String, _ r: String) -> GateFileError { GateFileError(file: path, key: key, reason: r) }
+        func expand(_ s: String, _ key: String) throws -> String {
+            var out = s
+            while let r = out.range(of: #"\$\{[A-Za-z_][A-Za-z0-9_]*\}"#, options: .regularExpression) {
+                let name = String(out[r].dropFirst(2).dropLast())
+                var value = ProcessInfo.processInfo.environment[name]
+                if value == nil && name == SharedData.environmentKey { value = SharedData.locate() }
+                guard let v = value else { throw fail(key, "environment variable \(name) is not set") }
+                out.replaceSubrange(r, with: v)
+            }
+            if !out.hasPrefix("/") { out = (dir.isEmpty ? "." : dir) + "/" + out }
+            return out
+        }
+        func object(_ j: JSON?, _ key: String, allowed: [String]) throws -> [(String, JSON)] {
+            guard let o = j?.object else { throw fail(key, j == nil ? "missing" : "must be an object") }
+            for (k, _) in o where !allowed.contains(k) { throw fail("\(key).\(k)", "unknown key (allowed: \(allowed.joined(separator: ", ")))") }
+            return o
+        }
+        func str(_ j: JSON?, _ key: String) throws -> String {
+            guard let s = j?.string else { throw fail(key, j == nil ? "missing" : "must be a string") }
+            return s
+        }
+        func optInt(_ j: JSON?, _ key: String) throws -> Int? {
+            guard let j, !j.isNull else { return nil }
+            guard let i = j.int, i > 0 else { throw fail(key, "must be a positive integer") }
+            return i
+        }
+        func source(_ cj: JSON, _ ck: String) throws -> GateCandidateSource {
+            switch (cj["model"], cj["recipe"]) {
+            case let (m?, nil): return .artifact(try expand(try str(m, ck + ".model"), ck + ".model"))
+            case let (nil, r?):
+                let rk = ck + ".recipe"
+                let ro = try object(r, rk, allowed: ["source", "scheme", "group_size", "clip", "overrides", "prune", "shard", "kv_cache", "tokenizer"])
+                for reserved in ["prune", "shard", "kv_cache"] where ro.contains(where: { $0.0 == reserved }) {
+                    throw fail(rk + "." + reserved, "reserved for a later release: this lmkit cannot build '\(reserved)' candidates yet")
+                }
+                let source = try expand(try str(r["source"], rk + ".source"), rk + ".source")
+                let scheme: QuantScheme
+                do { scheme = try QuantScheme(parsing: try str(r["scheme"], rk + ".scheme"), defaultGroup: try optInt(r["group_size"], rk + ".group_size")) }
+                catch let e as QuantSchemeError { throw fail(rk + ".scheme", e.description) }
+                var clip = ClipMethod.minmax
+                if let c = r["clip"] {
+                    guard let m = ClipMethod(rawValue: try str(c, rk + ".clip")) else { throw fail(rk + ".clip", "must be minmax or mse") }
+                    clip = m
+                }
+                var ov: [String] = []
+                if let o = r["overrides"] {
+                    guard let a = o.array else { throw fail(rk + ".overrides", "must be an array of 'REGEX=SCHEME' strings") }
+                    for (k, x) in a.enumerated() {
+                        let s = try str(x, rk + ".overrides[\(k)]")
+                        do { _ = try Recipe.parseOverride(s, defaultGroup: nil) } catch { throw fail(rk + ".overrides[\(k)]", "\(error)") }
+                        ov.append(s)
+                    }
+                }
+                return .recipe(source: source, scheme: scheme, clip: clip, overrides: ov)
+            case (_?, _?): throw fail(ck, "give either 'model' or 'recipe', not both")
+            case (nil, nil): throw fail(ck, "needs 'model' (an artifact) or 'recipe' (built by the gate)")
+            }
+        }
+        let top = try object(json, "(top level)", allowed: ["version", "threads", "cache_dir", "suites", "description"])
+        _ = top
+        guard json["version"]?.int == 1 else { throw fail("version", "must be 1 (this tool reads gate files of version 1)") }
+        let threads = try optInt(json["threads"], "threads") ?? 2
+        var cacheDir = ProcessInfo.processInfo.environment["LMKIT_CACHE"] ?? (NSHomeDirectory() + "/.cache/lmkit")
+        if let c = json["cache_dir"] { cacheDir = try expand(try str(c, "cache_dir"), "cache_dir") }
+        guard let suitesJ = json["suites"]?.array, !suitesJ.isEmpty else { throw fail("suites", "must be a non-empty array") }
+        var suites: [GateSuite] = []
+        for (si, sj) in suitesJ.enumerated() {
+            let sk = "suites[\(si)]"
+            _ = try object(sj, sk, allowed: ["name", "data", "baseline", "candidates", "description"])
+            let name = try str(sj["name"], sk + ".name")
+            let dk = sk + ".data"
+            _ = try object(sj["data"], dk, allowed: ["text", "sha256", "protocol", "ctx", "chunks", "stride", "separator"])
+            let d = sj["data"]!
+            let text = try expand(try str(d["text"], dk + ".text"), dk + ".text")
+            let sha = try str(d["sha256"], dk + ".sha256").lowercased()
+            guard let proto = PerplexityProtocol(rawValue: try str(d["protocol"], dk + ".protocol")) else {
+                throw fail(dk + ".protocol", "must be one of \(PerplexityProtocol.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            guard let ctx = try optInt(d["ctx"], dk + ".ctx") else { throw fail(dk + ".ctx", "missing") }
+            var opts = PerplexityOptions(proto: proto, ctx: ctx, stride: try optInt(d["stride"], dk + ".stride"), limit: try optInt(d["chunks"], dk + ".chunks"))
+            if let sep = d["separator"] { opts.separator = try str(sep, dk + ".separator") }
+            _ = try object(sj["baseline"], sk + ".baseline", allowed: ["model", "recipe"])
+            let baseline = try source(sj["baseline"]!, sk + ".baseline")
+            guard let candJ = sj["candidates"]?.array, !candJ.isEmpty else { throw fail(sk + ".candidates", "must be a non-empty array") }
+            var cands: [GateCandidate] = []
+            for (ci, cj) in candJ.enumerated() {
+                let ck = sk + ".candidates[\(ci)]"
+                _ = try object(cj, ck, allowed: ["name", "model", "recipe", "limits", "justification"])
+                let cname = try str(cj["name"], ck + ".name")
+                let src = try source(cj, ck)
+                let lk = ck + ".limits"
+                let names = ["ppl_ratio_max", "ppl_increase_max", "bpb_max", "mean_kl_max", "top1_min", "prefill_speed_ratio_min", "decode_speed_ratio_min"]
+                let lo = try object(cj["limits"], lk, allowed: names)
+                guard !lo.isEmpty else { throw fail(lk, "at least one limit is required") }
+                var values: [String: Double] = [:]
+                for (k, v) in lo {
+                    guard let x = v.double, x.isFinite, x >= 0 else { throw fail(lk + "." + k, "must be a non-negative number") }
+                    values[k] = x
+                }
+                if values["bpb_max"] != nil && proto != .documents { throw fail(lk + ".bpb_max", "bits per byte needs the documents protocol") }
+                if let t = values["top1_min"], t > 1 { throw fail(lk + ".top1_min", "is a fraction (0…1)") }
+                let limits = GateLimits(pplRatioMax: values["ppl_ratio_max"], pplIncreaseMax: values["ppl_increase_max"], bpbMax: values["bpb_max"],
+                                        meanKLMax: values["mean_kl_max"], top1Min: values["top1_min"],
+                                        prefillSpeedRatioMin: values["prefill_speed_ratio_min"], decodeSpeedRatioMin: values["decode_speed_ratio_min"])
+                cands.append(GateCandidate(name: cname, source: src, limits: limits, justification: cj["justification"]?.string))
+            }
+            suites.append(GateSuite(name: name, data: GateData(text: text, sha256: sha, options: opts), baseline: baseline, candidates: cands))
+        }
+        return GateFile(path: path, threads: threads, cacheDir: cacheDir, suites: suites)
+    }
+}
