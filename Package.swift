@@ -29,6 +29,7 @@ let package = Package(
         .target(name: "LMQuant", dependencies: ["LMCore", "LMFormats"], swiftSettings: fastFlags),
         .target(name: "LMRuntime", dependencies: ["LMCore", "LMFormats", "COpenBLAS", "CKernels"], swiftSettings: fastFlags),
         .target(name: "LMFixtures", dependencies: ["LMCore", "LMFormats"]),
+        .target(name: "LMTestSupport", dependencies: ["LMCore", "LMFormats"]),
         .target(name: "LMEval", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "LMRuntime", "LMQuant"], swiftSettings: kernelFlags),
         .executableTarget(name: "lmconvert", dependencies: [
             "LMCore", "LMFormats", "LMTokenizer", "LMQuant",
@@ -40,10 +41,10 @@ let package = Package(
         ]),
         .testTarget(name: "LMCoreTests", dependencies: ["LMCore"]),
         .testTarget(name: "LMQuantTests", dependencies: ["LMCore", "LMFormats", "LMQuant"]),
-        .testTarget(name: "LMFormatsTests", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "LMFixtures"]),
-        .testTarget(name: "LMTokenizerTests", dependencies: ["LMCore", "LMFormats", "LMTokenizer"]),
-        .testTarget(name: "LMRuntimeTests", dependencies: ["LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMFixtures", "LMQuant"]),
-        .testTarget(name: "LMEvalTests", dependencies: ["LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMEval", "LMFixtures", "LMQuant"]),
-        .testTarget(name: "CLITests", dependencies: ["LMCore", "LMFormats", "LMFixtures"]),
+        .testTarget(name: "LMFormatsTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMTokenizer", "LMFixtures"]),
+        .testTarget(name: "LMTokenizerTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMTokenizer"]),
+        .testTarget(name: "LMRuntimeTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMFixtures", "LMQuant"]),
+        .testTarget(name: "LMEvalTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMEval", "LMFixtures", "LMQuant"]),
+        .testTarget(name: "CLITests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMFixtures"]),
     ]
 )

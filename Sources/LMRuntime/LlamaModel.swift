@@ -57,7 +57,7 @@ public final class LlamaModel: @unchecked Sendable {
             }
             return t
         }
-        func matrix(_ name: String) throws -> DenseLinear {
+        func matrix(_ name: String) throws -> LinearWeight {
             let t = try tensor(name)
             guard t.shape.count == 2 else { throw ModelError.shapeMismatch(tensor: name, expected: expected[name] ?? [], found: t.shape) }
             if t.dtype == .f32, let base = t.bytes.baseAddress, Int(bitPattern: base) % 4 == 0 {
@@ -66,24 +66,7 @@ public final class LlamaModel: @unchecked Sendable {
             return DenseLinear(rows: t.shape[0], cols: t.shape[1], values: try t.toFloat())
         }
         func vector(_ name: String) throws -> [Float] { try tensor(name).toFloat() }
-        var layers: [LlamaLayer] = []
-        for l in 0..<config.numLayers {
-            let p = "model.layers.\(l)."
-            let hasBias = store[p + "self_attn.q_proj.bias"] != nil
-            layers.append(LlamaLayer(
-                attnNorm: try vector(p + "input_layernorm.weight"),
-                q: try matrix(p + "self_attn.q_proj.weight"), k: try matrix(p + "self_attn.k_proj.weight"),
-                v: try matrix(p + "self_attn.v_proj.weight"), o: try matrix(p + "self_attn.o_proj.weight"),
-                qBias: hasBias ? try vector(p + "self_attn.q_proj.bias") : nil,
-                kBias: hasBias ? try vector(p + "self_attn.k_proj.bias") : nil,
-                vBias: hasBias ? try vector(p + "self_attn.v_proj.bias") : nil,
-                mlpNorm: try vector(p + "post_attention_layernorm.weight"),
-                gate: try matrix(p + "mlp.gate_proj.weight"), up: try matrix(p + "mlp.up_proj.weight"),
-                down: try matrix(p + "mlp.down_proj.weight")))
-        }
-        let emb = try matrix("model.embed_tokens.weight")
-        let head: DenseLinear? = config.tieWordEmbeddings ? nil : try matrix("lm_head.weight")
-        return LlamaModel(config: config, layers: layers, embedding: emb, lmHead: head, finalNorm: try vector("model.norm.weight"), sources: [store])
+        return try assemble(config: config, has: { store[$0] != nil }, matrix: matrix, vector: vector, source: store)
     }
 
     /// Loads an HF folder or an `.lmpk` file (by extension).
@@ -113,23 +96,7 @@ public final class LlamaModel: @unchecked Sendable {
             v.withUnsafeMutableBufferPointer { convertToFloat(x.sections[0], dtype: dt, into: $0) }
             return v
         }
-        var layers: [LlamaLayer] = []
-        for l in 0..<c.numLayers {
-            let p = "model.layers.\(l)."
-            let bias = f[p + "self_attn.q_proj.bias"] != nil
-            layers.append(LlamaLayer(
-                attnNorm: try vector(p + "input_layernorm.weight"),
-                q: try matrix(p + "self_attn.q_proj.weight"), k: try matrix(p + "self_attn.k_proj.weight"),
-                v: try matrix(p + "self_attn.v_proj.weight"), o: try matrix(p + "self_attn.o_proj.weight"),
-                qBias: bias ? try vector(p + "self_attn.q_proj.bias") : nil,
-                kBias: bias ? try vector(p + "self_attn.k_proj.bias") : nil,
-                vBias: bias ? try vector(p + "self_attn.v_proj.bias") : nil,
-                mlpNorm: try vector(p + "post_attention_layernorm.weight"),
-                gate: try matrix(p + "mlp.gate_proj.weight"), up: try matrix(p + "mlp.up_proj.weight"),
-                down: try matrix(p + "mlp.down_proj.weight")))
-        }
-        return LlamaModel(config: c, layers: layers, embedding: try matrix("model.embed_tokens.weight"),
-                          lmHead: c.tieWordEmbeddings ? nil : try matrix("lm_head.weight"), finalNorm: try vector("model.norm.weight"), sources: [f])
+        return try assemble(config: c, has: { f[$0] != nil }, matrix: matrix, vector: vector, source: f)
     }
 
     /// Chooses integer-activation (default) or float-activation decode kernels for
@@ -145,6 +112,28 @@ public final class LlamaModel: @unchecked Sendable {
         var n = embedding.storageBytes + (lmHead === embedding ? 0 : lmHead.storageBytes)
         for l in layers { n += [l.q, l.k, l.v, l.o, l.gate, l.up, l.down].reduce(0) { $0 + $1.storageBytes } }
         return n
+    }
+
+    /// Builds the model from per-tensor loaders (shared by every input format).
+    static func assemble(config c: ModelConfig, has: (String) -> Bool, matrix: (String) throws -> LinearWeight,
+                         vector: (String) throws -> [Float], source: AnyObject) throws -> LlamaModel {
+        var layers: [LlamaLayer] = []
+        for l in 0..<c.numLayers {
+            let p = "model.layers.\(l)."
+            let bias = has(p + "self_attn.q_proj.bias")
+            layers.append(LlamaLayer(
+                attnNorm: try vector(p + "input_layernorm.weight"),
+                q: try matrix(p + "self_attn.q_proj.weight"), k: try matrix(p + "self_attn.k_proj.weight"),
+                v: try matrix(p + "self_attn.v_proj.weight"), o: try matrix(p + "self_attn.o_proj.weight"),
+                qBias: bias ? try vector(p + "self_attn.q_proj.bias") : nil,
+                kBias: bias ? try vector(p + "self_attn.k_proj.bias") : nil,
+                vBias: bias ? try vector(p + "self_attn.v_proj.bias") : nil,
+                mlpNorm: try vector(p + "post_attention_layernorm.weight"),
+                gate: try matrix(p + "mlp.gate_proj.weight"), up: try matrix(p + "mlp.up_proj.weight"),
+                down: try matrix(p + "mlp.down_proj.weight")))
+        }
+        return LlamaModel(config: c, layers: layers, embedding: try matrix("model.embed_tokens.weight"),
+                          lmHead: c.tieWordEmbeddings ? nil : try matrix("lm_head.weight"), finalNorm: try vector("model.norm.weight"), sources: [source])
     }
 
     /// A float KV cache sized for `capacity` positions.

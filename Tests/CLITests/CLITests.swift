@@ -1,6 +1,7 @@
 import Foundation
 import LMCore
 import LMFixtures
+import LMTestSupport
 import Testing
 
 /// Finds a built executable of this package (same build folder as the tests).

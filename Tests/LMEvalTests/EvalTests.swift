@@ -5,6 +5,7 @@ import LMFixtures
 import LMFormats
 import LMRuntime
 import LMTokenizer
+import LMTestSupport
 import Testing
 
 @Suite("Perplexity and generation against published numbers (shared data)", .serialized)
@@ -40,7 +41,7 @@ struct EvalGoldenTests {
 
     @Test("SmolLM2 prompt 0 greedy reproduces greedy_prompt0_ids")
     func greedySmol() throws {
-        guard let root = sharedRoot("SmolLM2 greedy"), let folder = EvalModels.smolFolder else { return }
+        guard let root = sharedRoot("SmolLM2 greedy"), let folder = ImportedSmolLM2.folder else { return }
         let want = try SafetensorsFile(path: root + "/reference/smollm2-135m/reference.safetensors")["greedy_prompt0_ids"]!.toInts()
         let tok = try Tokenizer(path: folder)
         let prompt = tok.encode("The capital of France is")
@@ -51,7 +52,7 @@ struct EvalGoldenTests {
 
     @Test("SmolLM2 chunks ctx 512 on wiki.test.raw, 4 chunks: finite PPL in the published range, 255 scored per chunk")
     func smolChunks() throws {
-        guard let root = sharedRoot("SmolLM2 chunks"), let folder = EvalModels.smolFolder else { return }
+        guard let root = sharedRoot("SmolLM2 chunks"), let folder = ImportedSmolLM2.folder else { return }
         RuntimeThreads.set(2)
         let r = try Perplexity.run(model: LlamaModel.load(folder: folder), tokenizer: Tokenizer(path: folder),
                                    textPath: root + "/text/wiki.test.raw", options: PerplexityOptions(proto: .chunks, ctx: 512, limit: 4), progress: false)
@@ -60,19 +61,6 @@ struct EvalGoldenTests {
         // SmolLM2-135M on WikiText-2 is ~20 PPL at ctx 512; a broken runtime is far off.
         #expect(r.perplexity > 10 && r.perplexity < 40, "ppl \(r.perplexity)")
     }
-}
-
-enum EvalModels {
-    static let smolFolder: String? = {
-        guard let root = SharedData.locate() else { return nil }
-        let dir = NSTemporaryDirectory() + "lmkit-evaltest-smol-\(getpid())"
-        do {
-            let m = try GGUFImporter.load(GGUFFile(path: root + "/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"))
-            try HFFolderWriter.write(folder: dir, config: m.config, tokenizer: m.tokenizer, tensors: m.tensors, dtype: .f32)
-            atexit { try? FileManager.default.removeItem(atPath: NSTemporaryDirectory() + "lmkit-evaltest-smol-\(getpid())") }
-            return dir
-        } catch { Issue.record("SmolLM2 import failed: \(error)"); return nil }
-    }()
 }
 
 @Suite("Perplexity protocol invariants (synthetic model)", .serialized)

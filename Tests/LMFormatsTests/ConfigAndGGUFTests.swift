@@ -1,6 +1,7 @@
 import Foundation
 import LMCore
 import LMFormats
+import LMTestSupport
 import Testing
 
 @Suite("config.json")

@@ -2,6 +2,7 @@ import Foundation
 import LMCore
 import LMFormats
 import LMRuntime
+import LMTestSupport
 import Testing
 
 /// Compares logits with a reference: argmax at every position, max and mean |Δ|.
@@ -43,7 +44,7 @@ struct GoldenForwardTests {
 
     @Test("SmolLM2 (imported from GGUF): same argmax, max |Δ| ≤ 1e-2, mean |Δ| ≤ 1e-3 on 3 prompts")
     func smol() throws {
-        guard sharedRoot("SmolLM2 forward") != nil, let folder = ImportedModels.smolFolder else {
+        guard sharedRoot("SmolLM2 forward") != nil, let folder = ImportedSmolLM2.folder else {
             if SharedData.locate() != nil { Issue.record("SmolLM2 import failed") }
             return
         }

@@ -2,6 +2,7 @@ import Foundation
 import LMCore
 import LMFormats
 import LMTokenizer
+import LMTestSupport
 import Testing
 
 @Suite("Tokenizer golden tests (shared data)")
