@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 BIN=.build/release
 DATA="${LMKIT_SHARED:-../shared}"
 OUT="${OUT:-.build/accuracy}"
-SMOL_CHUNKS="${SMOL_CHUNKS:-20}"
+SMOL_CHUNKS="${SMOL_CHUNKS:-16}"
 SCHEMES="${SCHEMES:-f16 int8 int8-g128 int8-g64 int8-g32 int4-g128 int4-g64 int4-g32 int4s-g128 int4s-g64 int4s-g32}"
 mkdir -p "$OUT"
 [ -d "$OUT/smol" ] || $BIN/lmconvert import -i "$DATA/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf" -o "$OUT/smol" >/dev/null
