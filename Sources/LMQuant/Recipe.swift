@@ -105,7 +105,8 @@ public enum Quantizer {
                 t.release()
                 params += v.count
                 tbytes += q.sections.reduce(0) { $0 + $1.bytes.count }
-                progress?.update(i + 1, extra: t.name)
+                let mbps = Double(params * 4) / 1_048_576 / max(Date().timeIntervalSince(start), 1e-9)
+                progress?.update(i + 1, extra: String(format: "%.0f MB/s (f32 in) %@", mbps, t.name))
             }
             try w.commit()
         } catch {

@@ -89,6 +89,29 @@ struct QuantizeCLITests {
         try v.write(to: URL(fileURLWithPath: dir + "/v.lmpk"))
         r = try run("lmeval", ["generate", "-m", dir + "/v.lmpk"])
         #expect(r.status == 1 && r.stderr.contains("version 9"), "\(r.stderr)")
+        // Overlapping and misaligned sections, with the header CRC re-sealed so only the
+        // structural check can catch them.
+        func rewriteHeader(_ edit: (inout String) -> Void) throws -> Data {
+            var d = a
+            let hlen = Int(d[8..<16].withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })
+            var header = String(decoding: d[24..<(24 + hlen)], as: UTF8.self)
+            edit(&header)
+            var hb = Array(header.utf8)
+            precondition(hb.count <= hlen)
+            hb += [UInt8](repeating: 0x20, count: hlen - hb.count)
+            d.replaceSubrange(24..<(24 + hlen), with: hb)
+            withUnsafeBytes(of: hb.withUnsafeBytes { crc32($0) }.littleEndian) { for k in 0..<4 { d[16 + k] = $0[k] } }
+            return d
+        }
+        let f = try LMPKFile(path: dir + "/a.lmpk")
+        let t0 = f.tensors[1], t1 = f.tensors[2]
+        let off0 = t0.range.lowerBound, off1 = t1.range.lowerBound
+        try rewriteHeader { $0 = $0.replacingOccurrences(of: "\"offset\":\(off1),", with: "\"offset\":\(off0),") }.write(to: URL(fileURLWithPath: dir + "/o.lmpk"))
+        r = try run("lmconvert", ["verify", dir + "/o.lmpk"])
+        #expect(r.status == 1 && r.stderr.contains("overlaps"), "\(r.stderr)")
+        try rewriteHeader { $0 = $0.replacingOccurrences(of: "\"offset\":\(off1),", with: "\"offset\":\(off1 + 4),") }.write(to: URL(fileURLWithPath: dir + "/m.lmpk"))
+        r = try run("lmconvert", ["verify", dir + "/m.lmpk"])
+        #expect(r.status == 1 && r.stderr.contains("unaligned"), "\(r.stderr)")
         var h = a; h[40] ^= 1
         try h.write(to: URL(fileURLWithPath: dir + "/h.lmpk"))
         r = try run("lmconvert", ["inspect", dir + "/h.lmpk"])
