@@ -148,7 +148,9 @@ public enum Perplexity {
             throw EvalError("baseline vocabulary (\(b.config.vocabSize)) differs from the model's (\(model.config.vocabSize))")
         }
         guard options.ctx >= 2 else { throw EvalError("--ctx must be at least 2") }
-        guard options.ctx <= model.config.maxPositionEmbeddings || options.ctx <= 1 << 16 else { throw EvalError("--ctx \(options.ctx) is too large") }
+        guard options.ctx <= model.config.maxPositionEmbeddings else {
+            throw EvalError("--ctx \(options.ctx) exceeds the model's max_position_embeddings (\(model.config.maxPositionEmbeddings))")
+        }
         let text: String
         do { text = try String(contentsOfFile: textPath, encoding: .utf8) } catch {
             throw EvalError("\(textPath): cannot read as UTF-8 text (\(error.localizedDescription))")

@@ -27,7 +27,7 @@ public enum HFFolderWriter {
             let v = try t.produce()
             guard v.count == t.shape.reduce(1, *) else { throw ModelError.shapeMismatch(tensor: t.name, expected: t.shape, found: [v.count]) }
             if let bad = v.firstIndex(where: { !$0.isFinite }) {
-                throw ModelError.badConfig(key: t.name, reason: "element \(bad) is \(v[bad]) (NaN/Inf in weights)", source: folder)
+                throw ModelError.nonFinite(tensor: t.name, index: bad, value: v[bad])
             }
             try w.write(floats: v, as: dtype)
             t.release()

@@ -53,6 +53,7 @@ public enum ModelError: Error, CustomStringConvertible {
     case unsupportedArchitecture(String, source: String)
     case badConfig(key: String, reason: String, source: String)
     case missingFile(String, hint: String)
+    case nonFinite(tensor: String, index: Int, value: Float)
 
     public var description: String {
         switch self {
@@ -63,6 +64,7 @@ public enum ModelError: Error, CustomStringConvertible {
             return "\(s): architecture '\(a)' is not supported; supported: \(ModelConfig.supportedArchitectures.joined(separator: ", "))"
         case let .badConfig(k, r, s): return "\(s): config key '\(k)': \(r)"
         case let .missingFile(f, h): return "\(f) not found: \(h)"
+        case let .nonFinite(t, i, v): return "tensor '\(t)': element \(i) is \(v); NaN/Inf weights are refused"
         }
     }
 }

@@ -97,7 +97,7 @@ public enum Quantizer {
             for (i, (t, s)) in zip(model.tensors, schemes).enumerated() {
                 let v = try t.produce()
                 if let bad = v.firstIndex(where: { !$0.isFinite }) {
-                    throw RecipeError("tensor '\(t.name)': element \(bad) is \(v[bad]); refusing to quantize NaN/Inf weights")
+                    throw ModelError.nonFinite(tensor: t.name, index: bad, value: v[bad])
                 }
                 let rows = t.shape.count == 2 ? t.shape[0] : 1, cols = t.shape.count == 2 ? t.shape[1] : t.shape[0]
                 let q = RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: s, clip: recipe.clip)

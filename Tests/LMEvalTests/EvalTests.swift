@@ -69,7 +69,8 @@ struct ProtocolTests {
 
     func setup() throws -> (LlamaModel, Tokenizer, String, String) {
         let dir = NSTemporaryDirectory() + "lmkit-proto-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try SyntheticModel.write(SyntheticModelSpec(), to: dir)
+        var spec = SyntheticModelSpec(); spec.maxPositions = 2048
+        try SyntheticModel.write(spec, to: dir)
         let textPath = dir + "/text.txt"
         try Self.text.write(toFile: textPath, atomically: true, encoding: .utf8)
         RuntimeThreads.set(2)
