@@ -120,6 +120,11 @@ struct QuantizeCLITests {
 
     @Test("streaming: quantizing a ~3 GB model keeps peak RSS near one tensor, not the model")
     func streamingMemory() throws {
+        let free = (try? FileManager.default.attributesOfFileSystem(forPath: NSTemporaryDirectory())[.systemFreeSize] as? Int) ?? 0
+        if free < 8 << 30 {
+            print("SKIPPED streaming memory test: \(free >> 20) MiB free in \(NSTemporaryDirectory()), it needs 8 GiB for a 2.6 GB model and its .lmpk")
+            return
+        }
         let dir = scratch("big")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         var spec = SyntheticModelSpec()
