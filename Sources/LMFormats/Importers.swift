@@ -147,7 +147,6 @@ public enum Llama2cImporter {
         let hd = dim / nh, kv = nkv * hd
         var off = 28
         var plan: [PendingTensor] = []
-        struct Slab { let offset: Int; let perLayer: Int }
         func slab(_ count: Int) -> Int { defer { off += count * 4 }; return off }
         let emb = slab(V * dim), rmsAtt = slab(L * dim), wq = slab(L * dim * dim), wk = slab(L * kv * dim), wv = slab(L * kv * dim)
         let wo = slab(L * dim * dim), rmsFfn = slab(L * dim), w1 = slab(L * hidden * dim), w2 = slab(L * dim * hidden)

@@ -236,17 +236,17 @@ public final class LlamaModel: @unchecked Sendable {
         let workers = min(RuntimeThreads.current, H)
         let sp = SendablePointer(scores), ks = SendablePointer(kvScratch), ap = SendablePointer(out), qp = SendablePointer(q)
         let cacheBox = UncheckedBox(cache)
-        if T <= 3 {
-            // Decode: dot products and a weighted sum per head, no sgemm (its packing
-            // costs more than the arithmetic for one query row).
-            RuntimeThreads.parallelFor(workers) { w in
-                let sc = sp.p + w * B * S
-                let scratchK = ks.p + w * 2 * S * hd, scratchV = scratchK + S * hd
-                var h = w
-                while h < H {
-                    let kvh = h / group
-                    let K = cacheBox.value.keys(layer: li, head: kvh, upTo: S, scratch: scratchK)
-                    let V = cacheBox.value.values(layer: li, head: kvh, upTo: S, scratch: scratchV)
+        RuntimeThreads.parallelFor(workers) { w in
+            let sc = sp.p + w * B * S
+            let scratchK = ks.p + w * 2 * S * hd, scratchV = scratchK + S * hd
+            var h = w
+            while h < H {
+                let kvh = h / group
+                let K = cacheBox.value.keys(layer: li, head: kvh, upTo: S, scratch: scratchK)
+                let V = cacheBox.value.values(layer: li, head: kvh, upTo: S, scratch: scratchV)
+                if T <= 3 {
+                    // Decode: dot products and a weighted sum, no sgemm (its packing costs
+                    // more than the arithmetic for one query row).
                     for t in 0..<T {
                         let qv = qp.p + t * qDim + h * hd
                         let valid = p0 + t + 1
@@ -256,34 +256,23 @@ public final class LlamaModel: @unchecked Sendable {
                         o.update(repeating: 0, count: hd)
                         for j in 0..<valid { Ops.axpy(sc[j], V + j * hd, o, hd) }
                     }
-                    h += workers
-                }
-            }
-            return
-        }
-        RuntimeThreads.parallelFor(workers) { w in
-            let sc = sp.p + w * B * S
-            let scratchK = ks.p + w * 2 * S * hd, scratchV = scratchK + S * hd
-            var h = w
-            while h < H {
-                let kvh = h / group
-                let K = cacheBox.value.keys(layer: li, head: kvh, upTo: S, scratch: scratchK)
-                let V = cacheBox.value.values(layer: li, head: kvh, upTo: S, scratch: scratchV)
-                var t0 = 0
-                while t0 < T {
-                    let rows = min(B, T - t0)
-                    let keys = p0 + t0 + rows // causal: later keys are masked for every row of this block
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(keys), Int32(hd),
-                                scale, qp.p + t0 * qDim + h * hd, Int32(qDim), K, Int32(hd), 0, sc, Int32(keys))
-                    for r in 0..<rows {
-                        let row = sc + r * keys
-                        let valid = p0 + t0 + r + 1
-                        Ops.softmax(row, valid)
-                        if valid < keys { (row + valid).update(repeating: 0, count: keys - valid) }
+                } else {
+                    var t0 = 0
+                    while t0 < T {
+                        let rows = min(B, T - t0)
+                        let keys = p0 + t0 + rows // causal: later keys are masked for every row of this block
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(keys), Int32(hd),
+                                    scale, qp.p + t0 * qDim + h * hd, Int32(qDim), K, Int32(hd), 0, sc, Int32(keys))
+                        for r in 0..<rows {
+                            let row = sc + r * keys
+                            let valid = p0 + t0 + r + 1
+                            Ops.softmax(row, valid)
+                            if valid < keys { (row + valid).update(repeating: 0, count: keys - valid) }
+                        }
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(hd), Int32(keys),
+                                    1, sc, Int32(keys), V, Int32(hd), 0, ap.p + t0 * qDim + h * hd, Int32(qDim))
+                        t0 += rows
                     }
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(hd), Int32(keys),
-                                1, sc, Int32(keys), V, Int32(hd), 0, ap.p + t0 * qDim + h * hd, Int32(qDim))
-                    t0 += rows
                 }
                 h += workers
             }

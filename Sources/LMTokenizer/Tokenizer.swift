@@ -27,7 +27,6 @@ public final class Tokenizer: @unchecked Sendable {
     public let addedTokens: [(content: String, id: Int, special: Bool)]
     /// Id prepended by the post-processor, if any.
     public let bosId: Int?
-    public let eosIds: [Int]
     public let unkId: Int?
 
     let merger: BPEMerger
@@ -141,7 +140,6 @@ public final class Tokenizer: @unchecked Sendable {
             }
         }
         bosId = bos
-        eosIds = []
 
         // Merges: "a b" strings or [a, b] pairs.
         var merger = BPEMerger()

@@ -29,20 +29,13 @@ struct ImportCommand: ParsableCommand {
 
     func run() throws {
         let started = Date()
-        let model: ImportedModel
-        if input.lowercased().hasSuffix(".gguf") {
-            model = try GGUFImporter.load(GGUFFile(path: input))
-        } else if input.lowercased().hasSuffix(".bin") {
-            let dir = (input as NSString).deletingLastPathComponent
-            var tok = tokenizer
-            if tok == nil {
-                let m = try Llama2cImporter.load(checkpoint: input, tokenizer: nil)
-                for c in ["tok\(m.config.vocabSize).bin", "tokenizer.bin", "tok\(m.config.vocabSize).model", "tokenizer.model"] where FileManager.default.fileExists(atPath: dir + "/" + c) { tok = dir + "/" + c; break }
-            }
-            if tok == nil { FileHandle.standardError.write("warning: no llama2.c tokenizer .bin found; writing no tokenizer.json (pass --tokenizer)\n".data(using: .utf8)!) }
-            model = try Llama2cImporter.load(checkpoint: input, tokenizer: tok)
-        } else {
+        let lower = input.lowercased()
+        guard lower.hasSuffix(".gguf") || lower.hasSuffix(".bin") else {
             throw ValidationError("input '\(input)': unknown format (expected a .gguf file or a llama2.c .bin checkpoint)")
+        }
+        let model = try ModelSource.open(input, llama2cTokenizer: tokenizer)
+        if model.tokenizer == nil {
+            FileHandle.standardError.write("warning: no tokenizer found for \(input); writing no tokenizer.json (pass --tokenizer)\n".data(using: .utf8)!)
         }
         let progress = ProgressReporter(label: "import", total: model.tensors.count, unit: "tensors")
         try HFFolderWriter.write(folder: output, config: model.config, tokenizer: model.tokenizer, tensors: model.tensors,

@@ -90,6 +90,18 @@ struct GGUFTests {
         do { _ = try GGUFFile(path: p); Issue.record("Q5_K accepted") } catch { #expect("\(error)".contains("'w'") && "\(error)".contains("type 13")) }
     }
 
+    @Test("import of an unsupported GGUF architecture names it and what is supported")
+    func unsupportedArchitecture() throws {
+        let p = tempPath("gguf-arch")
+        defer { try? FileManager.default.removeItem(atPath: p) }
+        var arch = withUnsafeBytes(of: UInt64(4).littleEndian) { Array($0) }
+        arch += Array("gpt2".utf8)
+        try writeGGUF(path: p, metadata: [("general.architecture", 8, arch)], tensors: [("w", [32], 0, [UInt8](repeating: 0, count: 128))])
+        do { _ = try GGUFImporter.load(GGUFFile(path: p)); Issue.record("gpt2 accepted") } catch {
+            #expect("\(error)".contains("'gpt2'") && "\(error)".contains("llama") && "\(error)".contains(p))
+        }
+    }
+
     @Test("rotary row un-permutation inverts llama.cpp's permutation")
     func unpermute() {
         let heads = 3, hd = 8, cols = 5, rows = heads * hd

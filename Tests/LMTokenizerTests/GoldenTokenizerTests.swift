@@ -86,3 +86,24 @@ struct SentencePieceModelTests {
         #expect(throws: (any Error).self) { try SentencePieceModel.load(path: root + "/text/wiki.test.raw") }
     }
 }
+
+@Suite("tokenizer.json errors")
+struct TokenizerErrorTests {
+    @Test("unsupported model type / pre-tokenizer / missing vocab are errors naming the file")
+    func errors() throws {
+        let cases: [(String, String)] = [
+            (#"{"model": {"type": "Unigram", "vocab": []}}"#, "Unigram"),
+            (#"{"pre_tokenizer": {"type": "Whitespace"}, "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}"#, "Whitespace"),
+            (#"{"pre_tokenizer": {"type": "ByteLevel"}, "model": {"type": "BPE", "merges": []}}"#, "vocab"),
+            (#"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}"#, "family"),
+        ]
+        for (text, word) in cases {
+            do {
+                _ = try Tokenizer(json: JSON.parse(Array(text.utf8), source: "t.json"), source: "t.json")
+                Issue.record("accepted: \(text)")
+            } catch {
+                #expect("\(error)".contains("t.json") && "\(error)".contains(word), "\(error)")
+            }
+        }
+    }
+}
