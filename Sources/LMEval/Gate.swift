@@ -83,7 +83,7 @@ public enum Gate {
                 note("[\(suite.name)] computing the baseline")
                 let (bm, btok) = try baseModel()
                 var rec = BaselineRecord(key: key, vocab: bm.config.vocabSize)
-                let r = try Perplexity.run(model: bm, tokenizer: btok, textPath: suite.data.text, options: opts, progress: false) { logits, vocab, rows, targets in
+                let r = try Perplexity.run(model: bm, tokenizer: btok, textPath: suite.data.text, options: opts, progress: nil) { logits, vocab, rows, targets in
                     for (j, row) in rows.enumerated() { rec.append(row: logits + row * vocab, target: targets[j]) }
                 }
                 rec.tokensPerSecond = r.tokensPerSecond
@@ -99,7 +99,7 @@ public enum Gate {
                 var j = 0
                 var klSum = 0.0, agree = 0
                 var mismatch = false
-                let r = try Perplexity.run(model: cand, tokenizer: tok, textPath: suite.data.text, options: opts, progress: false) { logits, vocab, rows, _ in
+                let r = try Perplexity.run(model: cand, tokenizer: tok, textPath: suite.data.text, options: opts, progress: nil) { logits, vocab, rows, _ in
                     guard vocab == base.vocab else { mismatch = true; return }
                     for row in rows where j < base.rows {
                         let (kl, a) = base.compare(row: logits + row * vocab, at: j)

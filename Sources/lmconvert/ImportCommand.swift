@@ -13,9 +13,9 @@ struct ImportCommand: ParsableCommand {
         commandName: "import",
         abstract: "Import a GGUF file or a llama2.c checkpoint as a Hugging Face folder.",
         discussion: """
-        GGUF (v2/v3; F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K tensors) and llama2.c `.bin` checkpoints
-        become model.safetensors + config.json + tokenizer.json. Quantized tensors are dequantized;
-        llama.cpp's interleaved q/k row order is undone (HF rotate-half layout).
+        GGUF files (v2/v3; F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K tensors) and llama2.c .bin checkpoints \
+        become model.safetensors, config.json and tokenizer.json. Quantized tensors are dequantized, and \
+        llama.cpp's interleaved q/k row order is undone (the HF rotate-half layout).
         """)
 
     @Option(name: .shortAndLong, help: "Input: a .gguf file, or a llama2.c .bin checkpoint.")
@@ -27,12 +27,15 @@ struct ImportCommand: ParsableCommand {
     @Option(help: "Storage dtype of the written tensors.")
     var dtype: OutputDType = .f32
 
-    func run() throws {
-        let started = Date()
+    func validate() throws {
         let lower = input.lowercased()
         guard lower.hasSuffix(".gguf") || lower.hasSuffix(".bin") else {
             throw ValidationError("input '\(input)': unknown format (expected a .gguf file or a llama2.c .bin checkpoint)")
         }
+    }
+
+    func run() throws {
+        let started = Date()
         let model = try ModelSource.open(input, llama2cTokenizer: tokenizer)
         if model.tokenizer == nil {
             FileHandle.standardError.write("warning: no tokenizer found for \(input); writing no tokenizer.json (pass --tokenizer)\n".data(using: .utf8)!)

@@ -11,10 +11,14 @@ struct QuantizeCommand: ParsableCommand {
         commandName: "quantize",
         abstract: "Quantize a model (HF folder, GGUF or llama2.c) into an .lmpk file.",
         discussion: """
-        Schemes: \(QuantScheme.allNames.joined(separator: ", ")) (int4 = asymmetric scale+min, int4s = symmetric;
-        -gN = group size along the input dimension; int8 without a group = per output channel).
-        Default recipe: norms and biases f32; embeddings and an untied head int8 (per channel) when the scheme is
-        quantized; everything else the scheme. --override 'REGEX=SCHEME' (repeatable, last match wins).
+        Schemes: \(QuantScheme.allNames.joined(separator: ", ")). int4 is asymmetric (a scale and a minimum per group), \
+        int4s symmetric (a scale per group); -gN is the group size along the input dimension; int8 without a group \
+        has one scale per output channel.
+
+        Default recipe: norms and biases stay f32; the embedding and an untied head are int8 (per channel) when the \
+        scheme is quantized; every other matrix gets the scheme. --override 'REGEX=SCHEME' (repeatable, last match \
+        wins) changes the scheme of the tensors whose names match.
+
         Layouts and formulas: formats/lmpk.md.
         """)
 
@@ -35,13 +39,23 @@ struct QuantizeCommand: ParsableCommand {
     @Flag(help: "Print a JSON summary instead of text.")
     var json = false
 
-    func run() throws {
+    /// Checks the options before anything is read, so errors show this command's usage.
+    func validate() throws {
+        _ = try recipe()
+        guard output.hasSuffix(".lmpk") else { throw ValidationError("--output must end in .lmpk") }
+    }
+
+    func recipe() throws -> Recipe {
         let defaultScheme: QuantScheme
         do { defaultScheme = try QuantScheme(parsing: scheme, defaultGroup: groupSize) } catch { throw ValidationError("\(error)") }
         if let g = groupSize, scheme.contains("-g") { throw ValidationError("--group-size \(g) conflicts with the group in --scheme \(scheme)") }
         var recipe = Recipe(defaultScheme: defaultScheme, clip: clip)
-        recipe.overrides = try overrides.map { try Recipe.parseOverride($0, defaultGroup: groupSize) }
-        guard output.hasSuffix(".lmpk") else { throw ValidationError("--output must end in .lmpk") }
+        do { recipe.overrides = try overrides.map { try Recipe.parseOverride($0, defaultGroup: groupSize) } } catch { throw ValidationError("\(error)") }
+        return recipe
+    }
+
+    func run() throws {
+        let recipe = try recipe()
         let model = try ModelSource.open(input, llama2cTokenizer: tokenizer)
         let provenance = JSON.object([
             ("tool", .string("lmconvert 0.1.0")),
@@ -109,11 +123,18 @@ struct VerifyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "verify", abstract: "Check every CRC and structural invariant of .lmpk files; exit 1 naming the first bad tensor.")
     @Argument(help: "An .lmpk file or a folder of them.") var path: String
 
-    func run() throws {
+    func files() throws -> [String] {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw ValidationError("\(path): no such file or folder") }
         let files = isDir.boolValue ? try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasSuffix(".lmpk") }.sorted().map { path + "/" + $0 } : [path]
         guard !files.isEmpty else { throw ValidationError("\(path): no .lmpk files") }
+        return files
+    }
+
+    func validate() throws { _ = try files() }
+
+    func run() throws {
+        let files = try files()
         for file in files {
             let f = try LMPKFile(path: file)
             if let bad = f.firstCorruptTensor() {

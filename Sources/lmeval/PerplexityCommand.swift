@@ -10,10 +10,16 @@ struct PerplexityCommand: ParsableCommand {
         commandName: "perplexity",
         abstract: "Perplexity (and bits per byte) of a text under a named protocol.",
         discussion: """
-        Protocols: chunks    llama.cpp llama-perplexity: non-overlapping --ctx chunks, second half scored
-                   sliding   Hugging Face guide: --ctx windows every --stride tokens, new tokens scored
-                   documents split on --separator, BOS + document truncated to --ctx, all tokens scored
-        The protocol, context and the text's SHA-256 are printed with every result.
+        Protocols (formats/perplexity-protocols.md):
+
+          chunks     llama.cpp's llama-perplexity: non-overlapping --ctx chunks,
+                     the second half of each scored
+          sliding    the Hugging Face guide: --ctx windows every --stride tokens,
+                     the new tokens of each scored
+          documents  split on --separator; BOS + each document, truncated to
+                     --ctx, every token scored (also bits per byte)
+
+        The protocol, the context and the text's SHA-256 are printed with every result.
         """)
 
     @OptionGroup var modelOptions: ModelOptions
