@@ -2,10 +2,15 @@
 import PackageDescription
 import Foundation
 
-// Kernel targets are compiled for the build machine's CPU (AVX-512 / FMA on the
-// project machines). Set LMKIT_PORTABLE=1 for a build that runs on any x86-64.
-let portable = ProcessInfo.processInfo.environment["LMKIT_PORTABLE"] == "1"
-let kernelFlags: [SwiftSetting] = portable ? [] : [.unsafeFlags(["-target-cpu", "native", "-Xcc", "-march=native"])]
+// One portable binary: Swift code is compiled for the x86-64-v3 baseline (LLVM's
+// `haswell`: AVX2, FMA, F16C, BMI2); the C kernels are compiled for plain x86-64 with per-function target
+// attributes, and the best level the CPU has (AVX-512 VNNI where present) is chosen at
+// run time. A CPU below the baseline gets a clear error at start (CKernels' constructor).
+// LMKIT_NATIVE=1 builds a tuned binary for this machine only (-march=native).
+let native = ProcessInfo.processInfo.environment["LMKIT_NATIVE"] == "1"
+let kernelFlags: [SwiftSetting] = [.unsafeFlags(native ? ["-target-cpu", "native", "-Xcc", "-march=native"] : ["-target-cpu", "haswell", "-Xcc", "-march=haswell"])]
+// -Ounchecked where a benchmark showed it matters (the runtime's and quantizers' inner
+// loops); every memory-protecting check there is an explicit error, not a precondition.
 let fastFlags: [SwiftSetting] = kernelFlags + [.unsafeFlags(["-Ounchecked"])]
 
 let package = Package(
@@ -22,8 +27,9 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["libz-dev"])]),
         .systemLibrary(name: "CJSONC", pkgConfig: "json-c", providers: [.apt(["libjson-c-dev"])]),
-        .target(name: "CKernels", cSettings: portable ? [.unsafeFlags(["-O3"])] : [.unsafeFlags(["-O3", "-march=native"])]),
-        .target(name: "LMCore", dependencies: ["CZlib", "CJSONC"], swiftSettings: kernelFlags),
+        .target(name: "CKernels", cSettings: [.unsafeFlags(native ? ["-O3", "-march=native"] : ["-O3"])]),
+        // LMCore links CKernels so every binary carries its CPU-baseline check (a constructor).
+        .target(name: "LMCore", dependencies: ["CZlib", "CJSONC", "CKernels"], swiftSettings: kernelFlags),
         .target(name: "LMFormats", dependencies: ["LMCore"], swiftSettings: kernelFlags),
         .target(name: "LMTokenizer", dependencies: ["LMCore"]),
         .target(name: "LMQuant", dependencies: ["LMCore", "LMFormats"], swiftSettings: fastFlags),
@@ -45,6 +51,6 @@ let package = Package(
         .testTarget(name: "LMTokenizerTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMTokenizer"]),
         .testTarget(name: "LMRuntimeTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMFixtures", "LMQuant"]),
         .testTarget(name: "LMEvalTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMEval", "LMFixtures", "LMQuant"]),
-        .testTarget(name: "CLITests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMFixtures"]),
+        .testTarget(name: "CLITests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMFixtures", "LMQuant", "LMEval"]),
     ]
 )

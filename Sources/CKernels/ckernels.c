@@ -1,157 +1,128 @@
-#include "ckernels.h"
-#include <math.h>
-#include <string.h>
-#if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
-#include <immintrin.h>
-#define LMK_AVX2 1
-#endif
+/* CPU detection, the kernel-table lookup, the load-time CPU check and the legacy entry
+ * points. Everything in this file is compiled for baseline x86-64 (LMK_TARGET_BASELINE
+ * forbids AVX even under -march=native), so it runs on any x86-64 CPU. */
+#include "lmk_internal.h"
+#ifdef LMK_X86
+#include <cpuid.h>
+#include <unistd.h>
 
-static inline float half_to_float(uint16_t h) {
-#ifdef LMK_AVX2
-    return _cvtsh_ss(h);
-#else
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
-    if (exp == 0) {
-        if (man == 0) { bits = sign; }
-        else { exp = 127 - 15 + 1; while (!(man & 0x400)) { man <<= 1; exp--; } man &= 0x3FF; bits = sign | (exp << 23) | (man << 13); }
-    } else if (exp == 31) { bits = sign | 0x7F800000 | (man << 13); }
-    else { bits = sign | ((exp + 127 - 15) << 23) | (man << 13); }
-    float f; memcpy(&f, &bits, 4); return f;
-#endif
+enum {
+    F_AVX2 = 1 << 0,     /* AVX2, with the OS saving YMM state */
+    F_FMA = 1 << 1,
+    F_F16C = 1 << 2,
+    F_AVX512 = 1 << 3,   /* AVX512F + BW + VL, with the OS saving ZMM and opmask state */
+    F_VNNI = 1 << 4,     /* AVX512_VNNI */
+    F_NO_OS_YMM = 1 << 5 /* the CPU has AVX but the OS does not save YMM state */
+};
+
+LMK_TARGET_BASELINE static uint64_t xgetbv0(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
 }
 
-int lmk_has_avx2(void) {
-#ifdef LMK_AVX2
-    return 1;
-#else
-    return 0;
-#endif
+/* Feature bits from cpuid/xgetbv; read anew each call (no cached state). */
+LMK_TARGET_BASELINE static unsigned cpu_features(void) {
+    unsigned a, b, c, d, f = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
+    const uint64_t xcr0 = osxsave ? xgetbv0() : 0;
+    const int ymm = avx && (xcr0 & 0x6) == 0x6;        /* XMM + YMM state */
+    const int zmm = ymm && (xcr0 & 0xE0) == 0xE0;      /* opmask + ZMM_Hi256 + Hi16_ZMM state */
+    unsigned b7 = 0, c7 = 0;
+    if (__get_cpuid_max(0, 0) >= 7) { __cpuid_count(7, 0, a, b7, c7, d); }
+    const int avx2 = (b7 >> 5) & 1;
+    const int avx512 = ((b7 >> 16) & 1) && ((b7 >> 30) & 1) && ((b7 >> 31) & 1);   /* F, BW, VL */
+    const int vnni = (c7 >> 11) & 1;
+    if (ymm && avx2) f |= F_AVX2;
+    if (ymm && fma) f |= F_FMA;
+    if (ymm && f16c) f |= F_F16C;
+    if (zmm && avx512) f |= F_AVX512;
+    if (zmm && avx512 && vnni) f |= F_VNNI;
+    if (avx && !ymm) f |= F_NO_OS_YMM;
+    return f;
 }
 
-void lmk_quantize_q8(const float *x, int nblocks, int8_t *qx, float *dx) {
-    for (int b = 0; b < nblocks; b++) {
-        const float *v = x + 32 * b;
-        float amax = 0;
-        for (int i = 0; i < 32; i++) { float a = fabsf(v[i]); if (a > amax) amax = a; }
-        float d = amax / 127.0f, inv = d > 0 ? 1.0f / d : 0.0f;
-        dx[b] = d;
-        for (int i = 0; i < 32; i++) qx[32 * b + i] = (int8_t)lrintf(v[i] * inv);
+LMK_TARGET_BASELINE int lmk_cpu_supports(int level) {
+    const unsigned base = F_AVX2 | F_FMA | F_F16C, f = cpu_features();
+    switch (level) {
+    case LMK_LEVEL_GENERIC: return 1;
+    case LMK_LEVEL_AVX2: return (f & base) == base;
+    case LMK_LEVEL_AVX512VNNI: return (f & (base | F_AVX512 | F_VNNI)) == (base | F_AVX512 | F_VNNI);
+    default: return 0;
     }
 }
 
-#ifdef LMK_AVX2
-static inline float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+LMK_TARGET_BASELINE int lmk_cpu_baseline_ok(const char **missing) {
+    /* Indexed by the missing subset of {AVX2, FMA, F16C}. */
+    static const char *const names[8] = {
+        "", "AVX2", "FMA", "AVX2 FMA", "F16C", "AVX2 F16C", "FMA F16C", "AVX2 FMA F16C",
+    };
+    const unsigned f = cpu_features(), lack = ~f & (F_AVX2 | F_FMA | F_F16C);
+    if (missing) *missing = (f & F_NO_OS_YMM) ? "OS support for AVX (YMM state)" : names[lack];
+    return lack == 0;
 }
+
+/* A CPU without the baseline would die of SIGILL in the first AVX2 instruction of the
+ * Swift code or the legacy kernels; say why instead. Runs before main (priority 101, the
+ * earliest allowed) and uses only write(2) and _exit(2). */
+__attribute__((constructor(101))) LMK_TARGET_BASELINE static void lmk_check_cpu_baseline(void) {
+    const char *missing = "";
+    if (lmk_cpu_baseline_ok(&missing)) return;
+    static const char pre[] = "error: this CPU lacks ";
+    static const char post[] = "; lmkit's build needs an x86-64 CPU with AVX2, FMA and F16C (x86-64-v3)\n";
+    char line[256];
+    size_t n = 0;
+    for (const char *s = pre; *s; s++) line[n++] = *s;
+    for (const char *s = missing; *s && n < 120; s++) line[n++] = *s;
+    for (const char *s = post; *s; s++) line[n++] = *s;
+    ssize_t unused = write(2, line, n);
+    (void)unused;
+    _exit(1);
+}
+
+LMK_TARGET_BASELINE int lmk_best_level(void) {
+    for (int level = LMK_LEVEL_COUNT - 1; level > LMK_LEVEL_GENERIC; level--)
+        if (lmk_cpu_supports(level)) return level;
+    return LMK_LEVEL_GENERIC;
+}
+
+LMK_TARGET_BASELINE const lmk_kernels *lmk_kernels_at(int level) {
+    if (!lmk_cpu_supports(level)) return 0;
+    switch (level) {
+    case LMK_LEVEL_GENERIC: return &lmk_table_generic;
+    case LMK_LEVEL_AVX2: return &lmk_table_avx2;
+    case LMK_LEVEL_AVX512VNNI: return &lmk_table_avx512vnni;
+    default: return 0;
+    }
+}
+
+/* The legacy entry points call the AVX2 table without a check: the constructor above
+ * has already exited on a CPU that lacks it. */
+static const lmk_kernels *const legacy = &lmk_table_avx2;
+
+#else /* not x86: only the generic level exists */
+
+int lmk_cpu_supports(int level) { return level == LMK_LEVEL_GENERIC; }
+int lmk_best_level(void) { return LMK_LEVEL_GENERIC; }
+const lmk_kernels *lmk_kernels_at(int level) { return level == LMK_LEVEL_GENERIC ? &lmk_table_generic : 0; }
+int lmk_cpu_baseline_ok(const char **missing) { if (missing) *missing = ""; return 1; }
+static const lmk_kernels *const legacy = &lmk_table_generic;
 #endif
+
+int lmk_has_avx2(void) { return lmk_cpu_supports(LMK_LEVEL_AVX2); }
+
+void lmk_quantize_q8(const float *x, int nblocks, int8_t *qx, float *dx) {
+    legacy->quantize_q8(x, nblocks, qx, dx);
+}
 
 void lmk_matvec_q4(const uint8_t *q, const uint16_t *scales, const uint16_t *mins,
                    int r0, int r1, int cols32, int ngroups, int group,
                    const int8_t *qx, const float *dx, const float *xsum, float *out) {
-    const int rowBytes = cols32 / 2, nblocks = cols32 / 32, bpg = group / 32;
-    float sd[nblocks + 8];   /* s_g(b) * dx[b] per block */
-    float sg[ngroups + 8];   /* group scales as float */
-    for (int r = r0; r < r1; r++) {
-        const uint8_t *row = q + (size_t)r * rowBytes;
-        const uint16_t *sc = scales + (size_t)r * ngroups;
-        const uint16_t *mn = mins ? mins + (size_t)r * ngroups : 0;
-        float offset = 0;
-        int g = 0;
-#ifdef LMK_AVX2
-        __m256 off8 = _mm256_setzero_ps();
-        for (; g + 8 <= ngroups; g += 8) {
-            __m256 s8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + g)));
-            _mm256_storeu_ps(sg + g, s8);
-            __m256 m8 = mn ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mn + g))) : _mm256_mul_ps(s8, _mm256_set1_ps(-8.0f));
-            off8 = _mm256_fmadd_ps(m8, _mm256_loadu_ps(xsum + g), off8);
-        }
-        offset = hsum256(off8);
-#endif
-        for (; g < ngroups; g++) {
-            sg[g] = half_to_float(sc[g]);
-            offset += (mn ? half_to_float(mn[g]) : -8.0f * sg[g]) * xsum[g];
-        }
-        if (bpg == 1) { for (int b = 0; b < nblocks; b++) sd[b] = sg[b] * dx[b]; }
-        else { for (int b = 0; b < nblocks; b++) sd[b] = sg[b / bpg] * dx[b]; }
-#ifdef LMK_AVX2
-        const __m128i m4 = _mm_set1_epi8(0x0F);
-        const __m256i ones = _mm256_set1_epi16(1);
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-        int b = 0;
-        for (; b + 2 <= nblocks; b += 2) {
-            __m128i bytes0 = _mm_loadu_si128((const __m128i *)(row + 16 * b));
-            __m128i bytes1 = _mm_loadu_si128((const __m128i *)(row + 16 * b + 16));
-            __m256i w0 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes0, 4), m4), _mm_and_si128(bytes0, m4));
-            __m256i w1 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes1, 4), m4), _mm_and_si128(bytes1, m4));
-            __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, _mm256_loadu_si256((const __m256i *)(qx + 32 * b))), ones);
-            __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w1, _mm256_loadu_si256((const __m256i *)(qx + 32 * b + 32))), ones);
-            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(sd + b), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(sd + b + 1), acc1);
-        }
-        if (b < nblocks) {
-            __m128i bytes0 = _mm_loadu_si128((const __m128i *)(row + 16 * b));
-            __m256i w0 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes0, 4), m4), _mm_and_si128(bytes0, m4));
-            __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, _mm256_loadu_si256((const __m256i *)(qx + 32 * b))), ones);
-            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(sd + b), acc0);
-        }
-        out[r] = hsum256(_mm256_add_ps(acc0, acc1)) + offset;
-#else
-        float total = 0;
-        for (int b = 0; b < nblocks; b++) {
-            int isum = 0;
-            for (int j = 0; j < 16; j++) {
-                uint8_t byte = row[16 * b + j];
-                isum += (byte & 0x0F) * qx[32 * b + j] + (byte >> 4) * qx[32 * b + 16 + j];
-            }
-            total += sd[b] * (float)isum;
-        }
-        out[r] = total + offset;
-#endif
-    }
+    legacy->matvec_q4(q, scales, mins, r0, r1, cols32, ngroups, group, qx, dx, xsum, out);
 }
 
 void lmk_matvec_q8(const int8_t *q, const void *scales, int r0, int r1, int cols32,
                    int ngroups, int group, const int8_t *qx, const float *dx, float *out) {
-    const int nblocks = cols32 / 32;
-    const int bpg = group > 0 ? group / 32 : nblocks;
-    for (int r = r0; r < r1; r++) {
-        const int8_t *row = q + (size_t)r * cols32;
-        float rowScale = 1.0f;
-        if (group == 0) memcpy(&rowScale, (const char *)scales + 4 * (size_t)r, 4);
-        const uint16_t *gs = (const uint16_t *)scales + (size_t)r * ngroups;
-#ifdef LMK_AVX2
-        const __m256i ones = _mm256_set1_epi16(1);
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-        int b = 0;
-        for (int g = 0; g < ngroups; g++) {
-            const float s = group == 0 ? 1.0f : half_to_float(gs[g]);
-            const int end = b + bpg < nblocks ? b + bpg : nblocks;
-            for (; b < end; b++) {
-                __m256i w = _mm256_loadu_si256((const __m256i *)(row + 32 * b));
-                __m256i x = _mm256_loadu_si256((const __m256i *)(qx + 32 * b));
-                __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), ones);
-                __m256 f = _mm256_cvtepi32_ps(p);
-                if (b & 1) acc1 = _mm256_fmadd_ps(f, _mm256_set1_ps(s * dx[b]), acc1);
-                else acc0 = _mm256_fmadd_ps(f, _mm256_set1_ps(s * dx[b]), acc0);
-            }
-        }
-        out[r] = hsum256(_mm256_add_ps(acc0, acc1)) * rowScale;
-#else
-        float total = 0;
-        int b = 0;
-        for (int g = 0; g < ngroups; g++) {
-            const float s = group == 0 ? 1.0f : half_to_float(gs[g]);
-            const int end = b + bpg < nblocks ? b + bpg : nblocks;
-            for (; b < end; b++) {
-                int isum = 0;
-                for (int j = 0; j < 32; j++) isum += row[32 * b + j] * qx[32 * b + j];
-                total += s * dx[b] * (float)isum;
-            }
-        }
-        out[r] = total * rowScale;
-#endif
-    }
+    legacy->matvec_q8(q, scales, r0, r1, cols32, ngroups, group, qx, dx, out);
 }

@@ -22,6 +22,8 @@ public struct BenchmarkResult: Sendable {
     public var weightBytes: Int
     public var peakRSSBytes: Int
     public var threads: Int
+    /// The decode kernel set in use.
+    public var kernels: String = ""
 
     static func median(_ x: [Double]) -> Double { let s = x.sorted(); return s.isEmpty ? 0 : s[s.count / 2] }
     public var prefillMedian: Double { Self.median(prefillTokensPerSecond) }
@@ -30,7 +32,7 @@ public struct BenchmarkResult: Sendable {
     public func json(model: String) -> JSON {
         func arr(_ a: [Double]) -> JSON { .array(a.map { .double($0) }) }
         return .object([
-            ("model", .string(model)), ("threads", .int(Int64(threads))), ("load_seconds", .double(loadSeconds)),
+            ("model", .string(model)), ("threads", .int(Int64(threads))), ("kernels", .string(kernels)), ("load_seconds", .double(loadSeconds)),
             ("prefill_tokens", .int(Int64(prefillTokens))), ("prefill_tokens_per_second", arr(prefillTokensPerSecond)),
             ("prefill_median", .double(prefillMedian)), ("decode_tokens", .int(Int64(decodeTokens))),
             ("decode_tokens_per_second", arr(decodeTokensPerSecond)), ("decode_median", .double(decodeMedian)),
@@ -44,7 +46,7 @@ public struct BenchmarkResult: Sendable {
     }
 
     public func table(model: String) -> String {
-        var s = "model        \(model) (\(threads) threads)\n"
+        var s = "model        \(model) (\(threads) threads, \(kernels) kernels)\n"
         s += String(format: "load         %.1f ms\n", loadSeconds * 1000)
         s += String(format: "prefill      %.1f tokens/s (pp%d, median of %d)   bound %.1f (sgemm %.1f GFLOP/s)   ratio %.2f\n",
                     prefillMedian, prefillTokens, prefillTokensPerSecond.count, sgemmBoundTokensPerSecond, sgemmGFLOPS, prefillMedian / sgemmBoundTokensPerSecond)
@@ -59,20 +61,22 @@ public struct BenchmarkResult: Sendable {
 public enum Benchmark {
     /// Measures `model` (already loaded in `loadSeconds`). Prompt tokens are a fixed
     /// pseudo-random sequence, so runs are comparable.
-    public static func run(model: LlamaModel, loadSeconds: Double, prefill: Int = 512, decode: Int = 128, repetitions: Int = 3) -> BenchmarkResult {
+    /// - Throws: `RuntimeError` from the forward pass (e.g. more positions than the model has).
+    public static func run(model: LlamaModel, loadSeconds: Double, prefill: Int = 512, decode: Int = 128, repetitions: Int = 3,
+                           context: ComputeContext, bounds: Bool = true) throws -> BenchmarkResult {
         let c = model.config
         let ids = (0..<prefill).map { ($0 &* 7919 &+ 13) % c.vocabSize }
         var pp: [Double] = [], tg: [Double] = []
         for _ in 0..<repetitions {
             let cache = model.makeCache(capacity: prefill + decode)
             let t0 = Date()
-            _ = model.forward(ids, cache: cache, logits: .last)
+            _ = try model.forward(ids, cache: cache, logits: .last, context: context)
             pp.append(Double(prefill) / Date().timeIntervalSince(t0))
             let cache2 = model.makeCache(capacity: decode + 1)
             var tok = 1 % c.vocabSize
             let t1 = Date()
             for _ in 0..<decode {
-                let l = model.forward([tok], cache: cache2, logits: .last)
+                let l = try model.forward([tok], cache: cache2, logits: .last, context: context)
                 tok = l.indices.max { l[$0] < l[$1] } ?? 0
             }
             tg.append(Double(decode) / Date().timeIntervalSince(t1))
@@ -80,16 +84,18 @@ public enum Benchmark {
         // Bounds measured now, with the same worker split the runtime uses.
         let shapes = modelShapes(c)
         let flopsPerToken = shapes.reduce(0.0) { $0 + 2.0 * Double($1.0 * $1.1) }
-        let gflops = measureSgemm(shapes: shapes, tokens: prefill)
+        let gflops = bounds ? measureSgemm(shapes: shapes, tokens: prefill, context: context) : 0
         // Decode streams every matrix once per token (the tied head is the embedding;
         // only the looked-up embedding rows are read, which is negligible).
         let weightBytes = model.weightBytes - (model.lmHead === model.embedding ? 0 : model.embedding.storageBytes)
-        let bw = measureBandwidth(bytes: max(weightBytes, 256 << 20))
-        return BenchmarkResult(
+        let bw = bounds ? measureBandwidth(bytes: max(weightBytes, 256 << 20), context: context) : 0
+        var r = BenchmarkResult(
             loadSeconds: loadSeconds, prefillTokens: prefill, prefillTokensPerSecond: pp, decodeTokens: decode, decodeTokensPerSecond: tg,
             sgemmBoundTokensPerSecond: gflops * 1e9 / flopsPerToken, sgemmGFLOPS: gflops,
             bandwidthBoundTokensPerSecond: bw * 1e9 / Double(weightBytes), bandwidthGBps: bw, weightBytes: weightBytes,
-            peakRSSBytes: peakResidentBytes(), threads: RuntimeThreads.current)
+            peakRSSBytes: peakResidentBytes(), threads: context.threads)
+        r.kernels = context.kernels.name
+        return r
     }
 
     /// (rows, cols) of every matmul per token, output head included.
@@ -105,7 +111,7 @@ public enum Benchmark {
     }
 
     /// GFLOP/s of `DenseLinear.apply` on one layer's distinct shapes plus the head (best of 3).
-    static func measureSgemm(shapes: [(Int, Int)], tokens: Int) -> Double {
+    static func measureSgemm(shapes: [(Int, Int)], tokens: Int, context: ComputeContext) -> Double {
         var distinct: [(Int, Int)] = []
         for sh in shapes where !distinct.contains(where: { $0 == sh }) { distinct.append(sh) }
         var best = 0.0
@@ -116,7 +122,7 @@ public enum Benchmark {
                 let x = [Float](repeating: 0.01, count: tokens * c)
                 var o = [Float](repeating: 0, count: tokens * r)
                 let t0 = Date()
-                x.withUnsafeBufferPointer { xp in o.withUnsafeMutableBufferPointer { w.apply(xp.baseAddress!, tokens: tokens, out: $0.baseAddress!, ldOut: r) } }
+                x.withUnsafeBufferPointer { xp in o.withUnsafeMutableBufferPointer { w.apply(xp.baseAddress!, tokens: tokens, out: $0.baseAddress!, ldOut: r, context: context) } }
                 secs += Date().timeIntervalSince(t0)
                 flops += 2.0 * Double(tokens * r * c)
             }
@@ -126,7 +132,7 @@ public enum Benchmark {
     }
 
     /// GB/s of a parallel SIMD sum over `bytes` (best of 3).
-    static func measureBandwidth(bytes: Int) -> Double {
+    static func measureBandwidth(bytes: Int, context: ComputeContext) -> Double {
         let n = bytes / 4
         let buf = UnsafeMutablePointer<Float>.allocate(capacity: n)
         defer { buf.deallocate() }
@@ -134,11 +140,11 @@ public enum Benchmark {
         let p = SendablePointer(buf)
         var best = 0.0
         for _ in 0..<3 {
-            let parts = RuntimeThreads.ranges(n, parts: RuntimeThreads.current, align: 64)
+            let parts = ComputeContext.ranges(n, parts: context.threads, align: 64)
             let sums = UnsafeMutablePointer<Float>.allocate(capacity: parts.count)
             let sp = SendablePointer(sums)
             let t0 = Date()
-            RuntimeThreads.parallelFor(parts.count) { i in
+            context.parallelFor(parts.count) { i in
                 let raw = UnsafeRawPointer(p.p)
                 var acc = SIMD16<Float>()
                 var j = parts[i].lowerBound

@@ -27,7 +27,8 @@ public struct GateLimits: Sendable, Equatable {
 /// How a candidate model is obtained.
 public enum GateCandidateSource: Sendable {
     case artifact(String)
-    case recipe(source: String, scheme: QuantScheme, clip: ClipMethod, overrides: [String])
+    /// Built by the gate through the same `BuildSpec` as `lmconvert quantize`.
+    case recipe(BuildSpec)
 }
 
 public struct GateCandidate: Sendable {
@@ -98,9 +99,6 @@ public struct GateFile: Sendable {
                     throw fail(rk + "." + reserved, "reserved for a later release: this lmkit cannot build '\(reserved)' candidates yet")
                 }
                 let source = try expand(try str(r["source"], rk + ".source"), rk + ".source")
-                let scheme: QuantScheme
-                do { scheme = try QuantScheme(parsing: try str(r["scheme"], rk + ".scheme"), defaultGroup: try optInt(r["group_size"], rk + ".group_size")) }
-                catch let e as QuantSchemeError { throw fail(rk + ".scheme", e.description) }
                 var clip = ClipMethod.minmax
                 if let c = r["clip"] {
                     guard let m = ClipMethod(rawValue: try str(c, rk + ".clip")) else { throw fail(rk + ".clip", "must be minmax or mse") }
@@ -110,12 +108,14 @@ public struct GateFile: Sendable {
                 if let o = r["overrides"] {
                     guard let a = o.array else { throw fail(rk + ".overrides", "must be an array of 'REGEX=SCHEME' strings") }
                     for (k, x) in a.enumerated() {
-                        let s = try str(x, rk + ".overrides[\(k)]")
-                        do { _ = try Recipe.parseOverride(s, defaultGroup: nil) } catch { throw fail(rk + ".overrides[\(k)]", "\(error)") }
-                        ov.append(s)
+                        ov.append(try str(x, rk + ".overrides[\(k)]"))
                     }
                 }
-                return .recipe(source: source, scheme: scheme, clip: clip, overrides: ov)
+                let tokenizer = try r["tokenizer"].map { try expand(try str($0, rk + ".tokenizer"), rk + ".tokenizer") }
+                let spec = BuildSpec(source: source, scheme: try str(r["scheme"], rk + ".scheme"), groupSize: try optInt(r["group_size"], rk + ".group_size"),
+                                     clip: clip, overrides: ov, tokenizer: tokenizer)
+                do { _ = try spec.recipe() } catch let e as BuildSpecError { throw fail(rk + "." + e.option, e.reason) }
+                return .recipe(spec)
             case (_?, _?): throw fail(ck, "give either 'model' or 'recipe', not both")
             case (nil, nil): throw fail(ck, "needs 'model' (an artifact) or 'recipe' (built by the gate)")
             }

@@ -55,7 +55,7 @@ public enum Generation {
     /// Generates up to `maxTokens` tokens after `prompt` (stopping at an EOS id when
     /// `stopAtEOS`). `onToken` is called with each new id (for streaming).
     public static func run(model: LlamaModel, prompt: [Int], maxTokens: Int, sampling: SamplingOptions,
-                           eos: Set<Int>, stopAtEOS: Bool = true, onToken: (Int) -> Void = { _ in }) throws -> GenerationResult {
+                           eos: Set<Int>, stopAtEOS: Bool = true, context: ComputeContext, onToken: (Int) -> Void = { _ in }) throws -> GenerationResult {
         guard !prompt.isEmpty else { throw EvalError("empty prompt and the tokenizer adds no BOS: give --prompt text") }
         let cap = prompt.count + maxTokens
         guard cap <= model.config.maxPositionEmbeddings else {
@@ -64,7 +64,7 @@ public enum Generation {
         var sampler = Sampler(sampling)
         let cache = model.makeCache(capacity: cap)
         let t0 = Date()
-        var logits = model.forward(prompt, cache: cache, logits: .last)
+        var logits = try model.forward(prompt, cache: cache, logits: .last, context: context)
         let t1 = Date()
         var out: [Int] = []
         while out.count < maxTokens {
@@ -73,7 +73,7 @@ public enum Generation {
             onToken(next)
             if stopAtEOS && eos.contains(next) { break }
             if out.count == maxTokens { break }
-            logits = model.forward([next], cache: cache, logits: .last)
+            logits = try model.forward([next], cache: cache, logits: .last, context: context)
         }
         return GenerationResult(promptTokens: prompt, generated: out, prefillSeconds: t1.timeIntervalSince(t0), decodeSeconds: Date().timeIntervalSince(t1))
     }

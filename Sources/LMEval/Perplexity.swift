@@ -64,6 +64,9 @@ public struct PerplexityResult: Sendable {
     public var baselineNLLSum: Double? = nil
     public var tokenKL: [Double] = []
     public var top1Agreements: Int = 0
+    /// Worker threads and kernel set the run used.
+    public var threads: Int = 1
+    public var kernels: String = ""
 
     public var meanKL: Double? { tokenKL.isEmpty ? nil : tokenKL.reduce(0, +) / Double(tokenKL.count) }
     public var top1Agreement: Double? { tokenKL.isEmpty ? nil : Double(top1Agreements) / Double(tokenKL.count) }
@@ -108,7 +111,7 @@ public struct PerplexityResult: Sendable {
                   ("mean_kl", .double(kl)), ("kl_p99", .double(kl99 ?? 0)), ("top1_agreement", .double(t))]
         }
         o += [("seconds", .double(seconds)), ("tokens_per_second", .double(tokensPerSecond)),
-              ("peak_rss_bytes", .int(Int64(peakRSSBytes))), ("threads", .int(Int64(RuntimeThreads.current)))]
+              ("peak_rss_bytes", .int(Int64(peakRSSBytes))), ("threads", .int(Int64(threads))), ("kernels", .string(kernels))]
         return .object(o)
     }
 
@@ -125,8 +128,8 @@ public struct PerplexityResult: Sendable {
         if let kl = meanKL, let t = top1Agreement, let bp = baselinePerplexity {
             s += String(format: "baseline   PPL %.4f (ratio %.4f), mean KL %.6f nats (p99 %.5f), top-1 agreement %.2f %%\n", bp, perplexity / bp, kl, kl99 ?? 0, 100 * t)
         }
-        s += String(format: "speed      %.1f tokens/s (%d evaluated in %.2f s, %d threads), peak RSS %.0f MiB\n",
-                    tokensPerSecond, tokensEvaluated, seconds, RuntimeThreads.current, Double(peakRSSBytes) / 1_048_576)
+        s += String(format: "speed      %.1f tokens/s (%d evaluated in %.2f s, %d threads, %@ kernels), peak RSS %.0f MiB\n",
+                    tokensPerSecond, tokensEvaluated, seconds, threads, kernels, Double(peakRSSBytes) / 1_048_576)
         return s
     }
 }
@@ -142,7 +145,7 @@ public enum Perplexity {
     /// Evaluates `textPath` under `options`.
     /// - Throws: `EvalError` when the text yields nothing to score under the protocol.
     public static func run(model: LlamaModel, tokenizer: Tokenizer, textPath: String, options: PerplexityOptions,
-                           baseline: LlamaModel? = nil, progress: Bool? = nil,
+                           baseline: LlamaModel? = nil, progress: Bool? = nil, context: ComputeContext,
                            observer: ((_ logits: UnsafeMutablePointer<Float>, _ vocab: Int, _ rows: [Int], _ targets: [Int]) -> Void)? = nil) throws -> PerplexityResult {
         if let b = baseline, b.config.vocabSize != model.config.vocabSize {
             throw EvalError("baseline vocabulary (\(b.config.vocabSize)) differs from the model's (\(model.config.vocabSize))")
@@ -165,19 +168,21 @@ public enum Perplexity {
         let cache = model.makeCache(capacity: options.ctx)
         let baseCache = baseline?.makeCache(capacity: options.ctx)
         if baseline != nil { r.baselineNLLSum = 0 }
-        func score(_ window: [Int], rows: [Int], targets: [Int]) {
+        r.threads = context.threads
+        r.kernels = context.kernels.name
+        func score(_ window: [Int], rows: [Int], targets: [Int]) throws {
             cache.reset()
-            var logits = model.forward(window, cache: cache, logits: .all)
+            var logits = try model.forward(window, cache: cache, logits: .all, context: context)
             if let observer { logits.withUnsafeMutableBufferPointer { observer($0.baseAddress!, V, rows, targets) } }
             if let b = baseline, let bc = baseCache {
                 bc.reset()
-                var bl = b.forward(window, cache: bc, logits: .all)
-                let (kl, top1) = Scoring.klAndTop1(base: bl, model: logits, vocab: V, rows: rows)
+                var bl = try b.forward(window, cache: bc, logits: .all, context: context)
+                let (kl, top1) = Scoring.klAndTop1(base: bl, model: logits, vocab: V, rows: rows, context: context)
                 r.tokenKL += kl
                 r.top1Agreements += top1.filter { $0 }.count
-                for x in Scoring.nll(logits: &bl, vocab: V, rows: rows, targets: targets) { r.baselineNLLSum! += x }
+                for x in Scoring.nll(logits: &bl, vocab: V, rows: rows, targets: targets, context: context) { r.baselineNLLSum! += x }
             }
-            let nll = Scoring.nll(logits: &logits, vocab: V, rows: rows, targets: targets)
+            let nll = Scoring.nll(logits: &logits, vocab: V, rows: rows, targets: targets, context: context)
             for x in nll { r.nllSum += x; r.nllSqSum += x * x }
             r.tokenNLL += nll
             r.tokensScored += nll.count
@@ -198,7 +203,7 @@ public enum Perplexity {
                 var w = Array(ids[(c * n)..<((c + 1) * n)])
                 if let b = bos { w[0] = b }
                 let rows = Array(first..<(n - 1))
-                score(w, rows: rows, targets: rows.map { w[$0 + 1] })
+                try score(w, rows: rows, targets: rows.map { w[$0 + 1] })
                 pr.update(c + 1, extra: String(format: "PPL %.4f", r.running.last!))
             }
         case .sliding:
@@ -219,7 +224,7 @@ public enum Perplexity {
                 let w = Array(ids[b..<end])
                 let firstTarget = max(prevEnd, b + 1)
                 let targetsPos = Array(firstTarget..<end)
-                score(w, rows: targetsPos.map { $0 - b - 1 }, targets: targetsPos.map { ids[$0] })
+                try score(w, rows: targetsPos.map { $0 - b - 1 }, targets: targetsPos.map { ids[$0] })
                 prevEnd = end
                 pr.update(i + 1, extra: String(format: "PPL %.4f", r.running.last!))
             }
@@ -236,7 +241,7 @@ public enum Perplexity {
                 guard ids.count >= 2 else { continue }
                 let scored = Array(ids[1...])
                 bytes += tokenizer.decode(scored).utf8.count
-                score(ids, rows: Array(0..<(ids.count - 1)), targets: scored)
+                try score(ids, rows: Array(0..<(ids.count - 1)), targets: scored)
                 pr.update(i + 1, extra: String(format: "PPL %.4f", r.running.last!))
             }
             r.bytes = bytes

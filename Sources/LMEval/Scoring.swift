@@ -23,14 +23,14 @@ public enum Scoring {
     /// Negative log-likelihoods (nats) of `targets[j]` under logits rows `rows[j]`
     /// of a `[T, vocab]` matrix; rows are processed in parallel. The scored rows of
     /// `logits` are overwritten.
-    public static func nll(logits: inout [Float], vocab: Int, rows: [Int], targets: [Int]) -> [Double] {
+    public static func nll(logits: inout [Float], vocab: Int, rows: [Int], targets: [Int], context: ComputeContext) -> [Double] {
         var out = [Double](repeating: 0, count: rows.count)
         logits.withUnsafeMutableBufferPointer { lp in
             out.withUnsafeMutableBufferPointer { op in
                 let o = SendablePointer(op.baseAddress!)
                 let b = SendablePointer(lp.baseAddress!)
-                let workers = min(RuntimeThreads.current, max(rows.count, 1))
-                RuntimeThreads.parallelFor(workers) { w in
+                let workers = min(context.threads, max(rows.count, 1))
+                context.parallelFor(workers) { w in
                     var j = w
                     while j < rows.count {
                         let row = b.p + rows[j] * vocab
@@ -48,7 +48,7 @@ public enum Scoring {
 extension Scoring {
     /// Per scored row: KL(P_base ‖ P_model) in nats, and whether both argmaxes agree.
     /// `KL = Σ p_b (log p_b − log p_m)`, log-softmax in Double from max-shifted logits.
-    public static func klAndTop1(base: [Float], model: [Float], vocab: Int, rows: [Int]) -> (kl: [Double], top1: [Bool]) {
+    public static func klAndTop1(base: [Float], model: [Float], vocab: Int, rows: [Int], context: ComputeContext) -> (kl: [Double], top1: [Bool]) {
         var kl = [Double](repeating: 0, count: rows.count)
         var agree = [Bool](repeating: false, count: rows.count)
         base.withUnsafeBufferPointer { bp in
@@ -57,8 +57,8 @@ extension Scoring {
                     agree.withUnsafeMutableBufferPointer { ap in
                         let b = SendablePointer(UnsafeMutablePointer(mutating: bp.baseAddress!)), m = SendablePointer(UnsafeMutablePointer(mutating: mp.baseAddress!))
                         let k = SendablePointer(kp.baseAddress!), a = SendablePointer(ap.baseAddress!)
-                        let workers = min(RuntimeThreads.current, max(rows.count, 1))
-                        RuntimeThreads.parallelFor(workers) { w in
+                        let workers = min(context.threads, max(rows.count, 1))
+                        context.parallelFor(workers) { w in
                             let tmp = UnsafeMutablePointer<Float>.allocate(capacity: vocab)
                             defer { tmp.deallocate() }
                             var j = w

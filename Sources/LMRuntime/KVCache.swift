@@ -15,7 +15,8 @@ public protocol KVCache: AnyObject {
     /// Stores K and V (`[tokens, kvHeads*headDim]` each) for `layer` at positions
     /// `count ..< count+tokens`. Visible after `advance(by:)`, except to the same
     /// forward call, which reads up to `count+tokens`.
-    func store(layer: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, tokens: Int)
+    /// - Throws: `RuntimeError` when the positions would pass `capacity` (every build).
+    func store(layer: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, tokens: Int) throws
     /// Keys of positions `0..<upTo` for (`layer`, `head`) as `[upTo, headDim]`.
     func keys(layer: Int, head: Int, upTo: Int, scratch: UnsafeMutablePointer<Float>) -> UnsafePointer<Float>
     /// Values, as `keys`.
@@ -43,8 +44,10 @@ public final class FloatKVCache: KVCache {
 
     @inline(__always) func base(_ layer: Int, _ head: Int) -> Int { (layer * kvHeads + head) * capacity * headDim }
 
-    public func store(layer: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, tokens: Int) {
-        precondition(count + tokens <= capacity, "KV cache overflow: \(count)+\(tokens) > \(capacity)")
+    public func store(layer: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, tokens: Int) throws {
+        guard layer >= 0 && layer < layers && tokens >= 0 && count + tokens <= capacity else {
+            throw RuntimeError("KV cache overflow: layer \(layer) of \(layers), \(count) + \(tokens) positions > capacity \(capacity)")
+        }
         let stride = kvHeads * headDim
         for h in 0..<kvHeads {
             let b = base(layer, h)

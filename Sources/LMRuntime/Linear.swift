@@ -9,8 +9,9 @@ public protocol LinearWeight: AnyObject, Sendable {
     var rows: Int { get }
     var cols: Int { get }
     /// `out[t, r] = Σ_c x[t, c] · W[r, c]` for `t < tokens`. `x` is `[tokens, cols]`
-    /// row-major, `out` is `[tokens, rows]` (leading dimension `ldOut`).
-    func apply(_ x: UnsafePointer<Float>, tokens: Int, out: UnsafeMutablePointer<Float>, ldOut: Int)
+    /// row-major, `out` is `[tokens, rows]` (leading dimension `ldOut`). Runs on
+    /// `context`'s workers with its kernels.
+    func apply(_ x: UnsafePointer<Float>, tokens: Int, out: UnsafeMutablePointer<Float>, ldOut: Int, context: ComputeContext)
     /// Row `r` of W as floats (`cols` values): embedding lookups use it.
     func row(_ r: Int, into out: UnsafeMutablePointer<Float>)
     /// Bytes of stored weights (what one decode step streams from memory).
@@ -45,13 +46,13 @@ public final class DenseLinear: LinearWeight, @unchecked Sendable {
 
     /// Splits the output rows across the runtime's workers; each calls single-threaded
     /// OpenBLAS (`sgemv` for one token, `sgemm` otherwise) on its slice.
-    public func apply(_ x: UnsafePointer<Float>, tokens: Int, out: UnsafeMutablePointer<Float>, ldOut: Int) {
+    public func apply(_ x: UnsafePointer<Float>, tokens: Int, out: UnsafeMutablePointer<Float>, ldOut: Int, context: ComputeContext) {
         let work = tokens * rows * cols
-        let parts = work < 1 << 18 ? 1 : RuntimeThreads.current
-        let slices = RuntimeThreads.ranges(rows, parts: parts, align: 16)
+        let parts = work < 1 << 18 ? 1 : context.threads
+        let slices = ComputeContext.ranges(rows, parts: parts, align: 16)
         let o = SendablePointer(out), xp = SendablePointer(UnsafeMutablePointer(mutating: x)), w = SendablePointer(UnsafeMutablePointer(mutating: data))
         let (cols, tokens, ldOut) = (self.cols, tokens, ldOut)
-        RuntimeThreads.parallelFor(slices.count) { i in
+        context.parallelFor(slices.count) { i in
             let r = slices[i]
             if tokens == 1 {
                 cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(r.count), Int32(cols), 1, w.p + r.lowerBound * cols, Int32(cols), xp.p, 1, 0, o.p + r.lowerBound, 1)

@@ -32,9 +32,6 @@ public final class LlamaModel: @unchecked Sendable {
     let rope: RotaryTable
     /// Keeps the source mappings alive.
     let sources: [AnyObject]
-    /// Scratch buffers reused across forward calls (decode calls would otherwise
-    /// allocate — and page-fault — fresh buffers for every token).
-    let workspace = Workspace()
 
     public init(config: ModelConfig, layers: [LlamaLayer], embedding: LinearWeight, lmHead: LinearWeight?, finalNorm: [Float], sources: [AnyObject] = []) {
         self.config = config; self.layers = layers; self.embedding = embedding
@@ -144,23 +141,29 @@ public final class LlamaModel: @unchecked Sendable {
     /// Which logits a forward call returns.
     public enum Logits { case all, last, none }
 
-    /// Runs `tokens` at positions `cache.count ..< cache.count+tokens.count`, stores
-    /// their K/V in `cache` and advances it. Returns `[T, vocab]` (`.all`), `[vocab]`
-    /// (`.last`) or nothing.
-    public func forward(_ tokens: [Int], cache: KVCache, logits: Logits = .all) -> [Float] {
+    /// Runs `tokens` at positions `cache.count ..< cache.count+tokens.count` on
+    /// `context`, stores their K/V in `cache` and advances it. Returns `[T, vocab]`
+    /// (`.all`), `[vocab]` (`.last`) or nothing.
+    /// - Throws: `RuntimeError` for an empty batch, a token id outside the vocabulary,
+    ///   or positions beyond the cache's capacity (checked in every build).
+    public func forward(_ tokens: [Int], cache: KVCache, logits: Logits = .all, context: ComputeContext) throws -> [Float] {
         let T = tokens.count
-        precondition(T > 0)
-        precondition(cache.count + T <= cache.capacity, "context overflow: \(cache.count)+\(T) > \(cache.capacity)")
-        for t in tokens { precondition(t >= 0 && t < config.vocabSize, "token id \(t) outside the vocabulary (\(config.vocabSize))") }
+        guard T > 0 else { throw RuntimeError("forward: no tokens") }
+        guard cache.count + T <= cache.capacity else {
+            throw RuntimeError("context overflow: \(cache.count) cached + \(T) new positions > the cache's capacity \(cache.capacity)")
+        }
+        for t in tokens where t < 0 || t >= config.vocabSize {
+            throw RuntimeError("token id \(t) is outside the vocabulary (0..<\(config.vocabSize))")
+        }
         let c = config
         let D = c.hiddenSize, H = c.numHeads, KVH = c.numKVHeads, hd = c.headDim, F = c.intermediateSize
         let qDim = H * hd, kvDim = KVH * hd
         let p0 = cache.count, S = p0 + T
-        rope.ensure(S)
-        let threads = RuntimeThreads.current
-        workspace.lock.lock()
-        defer { workspace.lock.unlock() }
-        let ws = workspace
+        let rope = self.rope.upTo(S)
+        let threads = context.threads
+        let ws = context.workspace
+        ws.lock.lock()
+        defer { ws.lock.unlock() }
         let x = ws.buffer(0, T * D), xn = ws.buffer(1, T * max(D, qDim)), q = ws.buffer(2, T * qDim)
         let k = ws.buffer(3, T * kvDim), v = ws.buffer(4, T * kvDim), att = ws.buffer(5, T * qDim)
         let g = ws.buffer(6, T * F), u = ws.buffer(7, T * F)
@@ -169,39 +172,38 @@ public final class LlamaModel: @unchecked Sendable {
         for (t, id) in tokens.enumerated() { embedding.row(id, into: x + t * D) }
         let scale = 1 / Float(hd).squareRoot()
         let xp = SendablePointer(x), xnp = SendablePointer(xn), qp = SendablePointer(q), kp = SendablePointer(k)
-        let tokenSlices = RuntimeThreads.ranges(T, parts: T >= 8 ? threads : 1)
+        let tokenSlices = ComputeContext.ranges(T, parts: T >= 8 ? threads : 1)
         for (li, L) in layers.enumerated() {
-            RuntimeThreads.parallelFor(tokenSlices.count) { i in
+            context.parallelFor(tokenSlices.count) { i in
                 for t in tokenSlices[i] { Ops.rmsNorm(xp.p + t * D, L.attnNorm, xnp.p + t * D, D, eps: c.rmsNormEps) }
             }
-            L.q.apply(xn, tokens: T, out: q, ldOut: qDim)
-            L.k.apply(xn, tokens: T, out: k, ldOut: kvDim)
-            L.v.apply(xn, tokens: T, out: v, ldOut: kvDim)
+            L.q.apply(xn, tokens: T, out: q, ldOut: qDim, context: context)
+            L.k.apply(xn, tokens: T, out: k, ldOut: kvDim, context: context)
+            L.v.apply(xn, tokens: T, out: v, ldOut: kvDim, context: context)
             if let qb = L.qBias, let kb = L.kBias, let vb = L.vBias {
                 for t in 0..<T { Ops.add(q + t * qDim, qb, qDim); Ops.add(k + t * kvDim, kb, kvDim); Ops.add(v + t * kvDim, vb, kvDim) }
             }
-            let rope = self.rope
-            RuntimeThreads.parallelFor(tokenSlices.count) { i in
+            context.parallelFor(tokenSlices.count) { i in
                 for t in tokenSlices[i] {
                     rope.apply(qp.p + t * qDim, heads: H, pos: p0 + t)
                     rope.apply(kp.p + t * kvDim, heads: KVH, pos: p0 + t)
                 }
             }
-            cache.store(layer: li, keys: k, values: v, tokens: T)
-            attention(layer: li, q: q, out: att, T: T, p0: p0, cache: cache, scores: scores, kvScratch: kvScratch, scale: scale)
-            L.o.apply(att, tokens: T, out: xn, ldOut: D)
+            try cache.store(layer: li, keys: k, values: v, tokens: T)
+            attention(layer: li, q: q, out: att, T: T, p0: p0, cache: cache, scores: scores, kvScratch: kvScratch, scale: scale, context: context)
+            L.o.apply(att, tokens: T, out: xn, ldOut: D, context: context)
             Ops.add(x, xn, T * D)
-            RuntimeThreads.parallelFor(tokenSlices.count) { i in
+            context.parallelFor(tokenSlices.count) { i in
                 for t in tokenSlices[i] { Ops.rmsNorm(xp.p + t * D, L.mlpNorm, xnp.p + t * D, D, eps: c.rmsNormEps) }
             }
-            L.gate.apply(xn, tokens: T, out: g, ldOut: F)
-            L.up.apply(xn, tokens: T, out: u, ldOut: F)
+            L.gate.apply(xn, tokens: T, out: g, ldOut: F, context: context)
+            L.up.apply(xn, tokens: T, out: u, ldOut: F, context: context)
             let gp = SendablePointer(g), up = SendablePointer(u)
-            RuntimeThreads.parallelFor(tokenSlices.count) { i in
+            context.parallelFor(tokenSlices.count) { i in
                 let r = tokenSlices[i]
                 Ops.siluMul(gp.p + r.lowerBound * F, up.p + r.lowerBound * F, r.count * F)
             }
-            L.down.apply(g, tokens: T, out: xn, ldOut: D)
+            L.down.apply(g, tokens: T, out: xn, ldOut: D, context: context)
             Ops.add(x, xn, T * D)
         }
         cache.advance(by: T)
@@ -210,12 +212,12 @@ public final class LlamaModel: @unchecked Sendable {
         case .last:
             Ops.rmsNorm(x + (T - 1) * D, finalNorm, xn, D, eps: c.rmsNormEps)
             var out = [Float](repeating: 0, count: c.vocabSize)
-            out.withUnsafeMutableBufferPointer { lmHead.apply(xn, tokens: 1, out: $0.baseAddress!, ldOut: c.vocabSize) }
+            out.withUnsafeMutableBufferPointer { lmHead.apply(xn, tokens: 1, out: $0.baseAddress!, ldOut: c.vocabSize, context: context) }
             return out
         case .all:
             for t in 0..<T { Ops.rmsNorm(x + t * D, finalNorm, xn + t * D, D, eps: c.rmsNormEps) }
             var out = [Float](repeating: 0, count: T * c.vocabSize)
-            out.withUnsafeMutableBufferPointer { lmHead.apply(xn, tokens: T, out: $0.baseAddress!, ldOut: c.vocabSize) }
+            out.withUnsafeMutableBufferPointer { lmHead.apply(xn, tokens: T, out: $0.baseAddress!, ldOut: c.vocabSize, context: context) }
             return out
         }
     }
@@ -228,15 +230,15 @@ public final class LlamaModel: @unchecked Sendable {
     /// reading K/V through `cache`. Heads run in parallel; within a head, query
     /// blocks of `queryBlock` rows use `sgemm` for QKᵀ and PV.
     func attention(layer li: Int, q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, T: Int, p0: Int,
-                   cache: KVCache, scores: UnsafeMutablePointer<Float>, kvScratch: UnsafeMutablePointer<Float>, scale: Float) {
+                   cache: KVCache, scores: UnsafeMutablePointer<Float>, kvScratch: UnsafeMutablePointer<Float>, scale: Float, context: ComputeContext) {
         let c = config
         let H = c.numHeads, hd = c.headDim, qDim = H * hd, group = H / c.numKVHeads
         let S = p0 + T
         let B = min(T, Self.queryBlock)
-        let workers = min(RuntimeThreads.current, H)
+        let workers = min(context.threads, H)
         let sp = SendablePointer(scores), ks = SendablePointer(kvScratch), ap = SendablePointer(out), qp = SendablePointer(q)
         let cacheBox = UncheckedBox(cache)
-        RuntimeThreads.parallelFor(workers) { w in
+        context.parallelFor(workers) { w in
             let sc = sp.p + w * B * S
             let scratchK = ks.p + w * 2 * S * hd, scratchV = scratchK + S * hd
             var h = w

@@ -98,51 +98,64 @@ public enum Ops {
 
 /// Rotary position embedding tables (HF rotate-half layout), float32 as HF computes them:
 /// `inv_freq[i] = 1 / theta^(2i/d)`, `angle = pos · inv_freq[i]`.
+///
+/// Thread-safe: `upTo(_:)` grows the tables under a lock and hands out an immutable
+/// snapshot, so concurrent forward calls (two contexts on one model) never see a
+/// table being rebuilt.
 public final class RotaryTable: @unchecked Sendable {
     public let headDim: Int
-    let half: Int
-    var cos: [Float] = []
-    var sin: [Float] = []
     let invFreq: [Float]
-    public private(set) var positions = 0
+    private let lock = NSLock()
+    private var current: Snapshot
+
+    /// Immutable cos/sin tables for positions `0..<positions`.
+    public struct Snapshot: Sendable {
+        public let headDim: Int
+        public let positions: Int
+        let cos: [Float]
+        let sin: [Float]
+
+        /// Rotates `heads` heads of one token at position `pos` (< `positions`), in place:
+        /// `x1' = x1·cos − x2·sin`, `x2' = x2·cos + x1·sin` with `x1 = x[i]`, `x2 = x[i+d/2]`.
+        @inline(__always)
+        public func apply(_ x: UnsafeMutablePointer<Float>, heads: Int, pos: Int) {
+            let half = headDim / 2
+            precondition(pos < positions)
+            cos.withUnsafeBufferPointer { c in
+                sin.withUnsafeBufferPointer { s in
+                    let cb = c.baseAddress! + pos * half, sb = s.baseAddress! + pos * half
+                    for h in 0..<heads {
+                        let p = x + h * headDim
+                        for i in 0..<half {
+                            let x1 = p[i], x2 = p[i + half]
+                            p[i] = x1 * cb[i] - x2 * sb[i]
+                            p[i + half] = x2 * cb[i] + x1 * sb[i]
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     public init(headDim: Int, theta: Float) {
         self.headDim = headDim
-        half = headDim / 2
-        invFreq = (0..<half).map { i in 1 / Foundation.pow(theta, Float(2 * i) / Float(headDim)) }
+        invFreq = (0..<(headDim / 2)).map { i in 1 / Foundation.pow(theta, Float(2 * i) / Float(headDim)) }
+        current = Snapshot(headDim: headDim, positions: 0, cos: [], sin: [])
     }
 
-    /// Makes sure positions `0..<n` are tabulated.
-    public func ensure(_ n: Int) {
-        guard n > positions else { return }
-        let newCount = max(n, positions * 2, 256)
-        cos = [Float](repeating: 0, count: newCount * half)
-        sin = cos
-        for p in 0..<newCount {
+    /// Tables covering at least positions `0..<n`.
+    public func upTo(_ n: Int) -> Snapshot {
+        lock.lock(); defer { lock.unlock() }
+        if current.positions >= n { return current }
+        let count = max(n, current.positions * 2, 256), half = headDim / 2
+        var cos = [Float](repeating: 0, count: count * half), sin = cos
+        for p in 0..<count {
             for i in 0..<half {
                 let a = Float(p) * invFreq[i]
                 cos[p * half + i] = Foundation.cos(a); sin[p * half + i] = Foundation.sin(a)
             }
         }
-        positions = newCount
-    }
-
-    /// Rotates `heads` heads of one token at position `pos`, in place:
-    /// `x1' = x1·cos − x2·sin`, `x2' = x2·cos + x1·sin` with `x1 = x[i]`, `x2 = x[i+d/2]`.
-    @inline(__always)
-    public func apply(_ x: UnsafeMutablePointer<Float>, heads: Int, pos: Int) {
-        cos.withUnsafeBufferPointer { c in
-            sin.withUnsafeBufferPointer { s in
-                let cb = c.baseAddress! + pos * half, sb = s.baseAddress! + pos * half
-                for h in 0..<heads {
-                    let p = x + h * headDim
-                    for i in 0..<half {
-                        let x1 = p[i], x2 = p[i + half]
-                        p[i] = x1 * cb[i] - x2 * sb[i]
-                        p[i + half] = x2 * cb[i] + x1 * sb[i]
-                    }
-                }
-            }
-        }
+        current = Snapshot(headDim: headDim, positions: count, cos: cos, sin: sin)
+        return current
     }
 }

@@ -36,7 +36,7 @@ public class PackedLinear: LinearWeight, @unchecked Sendable {
     func decodeRows(_ r0: Int, _ r1: Int, into out: UnsafeMutablePointer<Float>) { fatalError("abstract") }
     /// Integer-activation kernel (C, AVX2): rows `r0..<r1` with activations quantized
     /// to int8 per 32 columns (`qx`, `dx`). Returns false when the scheme has none.
-    func matvecQ8(_ qx: UnsafePointer<Int8>, dx: UnsafePointer<Float>, xsum: UnsafePointer<Float>, rows r0: Int, _ r1: Int, out: UnsafeMutablePointer<Float>) -> Bool { false }
+    func matvecQ8(_ k: UnsafePointer<lmk_kernels>, _ qx: UnsafePointer<Int8>, dx: UnsafePointer<Float>, xsum: UnsafePointer<Float>, rows r0: Int, _ r1: Int, out: UnsafeMutablePointer<Float>) -> Bool { false }
 
     /// Decode uses integer-activation kernels for int4/int8 unless `LMKIT_FLOAT_DECODE=1`
     /// (float activations, the Swift SIMD kernels). Like llama.cpp's Q8 dot products,
@@ -48,8 +48,9 @@ public class PackedLinear: LinearWeight, @unchecked Sendable {
     public func row(_ r: Int, into out: UnsafeMutablePointer<Float>) { decodeRows(r, r + 1, into: out) }
     public var storageBytes: Int { scheme.sections(rows: rows, cols: cols).reduce(0) { $0 + $1.bytes } }
 
-    public func apply(_ x: UnsafePointer<Float>, tokens: Int, out: UnsafeMutablePointer<Float>, ldOut: Int) {
-        let workers = RuntimeThreads.current
+    public func apply(_ x: UnsafePointer<Float>, tokens: Int, out: UnsafeMutablePointer<Float>, ldOut: Int, context: ComputeContext) {
+        let workers = context.threads
+        let kernels = context.kernels.table
         if tokens <= 3 {
             let xp = UnsafeMutablePointer<Float>.allocate(capacity: cols32 + ngroups + cols32 / 32)
             let qx = UnsafeMutablePointer<Int8>.allocate(capacity: cols32)
@@ -65,26 +66,26 @@ public class PackedLinear: LinearWeight, @unchecked Sendable {
                     xs[g] = s
                 }
                 let dx = xs + ngroups
-                if useQ8 { lmk_quantize_q8(xp, Int32(cols32 / 32), qx, dx) }
-                let slices = RuntimeThreads.ranges(rows, parts: rows * cols < 1 << 16 ? 1 : workers, align: 16)
+                if useQ8 { kernels.pointee.quantize_q8(xp, Int32(cols32 / 32), qx, dx) }
+                let slices = ComputeContext.ranges(rows, parts: rows * cols < 1 << 16 ? 1 : workers, align: 16)
                 let o = SendablePointer(out + t * ldOut), xv = SendablePointer(xp), qv = SendablePointer(qx)
                 let (c32, ng) = (cols32, ngroups)
-                RuntimeThreads.parallelFor(slices.count) { i in
+                context.parallelFor(slices.count) { i in
                     let (a, b) = (slices[i].lowerBound, slices[i].upperBound)
-                    if useQ8, self.matvecQ8(qv.p, dx: xv.p + c32 + ng, xsum: xv.p + c32, rows: a, b, out: o.p) { return }
+                    if useQ8, self.matvecQ8(kernels, qv.p, dx: xv.p + c32 + ng, xsum: xv.p + c32, rows: a, b, out: o.p) { return }
                     self.matvec(UnsafePointer(xv.p), xsum: UnsafePointer(xv.p + c32), rows: a, b, out: o.p)
                 }
             }
             return
         }
         // Prefill: per worker, tiles of rows dequantized into scratch, then sgemm.
-        let slices = RuntimeThreads.ranges(rows, parts: workers, align: 16)
+        let slices = ComputeContext.ranges(rows, parts: workers, align: 16)
         let tile = PackedLinear.tileRows
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: slices.count * tile * cols)
         defer { scratch.deallocate() }
         let sp = SendablePointer(scratch), o = SendablePointer(out), xv = SendablePointer(UnsafeMutablePointer(mutating: x))
         let cols = self.cols
-        RuntimeThreads.parallelFor(slices.count) { i in
+        context.parallelFor(slices.count) { i in
             let buf = sp.p + i * tile * cols
             var r = slices[i].lowerBound
             while r < slices[i].upperBound {
@@ -177,8 +178,8 @@ final class Int8Linear: PackedLinear, @unchecked Sendable {
         }
     }
 
-    override func matvecQ8(_ qx: UnsafePointer<Int8>, dx: UnsafePointer<Float>, xsum: UnsafePointer<Float>, rows r0: Int, _ r1: Int, out: UnsafeMutablePointer<Float>) -> Bool {
-        lmk_matvec_q8(q, scales, Int32(r0), Int32(r1), Int32(cols32), Int32(ngroups), Int32(scheme.groupSize), qx, dx, out)
+    override func matvecQ8(_ k: UnsafePointer<lmk_kernels>, _ qx: UnsafePointer<Int8>, dx: UnsafePointer<Float>, xsum: UnsafePointer<Float>, rows r0: Int, _ r1: Int, out: UnsafeMutablePointer<Float>) -> Bool {
+        k.pointee.matvec_q8(q, scales, Int32(r0), Int32(r1), Int32(cols32), Int32(ngroups), Int32(scheme.groupSize), qx, dx, out)
         return true
     }
 
@@ -242,8 +243,8 @@ final class Int4Linear: PackedLinear, @unchecked Sendable {
         }
     }
 
-    override func matvecQ8(_ qx: UnsafePointer<Int8>, dx: UnsafePointer<Float>, xsum: UnsafePointer<Float>, rows r0: Int, _ r1: Int, out: UnsafeMutablePointer<Float>) -> Bool {
-        lmk_matvec_q4(q, scales, mins, Int32(r0), Int32(r1), Int32(cols32), Int32(ngroups), Int32(group), qx, dx, xsum, out)
+    override func matvecQ8(_ k: UnsafePointer<lmk_kernels>, _ qx: UnsafePointer<Int8>, dx: UnsafePointer<Float>, xsum: UnsafePointer<Float>, rows r0: Int, _ r1: Int, out: UnsafeMutablePointer<Float>) -> Bool {
+        k.pointee.matvec_q4(q, scales, mins, Int32(r0), Int32(r1), Int32(cols32), Int32(ngroups), Int32(group), qx, dx, xsum, out)
         return true
     }
 

@@ -39,32 +39,22 @@ struct QuantizeCommand: ParsableCommand {
     @Flag(help: "Print a JSON summary instead of text.")
     var json = false
 
+    /// The build these options describe (the same type the gate's recipes use).
+    var spec: BuildSpec {
+        BuildSpec(source: input, scheme: scheme, groupSize: groupSize, clip: clip, overrides: overrides, tokenizer: tokenizer)
+    }
+
     /// Checks the options before anything is read, so errors show this command's usage.
     func validate() throws {
-        _ = try recipe()
+        do { _ = try spec.recipe() } catch let e as BuildSpecError {
+            let flag = e.option == "scheme" ? "--scheme" : e.option == "group_size" ? "--group-size" : "--override"
+            throw ValidationError("\(flag): \(e.reason)")
+        }
         guard output.hasSuffix(".lmpk") else { throw ValidationError("--output must end in .lmpk") }
     }
 
-    func recipe() throws -> Recipe {
-        let defaultScheme: QuantScheme
-        do { defaultScheme = try QuantScheme(parsing: scheme, defaultGroup: groupSize) } catch { throw ValidationError("\(error)") }
-        if let g = groupSize, scheme.contains("-g") { throw ValidationError("--group-size \(g) conflicts with the group in --scheme \(scheme)") }
-        var recipe = Recipe(defaultScheme: defaultScheme, clip: clip)
-        do { recipe.overrides = try overrides.map { try Recipe.parseOverride($0, defaultGroup: groupSize) } } catch { throw ValidationError("\(error)") }
-        return recipe
-    }
-
     func run() throws {
-        let recipe = try recipe()
-        let model = try ModelSource.open(input, llama2cTokenizer: tokenizer)
-        let provenance = JSON.object([
-            ("tool", .string("lmconvert 0.1.0")),
-            ("command", .string((["lmconvert"] + CommandLine.arguments.dropFirst()).joined(separator: " "))),
-            ("source", .string((input as NSString).lastPathComponent)),
-            ("source_sha256", .string(try ModelSource.digest(input))),
-        ])
-        let progress = ProgressReporter(label: "quantize", total: model.tensors.count, unit: " tensors")
-        let s = try Quantizer.run(model: model, recipe: recipe, overrideStrings: overrides, output: output, provenance: provenance, progress: progress)
+        let s = try spec.build(output: output) { ProgressReporter(label: "quantize", total: $0, unit: " tensors") }
         if json {
             print(JSON.object([("output", .string(output)), ("tensors", .int(Int64(s.tensors))), ("parameters", .int(Int64(s.parameters))),
                                ("file_bytes", .int(Int64(s.fileBytes))), ("bits_per_weight", .double(s.bitsPerWeight)),

@@ -24,14 +24,14 @@ struct BenchCommand: ParsableCommand {
     }
 
     func run() throws {
-        RuntimeThreads.set(modelOptions.threads)
+        let context = try modelOptions.context()
         let t0 = Date()
         let model = try LlamaModel.load(path: modelOptions.model)
         let load = Date().timeIntervalSince(t0)
         guard prefill + decode <= model.config.maxPositionEmbeddings else {
             throw EvalError("--prefill + --decode exceeds the model's \(model.config.maxPositionEmbeddings) positions")
         }
-        let r = Benchmark.run(model: model, loadSeconds: load, prefill: prefill, decode: decode, repetitions: repetitions)
+        let r = try Benchmark.run(model: model, loadSeconds: load, prefill: prefill, decode: decode, repetitions: repetitions, context: context)
         print(r.table(model: modelOptions.model), terminator: "")
         if let json { try writeJSON(r.json(model: modelOptions.model), to: json) }
     }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import LMCore
 import LMEval
+import LMRuntime
 
 struct GateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -17,7 +18,7 @@ struct GateCommand: ParsableCommand {
         let report: GateReport
         do {
             let g = try GateFile.load(file)
-            report = try Gate.run(g) { printErr($0) }
+            report = try Gate.run(g, kernels: try KernelSet.fromEnvironment()) { printErr($0) }
         } catch let e as GateFileError {
             printErr("Error: \(e)")
             throw ExitCode(2)

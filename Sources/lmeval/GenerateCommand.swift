@@ -33,6 +33,7 @@ struct GenerateCommand: ParsableCommand {
     }
 
     func run() throws {
+        let context = try modelOptions.context()
         let (model, tok) = try modelOptions.load()
         let promptIds = tok.encode(prompt)
         var eos = Set(model.config.eosTokenIds)
@@ -43,7 +44,7 @@ struct GenerateCommand: ParsableCommand {
         var all = promptIds
         let r = try Generation.run(model: model, prompt: promptIds, maxTokens: maxTokens,
                                    sampling: SamplingOptions(temperature: temperature, topP: topP, seed: seed),
-                                   eos: eos, stopAtEOS: !ignoreEOS) { id in
+                                   eos: eos, stopAtEOS: !ignoreEOS, context: context) { id in
             all.append(id)
             if ids { print(id, terminator: " ") } else {
                 let text = tok.decode(all)
@@ -54,8 +55,8 @@ struct GenerateCommand: ParsableCommand {
             fflush(nil)
         }
         print("")
-        printErr(String(format: "prompt %d tokens (%.1f tokens/s), generated %d tokens, decode %.1f tokens/s, %d threads",
-                        r.promptTokens.count, r.prefillTokensPerSecond, r.generated.count, r.decodeTokensPerSecond, modelOptions.threads))
+        printErr(String(format: "prompt %d tokens (%.1f tokens/s), generated %d tokens, decode %.1f tokens/s, %d threads, %@ kernels",
+                        r.promptTokens.count, r.prefillTokensPerSecond, r.generated.count, r.decodeTokensPerSecond, modelOptions.threads, context.kernels.name))
         if let json {
             try writeJSON(.object([
                 ("model", .string(modelOptions.model)), ("prompt_ids", .array(r.promptTokens.map { .int(Int64($0)) })),

@@ -21,16 +21,21 @@ struct ModelOptions: ParsableArguments {
     var model: String
     @Option(help: "Worker threads (our loops and OpenBLAS).")
     var threads: Int = 2
+    @Option(help: "Decode kernel set: generic, avx2 or avx512vnni (default: the best this CPU has, or LMKIT_KERNELS).")
+    var kernels: String?
 
     func validate() throws {
         guard threads >= 1 && threads <= 256 else { throw ValidationError("--threads must be between 1 and 256") }
     }
 
-    /// Loads model and tokenizer (HF folder or .lmpk).
-    func load() throws -> (LlamaModel, Tokenizer) {
-        RuntimeThreads.set(threads)
-        return try ModelLoader.load(model)
+    /// The compute context these options describe (threads, kernel set).
+    func context() throws -> ComputeContext {
+        let k = try kernels.map { try KernelSet.named($0) } ?? KernelSet.fromEnvironment()
+        return ComputeContext(threads: threads, kernels: k)
     }
+
+    /// Loads model and tokenizer (HF folder or .lmpk).
+    func load() throws -> (LlamaModel, Tokenizer) { try ModelLoader.load(model) }
 }
 
 func writeJSON(_ j: JSON, to path: String) throws {

@@ -48,13 +48,14 @@ struct PerplexityCommand: ParsableCommand {
     }
 
     func run() throws {
+        let context = try modelOptions.context()
         let (model, tok) = try modelOptions.load()
         guard ctx <= model.config.maxPositionEmbeddings else {
             throw EvalError("--ctx \(ctx) exceeds the model's max_position_embeddings (\(model.config.maxPositionEmbeddings))")
         }
         let base = try baseline.map { try ModelLoader.load($0).0 }
         let r = try Perplexity.run(model: model, tokenizer: tok, textPath: text,
-                                   options: PerplexityOptions(proto: proto, ctx: ctx, stride: stride, limit: chunks, separator: separator), baseline: base)
+                                   options: PerplexityOptions(proto: proto, ctx: ctx, stride: stride, limit: chunks, separator: separator), baseline: base, context: context)
         print(r.summary(model: modelOptions.model), terminator: "")
         if let json { try writeJSON(r.json(model: modelOptions.model), to: json) }
     }

@@ -10,14 +10,14 @@ import Testing
 
 @Suite("Perplexity and generation against published numbers (shared data)", .serialized)
 struct EvalGoldenTests {
+    let ctx = ComputeContext(threads: 2)
     @Test("stories260K documents ctx 128: 12,685 tokens, 27,821 bytes, 0.8132 bpb, PPL 3.4426")
     func published() throws {
         guard let root = sharedRoot("stories260K published perplexity") else { return }
-        RuntimeThreads.set(2)
         let folder = root + "/models/stories260k"
         let r = try Perplexity.run(model: LlamaModel.load(folder: folder), tokenizer: Tokenizer(path: folder),
                                    textPath: root + "/text/tinystories_v2_valid_first100.txt",
-                                   options: PerplexityOptions(proto: .documents, ctx: 128), progress: false)
+                                   options: PerplexityOptions(proto: .documents, ctx: 128), progress: false, context: ctx)
         #expect(r.windows == 100)
         #expect(r.tokensScored == 12685)
         #expect(r.bytes == 27821)
@@ -34,7 +34,7 @@ struct EvalGoldenTests {
         let want = try ref["greedy_ids"]!.toInts()
         let tok = try Tokenizer(path: folder)
         let r = try Generation.run(model: LlamaModel.load(folder: folder), prompt: tok.encode(""), maxTokens: 199,
-                                   sampling: SamplingOptions(), eos: [], stopAtEOS: false)
+                                   sampling: SamplingOptions(), eos: [], stopAtEOS: false, context: ctx)
         #expect([1] + r.generated == want)
         #expect(tok.decode(r.generated) == ref.metadata["greedy_text"])
     }
@@ -46,16 +46,15 @@ struct EvalGoldenTests {
         let tok = try Tokenizer(path: folder)
         let prompt = tok.encode("The capital of France is")
         #expect(prompt == Array(want.prefix(5)))
-        let r = try Generation.run(model: LlamaModel.load(folder: folder), prompt: prompt, maxTokens: 16, sampling: SamplingOptions(), eos: [], stopAtEOS: false)
+        let r = try Generation.run(model: LlamaModel.load(folder: folder), prompt: prompt, maxTokens: 16, sampling: SamplingOptions(), eos: [], stopAtEOS: false, context: ctx)
         #expect(prompt + r.generated == want)
     }
 
     @Test("SmolLM2 chunks ctx 512 on wiki.test.raw, 4 chunks: finite PPL in the published range, 255 scored per chunk")
     func smolChunks() throws {
         guard let root = sharedRoot("SmolLM2 chunks"), let folder = ImportedSmolLM2.folder else { return }
-        RuntimeThreads.set(2)
         let r = try Perplexity.run(model: LlamaModel.load(folder: folder), tokenizer: Tokenizer(path: folder),
-                                   textPath: root + "/text/wiki.test.raw", options: PerplexityOptions(proto: .chunks, ctx: 512, limit: 4), progress: false)
+                                   textPath: root + "/text/wiki.test.raw", options: PerplexityOptions(proto: .chunks, ctx: 512, limit: 4), progress: false, context: ctx)
         #expect(r.windows == 4 && r.tokensScored == 4 * 255)
         #expect(!r.bosPerWindow)
         // SmolLM2-135M on WikiText-2 is ~20 PPL at ctx 512; a broken runtime is far off.
@@ -65,6 +64,7 @@ struct EvalGoldenTests {
 
 @Suite("Perplexity protocol invariants (synthetic model)", .serialized)
 struct ProtocolTests {
+    let cc = ComputeContext(threads: 2)
     static let text = String(repeating: "The cat sat on the mat and it was 42 times happier than the dog in 1999.\n", count: 12)
 
     func setup() throws -> (LlamaModel, Tokenizer, String, String) {
@@ -73,7 +73,6 @@ struct ProtocolTests {
         try SyntheticModel.write(spec, to: dir)
         let textPath = dir + "/text.txt"
         try Self.text.write(toFile: textPath, atomically: true, encoding: .utf8)
-        RuntimeThreads.set(2)
         return (try LlamaModel.load(folder: dir), try Tokenizer(path: dir), textPath, dir)
     }
 
@@ -83,16 +82,16 @@ struct ProtocolTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let ids = tok.encode(Self.text)
         for (ctx, stride) in [(64, 32), (64, 64), (100, 7)] {
-            let r = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .sliding, ctx: ctx, stride: stride), progress: false)
+            let r = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .sliding, ctx: ctx, stride: stride), progress: false, context: cc)
             let expected = stride < ctx ? ids.count - 1 : ids.count - r.windows
             #expect(r.tokensScored == expected, "ctx \(ctx) stride \(stride)")
         }
         // One window covering the whole text vs. an independent decode loop.
-        let r = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .sliding, ctx: ids.count), progress: false)
+        let r = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .sliding, ctx: ids.count), progress: false, context: cc)
         let cache = model.makeCache(capacity: ids.count)
         var nll = 0.0
         for t in 0..<(ids.count - 1) {
-            let l = model.forward([ids[t]], cache: cache, logits: .last)
+            let l = try model.forward([ids[t]], cache: cache, logits: .last, context: cc)
             nll += l.withUnsafeBufferPointer { Scoring.logSumExpReference($0.baseAddress!, l.count) } - Double(l[ids[t + 1]])
         }
         #expect(abs(r.nllSum - nll) < 1e-3 * Double(ids.count), "batched \(r.nllSum) vs decode \(nll)")
@@ -103,13 +102,13 @@ struct ProtocolTests {
         let (model, tok, textPath, dir) = try setup()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let n = tok.encode(Self.text).count
-        let r = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 64), progress: false)
+        let r = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 64), progress: false, context: cc)
         #expect(r.windows == n / 64 && r.tokensScored == (n / 64) * 31)
-        let r2 = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 64, limit: 2), progress: false)
+        let r2 = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 64, limit: 2), progress: false, context: cc)
         #expect(r2.windows == 2 && r2.running.count == 2 && r2.running[1] == r2.perplexity)
         #expect(r2.perplexityStderr > 0)
         #expect(throws: EvalError.self) {
-            try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 100_000), progress: false)
+            try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 100_000), progress: false, context: cc)
         }
     }
 
@@ -117,12 +116,12 @@ struct ProtocolTests {
     func klSelf() throws {
         let (model, tok, textPath, dir) = try setup()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let r = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 64), baseline: model, progress: false)
+        let r = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 64), baseline: model, progress: false, context: cc)
         #expect(r.meanKL! < 1e-9 && r.top1Agreement == 1 && r.baselinePerplexity == r.perplexity)
         var spec = SyntheticModelSpec(); spec.seed = 99
         let other = dir + "/other"
         try SyntheticModel.write(spec, to: other)
-        let r2 = try Perplexity.run(model: LlamaModel.load(folder: other), tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 64), baseline: model, progress: false)
+        let r2 = try Perplexity.run(model: LlamaModel.load(folder: other), tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 64), baseline: model, progress: false, context: cc)
         #expect(r2.meanKL! > 0.01 && r2.top1Agreement! < 1)
     }
 
@@ -130,8 +129,8 @@ struct ProtocolTests {
     func deterministic() throws {
         let (model, tok, textPath, dir) = try setup()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let a = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 64), progress: false)
-        let b = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 64), progress: false)
+        let a = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 64), progress: false, context: cc)
+        let b = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .chunks, ctx: 64), progress: false, context: cc)
         #expect(a.nllSum == b.nllSum && a.tokenNLL == b.tokenNLL)
     }
 

@@ -22,13 +22,13 @@ struct GoldenForwardTests {
     @Test("stories260K: same argmax everywhere, max |Δlogit| ≤ 1e-3 (batched prefill and token-by-token)")
     func stories260k() throws {
         guard let root = sharedRoot("stories260K forward") else { return }
-        RuntimeThreads.set(2)
+        let ctx = ComputeContext(threads: 2)
         let model = try LlamaModel.load(folder: root + "/models/stories260k")
         let ref = try SafetensorsFile(path: root + "/reference/stories260k/reference.safetensors")
         let ids = try ref["input_ids"]!.toInts()
         let want = try ref["logits"]!.toFloat()
         let cache = model.makeCache(capacity: 256)
-        let got = model.forward(ids, cache: cache, logits: .all)
+        let got = try model.forward(ids, cache: cache, logits: .all, context: ctx)
         let r = compareLogits(got, want, vocab: 512)
         print("stories260K prefill: argmax mismatches \(r.argmaxMismatches), max |Δ| \(r.maxAbs), mean |Δ| \(r.meanAbs)")
         #expect(r.argmaxMismatches == 0)
@@ -36,7 +36,7 @@ struct GoldenForwardTests {
         // Decode path: one token at a time through the cache.
         let cache2 = model.makeCache(capacity: 256)
         var stepwise: [Float] = []
-        for id in ids { stepwise += model.forward([id], cache: cache2, logits: .last) }
+        for id in ids { stepwise += try model.forward([id], cache: cache2, logits: .last, context: ctx) }
         let r2 = compareLogits(stepwise, want, vocab: 512)
         #expect(r2.argmaxMismatches == 0)
         #expect(r2.maxAbs <= 1e-3)
@@ -49,13 +49,13 @@ struct GoldenForwardTests {
             return
         }
         let root = SharedData.locate()!
-        RuntimeThreads.set(2)
+        let ctx = ComputeContext(threads: 2)
         let model = try LlamaModel.load(folder: folder)
         let ref = try SafetensorsFile(path: root + "/reference/smollm2-135m/reference.safetensors")
         for n in 0..<3 {
             let ids = try ref["prompt\(n).input_ids"]!.toInts()
             let want = try ref["prompt\(n).logits"]!.toFloat()
-            let got = model.forward(ids, cache: model.makeCache(capacity: 64), logits: .all)
+            let got = try model.forward(ids, cache: model.makeCache(capacity: 64), logits: .all, context: ctx)
             let r = compareLogits(got, want, vocab: 49152)
             print("SmolLM2 prompt \(n): argmax mismatches \(r.argmaxMismatches), max |Δ| \(r.maxAbs), mean |Δ| \(r.meanAbs)")
             #expect(r.argmaxMismatches == 0)

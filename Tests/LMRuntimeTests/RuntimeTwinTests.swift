@@ -33,23 +33,23 @@ struct RuntimeTwinTests {
         let dir = tempDir("twin\(k)")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try SyntheticModel.write(spec, to: dir)
-        RuntimeThreads.set(2)
+        let ctx = ComputeContext(threads: 2)
         let model = try LlamaModel.load(folder: dir)
         let ref = try ReferenceForward(folder: dir)
         // 77 tokens: crosses the 64-row attention block and odd SIMD tails.
         var rng = SplitMix64(seed: 9)
         let ids = (0..<77).map { _ in Int(rng.next() % UInt64(spec.vocab)) }
         let want = ref.logits(ids)
-        let got = model.forward(ids, cache: model.makeCache(capacity: 128), logits: .all)
+        let got = try model.forward(ids, cache: model.makeCache(capacity: 128), logits: .all, context: ctx)
         var maxd: Float = 0
         for t in ids.indices { for v in 0..<spec.vocab { maxd = max(maxd, abs(got[t * spec.vocab + v] - Float(want[t][v]))) } }
         #expect(maxd <= Self.logitTolerance, "\(label): prefill max |Δ| \(maxd)")
         // Mixed: a 40-token prefill then one token at a time.
         let cache = model.makeCache(capacity: 128)
-        _ = model.forward(Array(ids[0..<40]), cache: cache, logits: .none)
+        _ = try model.forward(Array(ids[0..<40]), cache: cache, logits: .none, context: ctx)
         var maxd2: Float = 0
         for t in 40..<ids.count {
-            let l = model.forward([ids[t]], cache: cache, logits: .last)
+            let l = try model.forward([ids[t]], cache: cache, logits: .last, context: ctx)
             for v in 0..<spec.vocab { maxd2 = max(maxd2, abs(l[v] - Float(want[t][v]))) }
         }
         #expect(maxd2 <= Self.logitTolerance, "\(label): decode max |Δ| \(maxd2)")
@@ -62,8 +62,8 @@ struct RuntimeTwinTests {
         try SyntheticModel.write(SyntheticModelSpec(), to: dir)
         let model = try LlamaModel.load(folder: dir)
         let ids = Array(0..<50).map { ($0 * 37) % 300 }
-        let a = RuntimeThreads.withThreads(1) { model.forward(ids, cache: model.makeCache(capacity: 64)) }
-        let b = RuntimeThreads.withThreads(2) { model.forward(ids, cache: model.makeCache(capacity: 64)) }
+        let a = try model.forward(ids, cache: model.makeCache(capacity: 64), context: ComputeContext(threads: 1))
+        let b = try model.forward(ids, cache: model.makeCache(capacity: 64), context: ComputeContext(threads: 2))
         let d = zip(a, b).map { abs($0 - $1) }.max()!
         #expect(d <= 1e-5)
     }
@@ -102,13 +102,13 @@ struct KernelTwinTests {
     @Test("DenseLinear (split sgemm/sgemv) matches a scalar matmul on odd shapes", arguments: [(1, 33, 7), (3, 127, 65), (5, 1000, 17), (64, 129, 300)])
     func linear(_ shape: (Int, Int, Int)) {
         let (T, rows, cols) = shape
-        RuntimeThreads.set(2)
+        let ctx = ComputeContext(threads: 2)
         var rng = SplitMix64(seed: 5)
         let w = (0..<(rows * cols)).map { _ in rng.nextSigned() }
         let x = (0..<(T * cols)).map { _ in rng.nextSigned() }
         let lin = DenseLinear(rows: rows, cols: cols, values: w)
         var out = [Float](repeating: 0, count: T * rows)
-        x.withUnsafeBufferPointer { xp in out.withUnsafeMutableBufferPointer { lin.apply(xp.baseAddress!, tokens: T, out: $0.baseAddress!, ldOut: rows) } }
+        x.withUnsafeBufferPointer { xp in out.withUnsafeMutableBufferPointer { lin.apply(xp.baseAddress!, tokens: T, out: $0.baseAddress!, ldOut: rows, context: ctx) } }
         for t in 0..<T { for r in 0..<rows {
             var s = 0.0
             for c in 0..<cols { s += Double(w[r * cols + c]) * Double(x[t * cols + c]) }

@@ -2,23 +2,83 @@
 #define LMKIT_CKERNELS_H
 #include <stdint.h>
 
-/// Quantizes `nblocks` blocks of 32 floats to int8: dx[b] = max|x| / 127,
-/// qx = round(x / dx[b]) in [-127, 127] (dx = 0 → all zero).
-void lmk_quantize_q8(const float *x, int nblocks, int8_t *qx, float *dx);
+/// Integer-activation decode kernels with run-time CPU dispatch.
+///
+/// The target is compiled for baseline x86-64; every SIMD kernel carries its own
+/// `target` attribute. A caller picks a level once (`lmk_best_level`), keeps the
+/// table `lmk_kernels_at(level)` returns (static const storage, valid for the whole
+/// process) and calls through it. Nothing here keeps mutable global state.
+///
+/// Storage layouts (shared by every level):
+/// - activations: `cols32` floats (zero-padded to a multiple of 32), quantized per
+///   32-column block `b` to int8 `qx[32b..32b+31]` with scale `dx[b]`.
+/// - int4 rows: `cols32/2` bytes per row; each 32-column block is 16 bytes whose low
+///   nibbles are columns 0..15 and high nibbles columns 16..31 of the block (codes
+///   0..15). Scales (and optional mins) are float16, `ngroups` per row.
+/// - int8 rows: `cols32` signed bytes per row; scales float32 per row (`group` == 0)
+///   or float16 per group (`ngroups` per row).
+/// Group sizes are multiples of 32; the last group of a row may be shorter
+/// (`ngroups = ceil(cols / group)`).
 
-/// int4 rows [r0, r1) · int8 activations. Row layout: cols32/2 bytes (ggml nibble
-/// order per 32 columns), float16 scales[ngroups] (and mins[ngroups], or NULL for
-/// the symmetric code-8 scheme), group size `group` (multiple of 32).
-/// out[r] = Σ_b s_g · dx[b] · Σ_i q_i·qx_i  +  Σ_g (m_g or −8·s_g) · xsum[g].
+/// Kernel levels, lowest first.
+enum {
+    LMK_LEVEL_GENERIC = 0,     ///< plain C, any CPU; the reference the others are tested against
+    LMK_LEVEL_AVX2 = 1,        ///< AVX2 + FMA + F16C (x86-64-v3)
+    LMK_LEVEL_AVX512VNNI = 2,  ///< AVX-512 F/BW/VL + VNNI (plus the AVX2 level's features)
+    LMK_LEVEL_COUNT = 3
+};
+
+/// One level's kernels. Tables live in static const storage.
+typedef struct lmk_kernels {
+    /// "generic", "avx2" or "avx512vnni".
+    const char *name;
+    /// The `LMK_LEVEL_*` value.
+    int level;
+    /// Quantizes `nblocks` blocks of 32 floats to int8: dx[b] = max|x| / 127,
+    /// qx = round-half-even(x · (1/dx[b])) in [-127, 127] (dx = 0 → all zero).
+    /// Every level gives bit-identical qx and dx.
+    void (*quantize_q8)(const float *x, int nblocks, int8_t *qx, float *dx);
+    /// int4 rows [r0, r1) · int8 activations (see the layout above); `mins` NULL for
+    /// the symmetric code-8 scheme; `group` a multiple of 32 (cols32 for one group per row).
+    /// out[r] = Σ_b s_g(b) · dx[b] · Σ_i q_i·qx_i  +  Σ_g (m_g or −8·s_g) · xsum[g].
+    void (*matvec_q4)(const uint8_t *q, const uint16_t *scales, const uint16_t *mins,
+                      int r0, int r1, int cols32, int ngroups, int group,
+                      const int8_t *qx, const float *dx, const float *xsum, float *out);
+    /// int8 rows [r0, r1) · int8 activations (see the layout above); `group` 0 means a
+    /// float32 scale per row, else float16 scales per group.
+    /// out[r] = rowScale · Σ_b s_g(b) · dx[b] · Σ_i q_i·qx_i  (s = 1 or rowScale = 1).
+    void (*matvec_q8)(const int8_t *q, const void *scales, int r0, int r1, int cols32,
+                      int ngroups, int group, const int8_t *qx, const float *dx, float *out);
+} lmk_kernels;
+
+/// 1 when this CPU can run kernels of `level` (generic: always; avx2: AVX2+FMA+F16C
+/// with the OS saving YMM state; avx512vnni: AVX512F+BW+VL+VNNI with the OS saving
+/// ZMM state, and also AVX2/FMA/F16C), else 0 (also for an unknown level).
+/// Reads cpuid on every call: call it once, not per kernel call.
+int lmk_cpu_supports(int level);
+
+/// The highest level this CPU supports.
+int lmk_best_level(void);
+
+/// The kernel table of `level` (static const storage), or NULL when the level is
+/// unknown or the CPU lacks it.
+const lmk_kernels *lmk_kernels_at(int level);
+
+/// 1 when the CPU has the build's baseline (AVX2, FMA, F16C), else 0; `missing` (if
+/// non-NULL) receives a static string naming what is missing, e.g. "AVX2 FMA" (""
+/// when nothing is). A load-time constructor in this library runs the same check and
+/// exits with a one-line error instead of letting a too-old CPU die of SIGILL.
+int lmk_cpu_baseline_ok(const char **missing);
+
+/// Legacy entry points (the AVX2 level; the load-time check guarantees its CPU
+/// features). Same contracts as the table fields of the same names.
+void lmk_quantize_q8(const float *x, int nblocks, int8_t *qx, float *dx);
 void lmk_matvec_q4(const uint8_t *q, const uint16_t *scales, const uint16_t *mins,
                    int r0, int r1, int cols32, int ngroups, int group,
                    const int8_t *qx, const float *dx, const float *xsum, float *out);
-
-/// int8 rows [r0, r1) · int8 activations. Row layout: cols32 int8; scales: float32
-/// per row (`group` = 0) or float16 per group.
 void lmk_matvec_q8(const int8_t *q, const void *scales, int r0, int r1, int cols32,
                    int ngroups, int group, const int8_t *qx, const float *dx, float *out);
 
-/// 1 when the AVX2 paths were compiled in.
+/// lmk_cpu_supports(LMK_LEVEL_AVX2).
 int lmk_has_avx2(void);
 #endif

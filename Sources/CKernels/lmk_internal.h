@@ -1,0 +1,38 @@
+/* Private to the CKernels target: the per-level tables and shared helpers. */
+#ifndef LMKIT_CKERNELS_INTERNAL_H
+#define LMKIT_CKERNELS_INTERNAL_H
+#include "ckernels.h"
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define LMK_X86 1
+/* Per-function instruction sets. The target itself is compiled for baseline x86-64, so
+ * only functions carrying one of these may contain AVX code, and they may only run
+ * after lmk_cpu_supports said yes for their level. */
+#define LMK_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define LMK_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+/* Code that must run on any x86-64 CPU (the cpuid check and the load-time constructor):
+ * forbids AVX even if the file is built with -march=native. */
+#define LMK_TARGET_BASELINE __attribute__((target("no-avx")))
+#else
+#define LMK_TARGET_BASELINE
+#endif
+
+/* IEEE half → float, exact, no F16C needed. */
+static inline float lmk_half_to_float_sw(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
+    if (exp == 0) {
+        if (man == 0) { bits = sign; }
+        else { exp = 127 - 15 + 1; while (!(man & 0x400)) { man <<= 1; exp--; } man &= 0x3FF; bits = sign | (exp << 23) | (man << 13); }
+    } else if (exp == 31) { bits = sign | 0x7F800000 | (man << 13); }
+    else { bits = sign | ((exp + 127 - 15) << 23) | (man << 13); }
+    float f; memcpy(&f, &bits, 4); return f;
+}
+
+extern const lmk_kernels lmk_table_generic;
+#ifdef LMK_X86
+extern const lmk_kernels lmk_table_avx2;
+extern const lmk_kernels lmk_table_avx512vnni;
+#endif
+#endif

@@ -1,0 +1,46 @@
+import Foundation
+import LMCore
+import LMEval
+import LMFixtures
+import LMFormats
+import LMQuant
+import Testing
+
+@Suite("One build spec for lmconvert and the gate", .serialized)
+struct BuildSpecTests {
+    @Test("the same recipe gives the same bytes through `lmconvert quantize` and a gate recipe (group size applies to int4 overrides in both)")
+    func sameBytes() throws {
+        let dir = scratch("spec")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try SyntheticModel.write(SyntheticModelSpec(), to: dir + "/m")
+        let cli = try run("lmconvert", ["quantize", "-i", dir + "/m", "-o", dir + "/cli.lmpk", "--scheme", "int4", "--group-size", "64",
+                                        "--override", "down_proj=int4", "--override", "up_proj=int8", "--clip", "mse"])
+        #expect(cli.status == 0, "\(cli.stderr)")
+        let gateJSON = #"{"version": 1, "suites": [{"name": "s", "data": {"text": "t.txt", "sha256": "00", "protocol": "chunks", "ctx": 64},"#
+            + #" "baseline": {"model": "m"}, "candidates": [{"name": "c", "recipe": {"source": "m", "scheme": "int4", "group_size": 64,"#
+            + #" "clip": "mse", "overrides": ["down_proj=int4", "up_proj=int8"]}, "limits": {"mean_kl_max": 1}}]}]}"#
+        try gateJSON.write(toFile: dir + "/g.json", atomically: true, encoding: .utf8)
+        let g = try GateFile.load(dir + "/g.json")
+        guard case let .recipe(spec) = g.suites[0].candidates[0].source else { Issue.record("not a recipe"); return }
+        #expect(spec == BuildSpec(source: dir + "/m", scheme: "int4", groupSize: 64, clip: .mse, overrides: ["down_proj=int4", "up_proj=int8"]))
+        _ = try spec.build(output: dir + "/gate.lmpk")  // what the gate runs for a recipe
+        let a = try Data(contentsOf: URL(fileURLWithPath: dir + "/cli.lmpk")), b = try Data(contentsOf: URL(fileURLWithPath: dir + "/gate.lmpk"))
+        #expect(a == b, "CLI and gate builds differ")
+        let f = try LMPKFile(path: dir + "/gate.lmpk")
+        #expect(f["model.layers.0.mlp.down_proj.weight"]?.scheme.name == "int4-g64")
+        #expect(f["model.layers.0.mlp.up_proj.weight"]?.scheme.name == "int8")
+        #expect(f["model.layers.0.self_attn.q_proj.weight"]?.scheme.name == "int4-g64")
+    }
+
+    @Test("canonical form: equivalent spellings are one build; different options are not")
+    func canonical() throws {
+        let a = try BuildSpec(source: "x", scheme: "int4", groupSize: 64).canonicalString()
+        let b = try BuildSpec(source: "y", scheme: "int4-g64").canonicalString()
+        #expect(a == b)
+        #expect(try BuildSpec(source: "x", scheme: "int4-g64", clip: .mse).canonicalString() != b)
+        #expect(try BuildSpec(source: "x", scheme: "int4", overrides: ["q_proj=int4"], ).canonicalString()
+                == BuildSpec(source: "x", scheme: "int4-g32", overrides: ["q_proj=int4-g32"]).canonicalString())
+        #expect(throws: BuildSpecError.self) { try BuildSpec(source: "x", scheme: "int4-g64", groupSize: 32).recipe() }
+        #expect(throws: BuildSpecError.self) { try BuildSpec(source: "x", scheme: "int4", overrides: ["(=int8"]).recipe() }
+    }
+}
