@@ -24,6 +24,8 @@ public struct BenchmarkResult: Sendable {
     public var threads: Int
     /// The decode kernel set in use.
     public var kernels: String = ""
+    /// Parallel regions per decoded token (worker wake-ups; fewer is cheaper).
+    public var regionsPerDecodedToken: Double = 0
 
     static func median(_ x: [Double]) -> Double { let s = x.sorted(); return s.isEmpty ? 0 : s[s.count / 2] }
     public var prefillMedian: Double { Self.median(prefillTokensPerSecond) }
@@ -32,7 +34,8 @@ public struct BenchmarkResult: Sendable {
     public func json(model: String) -> JSON {
         func arr(_ a: [Double]) -> JSON { .array(a.map { .double($0) }) }
         return .object([
-            ("model", .string(model)), ("threads", .int(Int64(threads))), ("kernels", .string(kernels)), ("load_seconds", .double(loadSeconds)),
+            ("model", .string(model)), ("threads", .int(Int64(threads))), ("kernels", .string(kernels)),
+            ("parallel_regions_per_decoded_token", .double(regionsPerDecodedToken)), ("load_seconds", .double(loadSeconds)),
             ("prefill_tokens", .int(Int64(prefillTokens))), ("prefill_tokens_per_second", arr(prefillTokensPerSecond)),
             ("prefill_median", .double(prefillMedian)), ("decode_tokens", .int(Int64(decodeTokens))),
             ("decode_tokens_per_second", arr(decodeTokensPerSecond)), ("decode_median", .double(decodeMedian)),
@@ -53,6 +56,7 @@ public struct BenchmarkResult: Sendable {
         s += String(format: "decode       %.1f tokens/s (tg%d, median of %d)   bound %.1f (%.1f GB/s over %.0f MiB)   ratio %.2f\n",
                     decodeMedian, decodeTokens, decodeTokensPerSecond.count, bandwidthBoundTokensPerSecond, bandwidthGBps,
                     Double(weightBytes) / 1_048_576, decodeMedian / bandwidthBoundTokensPerSecond)
+        s += String(format: "regions      %.0f parallel regions per decoded token\n", regionsPerDecodedToken)
         s += String(format: "peak RSS     %.0f MiB\n", Double(peakRSSBytes) / 1_048_576)
         return s
     }
@@ -62,11 +66,12 @@ public enum Benchmark {
     /// Measures `model` (already loaded in `loadSeconds`). Prompt tokens are a fixed
     /// pseudo-random sequence, so runs are comparable.
     /// - Throws: `RuntimeError` from the forward pass (e.g. more positions than the model has).
-    public static func run(model: LlamaModel, loadSeconds: Double, prefill: Int = 512, decode: Int = 128, repetitions: Int = 3,
+    public static func run(model: any CausalLM, loadSeconds: Double, prefill: Int = 512, decode: Int = 128, repetitions: Int = 3,
                            context: ComputeContext, bounds: Bool = true) throws -> BenchmarkResult {
         let c = model.config
         let ids = (0..<prefill).map { ($0 &* 7919 &+ 13) % c.vocabSize }
         var pp: [Double] = [], tg: [Double] = []
+        var regions = 0.0
         for _ in 0..<repetitions {
             let cache = model.makeCache(capacity: prefill + decode)
             let t0 = Date()
@@ -74,12 +79,14 @@ public enum Benchmark {
             pp.append(Double(prefill) / Date().timeIntervalSince(t0))
             let cache2 = model.makeCache(capacity: decode + 1)
             var tok = 1 % c.vocabSize
+            let r0 = context.parallelRegions
             let t1 = Date()
             for _ in 0..<decode {
                 let l = try model.forward([tok], cache: cache2, logits: .last, context: context)
                 tok = l.indices.max { l[$0] < l[$1] } ?? 0
             }
             tg.append(Double(decode) / Date().timeIntervalSince(t1))
+            regions = Double(context.parallelRegions - r0) / Double(decode)
         }
         // Bounds measured now, with the same worker split the runtime uses.
         let shapes = modelShapes(c)
@@ -87,7 +94,7 @@ public enum Benchmark {
         let gflops = bounds ? measureSgemm(shapes: shapes, tokens: prefill, context: context) : 0
         // Decode streams every matrix once per token (the tied head is the embedding;
         // only the looked-up embedding rows are read, which is negligible).
-        let weightBytes = model.weightBytes - (model.lmHead === model.embedding ? 0 : model.embedding.storageBytes)
+        let weightBytes = model.decodeStreamBytes
         let bw = bounds ? measureBandwidth(bytes: max(weightBytes, 256 << 20), context: context) : 0
         var r = BenchmarkResult(
             loadSeconds: loadSeconds, prefillTokens: prefill, prefillTokensPerSecond: pp, decodeTokens: decode, decodeTokensPerSecond: tg,
@@ -95,6 +102,7 @@ public enum Benchmark {
             bandwidthBoundTokensPerSecond: bw * 1e9 / Double(weightBytes), bandwidthGBps: bw, weightBytes: weightBytes,
             peakRSSBytes: peakResidentBytes(), threads: context.threads)
         r.kernels = context.kernels.name
+        r.regionsPerDecodedToken = regions
         return r
     }
 

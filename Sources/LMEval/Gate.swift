@@ -150,14 +150,14 @@ public enum Gate {
     /// measured again, up to `attempts` times in all, keeping the best: load only ever
     /// makes a correct build look slower by chance, while a real slowdown stays below the
     /// floor in every attempt.
-    public static func speedRatios(candidate: LlamaModel, baseline: LlamaModel, limits l: GateLimits, context: ComputeContext,
+    public static func speedRatios(candidate: any CausalLM, baseline: any CausalLM, limits l: GateLimits, context: ComputeContext,
                                    pairs: Int = 5, attempts: Int = 3, prefill: Int = 128, decode: Int = 32) throws -> (prefill: Double, decode: Double) {
         func median(_ x: [Double]) -> Double { let s = x.sorted(); return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2 }
         var best = (prefill: 0.0, decode: 0.0)
         for _ in 0..<attempts {
             var pp: [Double] = [], tg: [Double] = []
             for i in 0..<pairs {
-                func once(_ m: LlamaModel) throws -> BenchmarkResult {
+                func once(_ m: any CausalLM) throws -> BenchmarkResult {
                     try Benchmark.run(model: m, loadSeconds: 0, prefill: prefill, decode: decode, repetitions: 1, context: context, bounds: false)
                 }
                 let b: BenchmarkResult, c: BenchmarkResult

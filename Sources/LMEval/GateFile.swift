@@ -22,6 +22,7 @@ public struct GateLimits: Sendable, Equatable {
     public var prefillSpeedRatioMin: Double?
     public var decodeSpeedRatioMin: Double?
     public var needsSpeed: Bool { prefillSpeedRatioMin != nil || decodeSpeedRatioMin != nil }
+    public init() {}
 }
 
 /// How a candidate model is obtained.
@@ -163,9 +164,10 @@ public struct GateFile: Sendable {
                 }
                 if values["bpb_max"] != nil && proto != .documents { throw fail(lk + ".bpb_max", "bits per byte needs the documents protocol") }
                 if let t = values["top1_min"], t > 1 { throw fail(lk + ".top1_min", "is a fraction (0…1)") }
-                let limits = GateLimits(pplRatioMax: values["ppl_ratio_max"], pplIncreaseMax: values["ppl_increase_max"], bpbMax: values["bpb_max"],
-                                        meanKLMax: values["mean_kl_max"], top1Min: values["top1_min"],
-                                        prefillSpeedRatioMin: values["prefill_speed_ratio_min"], decodeSpeedRatioMin: values["decode_speed_ratio_min"])
+                var limits = GateLimits()
+                limits.pplRatioMax = values["ppl_ratio_max"]; limits.pplIncreaseMax = values["ppl_increase_max"]; limits.bpbMax = values["bpb_max"]
+                limits.meanKLMax = values["mean_kl_max"]; limits.top1Min = values["top1_min"]
+                limits.prefillSpeedRatioMin = values["prefill_speed_ratio_min"]; limits.decodeSpeedRatioMin = values["decode_speed_ratio_min"]
                 cands.append(GateCandidate(name: cname, source: src, limits: limits, justification: cj["justification"]?.string))
             }
             suites.append(GateSuite(name: name, data: GateData(text: text, sha256: sha, options: opts), baseline: baseline, candidates: cands))

@@ -54,7 +54,7 @@ public struct GenerationResult: Sendable {
 public enum Generation {
     /// Generates up to `maxTokens` tokens after `prompt` (stopping at an EOS id when
     /// `stopAtEOS`). `onToken` is called with each new id (for streaming).
-    public static func run(model: LlamaModel, prompt: [Int], maxTokens: Int, sampling: SamplingOptions,
+    public static func run(model: any CausalLM, prompt: [Int], maxTokens: Int, sampling: SamplingOptions,
                            eos: Set<Int>, stopAtEOS: Bool = true, context: ComputeContext, onToken: (Int) -> Void = { _ in }) throws -> GenerationResult {
         guard !prompt.isEmpty else { throw EvalError("empty prompt and the tokenizer adds no BOS: give --prompt text") }
         let cap = prompt.count + maxTokens

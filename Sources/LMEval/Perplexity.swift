@@ -144,8 +144,8 @@ public struct EvalError: Error, CustomStringConvertible {
 public enum Perplexity {
     /// Evaluates `textPath` under `options`.
     /// - Throws: `EvalError` when the text yields nothing to score under the protocol.
-    public static func run(model: LlamaModel, tokenizer: Tokenizer, textPath: String, options: PerplexityOptions,
-                           baseline: LlamaModel? = nil, progress: Bool? = nil, context: ComputeContext,
+    public static func run(model: any CausalLM, tokenizer: Tokenizer, textPath: String, options: PerplexityOptions,
+                           baseline: (any CausalLM)? = nil, progress: Bool? = nil, context: ComputeContext,
                            observer: ((_ logits: UnsafeMutablePointer<Float>, _ vocab: Int, _ rows: [Int], _ targets: [Int]) -> Void)? = nil) throws -> PerplexityResult {
         if let b = baseline, b.config.vocabSize != model.config.vocabSize {
             throw EvalError("baseline vocabulary (\(b.config.vocabSize)) differs from the model's (\(model.config.vocabSize))")

@@ -44,22 +44,9 @@ public final class DenseLinear: LinearWeight, @unchecked Sendable {
     public func row(_ r: Int, into out: UnsafeMutablePointer<Float>) { out.update(from: data + r * cols, count: cols) }
     public var storageBytes: Int { rows * cols * 4 }
 
-    /// Splits the output rows across the runtime's workers; each calls single-threaded
-    /// OpenBLAS (`sgemv` for one token, `sgemm` otherwise) on its slice.
+    /// Splits the output rows across the context's workers; each calls single-threaded
+    /// OpenBLAS (`sgemv` for one token, `sgemm` otherwise) on its slice (`LinearGroup`).
     public func apply(_ x: UnsafePointer<Float>, tokens: Int, out: UnsafeMutablePointer<Float>, ldOut: Int, context: ComputeContext) {
-        let work = tokens * rows * cols
-        let parts = work < 1 << 18 ? 1 : context.threads
-        let slices = ComputeContext.ranges(rows, parts: parts, align: 16)
-        let o = SendablePointer(out), xp = SendablePointer(UnsafeMutablePointer(mutating: x)), w = SendablePointer(UnsafeMutablePointer(mutating: data))
-        let (cols, tokens, ldOut) = (self.cols, tokens, ldOut)
-        context.parallelFor(slices.count) { i in
-            let r = slices[i]
-            if tokens == 1 {
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(r.count), Int32(cols), 1, w.p + r.lowerBound * cols, Int32(cols), xp.p, 1, 0, o.p + r.lowerBound, 1)
-            } else {
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tokens), Int32(r.count), Int32(cols),
-                            1, xp.p, Int32(cols), w.p + r.lowerBound * cols, Int32(cols), 0, o.p + r.lowerBound, Int32(ldOut))
-            }
-        }
+        LinearGroup.apply([self], x, tokens: tokens, outs: [out], ldOuts: [ldOut], context: context)
     }
 }

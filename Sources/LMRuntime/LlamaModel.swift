@@ -22,7 +22,7 @@ public struct LlamaLayer: @unchecked Sendable {
 /// A Llama-family decoder ready to run: embeddings, RMSNorm, rotary embeddings
 /// (rotate-half), grouped-query attention through a `KVCache`, SwiGLU MLP, tied or
 /// untied output head. Batched prefill uses OpenBLAS `sgemm`.
-public final class LlamaModel: @unchecked Sendable {
+public final class LlamaModel: CausalLM, @unchecked Sendable {
     public let config: ModelConfig
     public let layers: [LlamaLayer]
     /// `[vocab, hidden]`, also the output head when tied.
@@ -133,150 +133,200 @@ public final class LlamaModel: @unchecked Sendable {
                           lmHead: c.tieWordEmbeddings ? nil : try matrix("lm_head.weight"), finalNorm: try vector("model.norm.weight"), sources: [source])
     }
 
-    /// A float KV cache sized for `capacity` positions.
-    public func makeCache(capacity: Int) -> KVCache {
-        FloatKVCache(layers: config.numLayers, kvHeads: config.numKVHeads, headDim: config.headDim, capacity: capacity)
+    /// Bytes one decode step streams: every matrix, except an untied embedding (only the
+    /// looked-up rows are read, which is negligible).
+    public var decodeStreamBytes: Int { weightBytes - (lmHead === embedding ? 0 : embedding.storageBytes) }
+
+    /// A float KV cache for `sequences` sequences of up to `capacity` positions.
+    public func makeCache(capacity: Int, sequences: Int) -> KVCache {
+        FloatKVCache(layers: config.numLayers, kvHeads: config.numKVHeads, headDim: config.headDim, capacity: capacity, sequences: sequences)
     }
 
-    /// Which logits a forward call returns.
-    public enum Logits { case all, last, none }
+    /// Buffers of one forward call (from the context's workspace).
+    struct Buffers {
+        let x, xn, q, k, v, att, g, u, scores, kvScratch: UnsafeMutablePointer<Float>
+    }
 
-    /// Runs `tokens` at positions `cache.count ..< cache.count+tokens.count` on
-    /// `context`, stores their K/V in `cache` and advances it. Returns `[T, vocab]`
-    /// (`.all`), `[vocab]` (`.last`) or nothing.
-    /// - Throws: `RuntimeError` for an empty batch, a token id outside the vocabulary,
-    ///   or positions beyond the cache's capacity (checked in every build).
-    public func forward(_ tokens: [Int], cache: KVCache, logits: Logits = .all, context: ComputeContext) throws -> [Float] {
-        let T = tokens.count
-        guard T > 0 else { throw RuntimeError("forward: no tokens") }
-        guard cache.count + T <= cache.capacity else {
-            throw RuntimeError("context overflow: \(cache.count) cached + \(T) new positions > the cache's capacity \(cache.capacity)")
-        }
-        for t in tokens where t < 0 || t >= config.vocabSize {
+    /// Checks `batch` against the vocabulary and `cache` (every build).
+    func validate(_ batch: Batch, cache: KVCache) throws {
+        guard batch.count > 0 else { throw RuntimeError("forward: no tokens") }
+        for t in batch.tokens where t < 0 || t >= config.vocabSize {
             throw RuntimeError("token id \(t) is outside the vocabulary (0..<\(config.vocabSize))")
         }
+        var seen = Set<Int>()
+        for sp in batch.spans {
+            guard sp.sequence >= 0 && sp.sequence < cache.sequences else {
+                throw RuntimeError("sequence slot \(sp.sequence) is outside the cache's \(cache.sequences) slots")
+            }
+            guard seen.insert(sp.sequence).inserted else { throw RuntimeError("sequence \(sp.sequence) appears twice in one batch") }
+            guard sp.start == cache.count(sp.sequence) else {
+                throw RuntimeError("sequence \(sp.sequence): batch starts at position \(sp.start) but the cache holds \(cache.count(sp.sequence))")
+            }
+            guard sp.start + sp.count <= cache.capacity else {
+                throw RuntimeError("context overflow: sequence \(sp.sequence) has \(sp.start) cached + \(sp.count) new positions > the cache's capacity \(cache.capacity)")
+            }
+        }
+    }
+
+    /// Runs `batch` on `context` through the stages embed → layer 0…n−1 → final norm →
+    /// head, storing K/V in `cache` and advancing each sequence.
+    /// - Throws: `RuntimeError` for an empty batch, a token id outside the vocabulary, a
+    ///   bad sequence slot or start, or positions beyond the cache's capacity.
+    public func forward(_ batch: Batch, cache: KVCache, logits: Logits, context: ComputeContext, hooks: ForwardHooks?) throws -> [Float] {
+        try validate(batch, cache: cache)
         let c = config
-        let D = c.hiddenSize, H = c.numHeads, KVH = c.numKVHeads, hd = c.headDim, F = c.intermediateSize
-        let qDim = H * hd, kvDim = KVH * hd
-        let p0 = cache.count, S = p0 + T
-        let rope = self.rope.upTo(S)
-        let threads = context.threads
+        let T = batch.count
+        let D = c.hiddenSize, qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim, F = c.intermediateSize
+        let S = batch.spans.map { $0.start + $0.count }.max()!
         let ws = context.workspace
         ws.lock.lock()
         defer { ws.lock.unlock() }
-        let x = ws.buffer(0, T * D), xn = ws.buffer(1, T * max(D, qDim)), q = ws.buffer(2, T * qDim)
-        let k = ws.buffer(3, T * kvDim), v = ws.buffer(4, T * kvDim), att = ws.buffer(5, T * qDim)
-        let g = ws.buffer(6, T * F), u = ws.buffer(7, T * F)
-        let scores = ws.buffer(8, threads * min(T, Self.queryBlock) * S)
-        let kvScratch = ws.buffer(9, threads * 2 * S * hd)
-        for (t, id) in tokens.enumerated() { embedding.row(id, into: x + t * D) }
-        let scale = 1 / Float(hd).squareRoot()
-        let xp = SendablePointer(x), xnp = SendablePointer(xn), qp = SendablePointer(q), kp = SendablePointer(k)
-        let tokenSlices = ComputeContext.ranges(T, parts: T >= 8 ? threads : 1)
-        for (li, L) in layers.enumerated() {
-            context.parallelFor(tokenSlices.count) { i in
-                for t in tokenSlices[i] { Ops.rmsNorm(xp.p + t * D, L.attnNorm, xnp.p + t * D, D, eps: c.rmsNormEps) }
-            }
-            L.q.apply(xn, tokens: T, out: q, ldOut: qDim, context: context)
-            L.k.apply(xn, tokens: T, out: k, ldOut: kvDim, context: context)
-            L.v.apply(xn, tokens: T, out: v, ldOut: kvDim, context: context)
-            if let qb = L.qBias, let kb = L.kBias, let vb = L.vBias {
-                for t in 0..<T { Ops.add(q + t * qDim, qb, qDim); Ops.add(k + t * kvDim, kb, kvDim); Ops.add(v + t * kvDim, vb, kvDim) }
-            }
-            context.parallelFor(tokenSlices.count) { i in
-                for t in tokenSlices[i] {
-                    rope.apply(qp.p + t * qDim, heads: H, pos: p0 + t)
-                    rope.apply(kp.p + t * kvDim, heads: KVH, pos: p0 + t)
-                }
-            }
-            try cache.store(layer: li, keys: k, values: v, tokens: T)
-            attention(layer: li, q: q, out: att, T: T, p0: p0, cache: cache, scores: scores, kvScratch: kvScratch, scale: scale, context: context)
-            L.o.apply(att, tokens: T, out: xn, ldOut: D, context: context)
-            Ops.add(x, xn, T * D)
-            context.parallelFor(tokenSlices.count) { i in
-                for t in tokenSlices[i] { Ops.rmsNorm(xp.p + t * D, L.mlpNorm, xnp.p + t * D, D, eps: c.rmsNormEps) }
-            }
-            L.gate.apply(xn, tokens: T, out: g, ldOut: F, context: context)
-            L.up.apply(xn, tokens: T, out: u, ldOut: F, context: context)
-            let gp = SendablePointer(g), up = SendablePointer(u)
-            context.parallelFor(tokenSlices.count) { i in
-                let r = tokenSlices[i]
-                Ops.siluMul(gp.p + r.lowerBound * F, up.p + r.lowerBound * F, r.count * F)
-            }
-            L.down.apply(g, tokens: T, out: xn, ldOut: D, context: context)
-            Ops.add(x, xn, T * D)
+        let maxSpan = batch.spans.map(\.count).max()!
+        let b = Buffers(x: ws.buffer(0, T * D), xn: ws.buffer(1, T * max(D, qDim)), q: ws.buffer(2, T * qDim),
+                        k: ws.buffer(3, T * kvDim), v: ws.buffer(4, T * kvDim), att: ws.buffer(5, T * qDim),
+                        g: ws.buffer(6, T * F), u: ws.buffer(7, T * F),
+                        scores: ws.buffer(8, context.threads * min(maxSpan, Self.queryBlock) * S),
+                        kvScratch: ws.buffer(9, context.threads * 2 * S * c.headDim))
+        embed(batch, into: b.x)
+        let rope = self.rope.upTo(S)
+        for li in 0..<layers.count {
+            try layer(li, batch: batch, buffers: b, rope: rope, cache: cache, context: context, hooks: hooks)
         }
-        cache.advance(by: T)
+        for sp in batch.spans { cache.advance(sp.sequence, by: sp.count) }
+        let rows: [Int]
         switch logits {
         case .none: return []
-        case .last:
-            Ops.rmsNorm(x + (T - 1) * D, finalNorm, xn, D, eps: c.rmsNormEps)
-            var out = [Float](repeating: 0, count: c.vocabSize)
-            out.withUnsafeMutableBufferPointer { lmHead.apply(xn, tokens: 1, out: $0.baseAddress!, ldOut: c.vocabSize, context: context) }
-            return out
-        case .all:
-            for t in 0..<T { Ops.rmsNorm(x + t * D, finalNorm, xn + t * D, D, eps: c.rmsNormEps) }
-            var out = [Float](repeating: 0, count: T * c.vocabSize)
-            out.withUnsafeMutableBufferPointer { lmHead.apply(xn, tokens: T, out: $0.baseAddress!, ldOut: c.vocabSize, context: context) }
-            return out
+        case .last: rows = batch.spans.map { $0.first + $0.count - 1 }
+        case .all: rows = Array(0..<T)
         }
+        for (j, t) in rows.enumerated() { Ops.rmsNorm(b.x + t * D, finalNorm, b.xn + j * D, D, eps: c.rmsNormEps) }
+        var out = [Float](repeating: 0, count: rows.count * c.vocabSize)
+        try out.withUnsafeMutableBufferPointer {
+            lmHead.apply(b.xn, tokens: rows.count, out: $0.baseAddress!, ldOut: c.vocabSize, context: context)
+            try hooks?.reduce?(-1, .head, $0.baseAddress!, rows.count, c.vocabSize)
+        }
+        return out
+    }
+
+    /// Stage 1: embedding rows of the batch's tokens into `x` (`[T, hidden]`).
+    public func embed(_ batch: Batch, into x: UnsafeMutablePointer<Float>) {
+        for (t, id) in batch.tokens.enumerated() { embedding.row(id, into: x + t * config.hiddenSize) }
+    }
+
+    /// Stage 2: decoder layer `li` on the residual stream `buffers.x`, in place.
+    func layer(_ li: Int, batch: Batch, buffers b: Buffers, rope: RotaryTable.Snapshot, cache: KVCache,
+               context: ComputeContext, hooks: ForwardHooks?) throws {
+        let c = config, L = layers[li]
+        let T = batch.count
+        let D = c.hiddenSize, H = c.numHeads, KVH = c.numKVHeads, hd = c.headDim, F = c.intermediateSize
+        let qDim = H * hd, kvDim = KVH * hd
+        let xp = SendablePointer(b.x), xnp = SendablePointer(b.xn), qp = SendablePointer(b.q), kp = SendablePointer(b.k)
+        let tokenSlices = ComputeContext.ranges(T, parts: T >= 8 ? context.threads : 1)
+        let positions = batch.positions
+        context.parallelFor(tokenSlices.count) { i in
+            for t in tokenSlices[i] { Ops.rmsNorm(xp.p + t * D, L.attnNorm, xnp.p + t * D, D, eps: c.rmsNormEps) }
+        }
+        try hooks?.tap?(li, .attentionInput, b.xn, T, D)
+        LinearGroup.apply([L.q, L.k, L.v], b.xn, tokens: T, outs: [b.q, b.k, b.v], ldOuts: [qDim, kvDim, kvDim], context: context)
+        if let qb = L.qBias, let kb = L.kBias, let vb = L.vBias {
+            for t in 0..<T { Ops.add(b.q + t * qDim, qb, qDim); Ops.add(b.k + t * kvDim, kb, kvDim); Ops.add(b.v + t * kvDim, vb, kvDim) }
+        }
+        context.parallelFor(tokenSlices.count) { i in
+            for t in tokenSlices[i] {
+                rope.apply(qp.p + t * qDim, heads: H, pos: positions[t])
+                rope.apply(kp.p + t * kvDim, heads: KVH, pos: positions[t])
+            }
+        }
+        for sp in batch.spans {
+            try cache.store(layer: li, sequence: sp.sequence, start: sp.start, keys: b.k + sp.first * kvDim, values: b.v + sp.first * kvDim,
+                            tokens: sp.count, stride: kvDim)
+        }
+        attention(layer: li, batch: batch, q: b.q, out: b.att, cache: cache, scores: b.scores, kvScratch: b.kvScratch, context: context)
+        try hooks?.tap?(li, .oProjInput, b.att, T, qDim)
+        L.o.apply(b.att, tokens: T, out: b.xn, ldOut: D, context: context)
+        try hooks?.reduce?(li, .oProj, b.xn, T, D)
+        Ops.add(b.x, b.xn, T * D)
+        context.parallelFor(tokenSlices.count) { i in
+            for t in tokenSlices[i] { Ops.rmsNorm(xp.p + t * D, L.mlpNorm, xnp.p + t * D, D, eps: c.rmsNormEps) }
+        }
+        try hooks?.tap?(li, .mlpInput, b.xn, T, D)
+        LinearGroup.apply([L.gate, L.up], b.xn, tokens: T, outs: [b.g, b.u], ldOuts: [F, F], context: context)
+        let gp = SendablePointer(b.g), up = SendablePointer(b.u)
+        context.parallelFor(tokenSlices.count) { i in
+            let r = tokenSlices[i]
+            Ops.siluMul(gp.p + r.lowerBound * F, up.p + r.lowerBound * F, r.count * F)
+        }
+        try hooks?.tap?(li, .downProjInput, b.g, T, F)
+        L.down.apply(b.g, tokens: T, out: b.xn, ldOut: D, context: context)
+        try hooks?.reduce?(li, .downProj, b.xn, T, D)
+        Ops.add(b.x, b.xn, T * D)
     }
 
     /// Query rows per attention block: keys beyond the block's last position are
     /// skipped (causal), which halves prefill attention work.
     static let queryBlock = 64
 
-    /// Causal grouped-query attention for `T` queries at positions `p0..<p0+T`,
-    /// reading K/V through `cache`. Heads run in parallel; within a head, query
-    /// blocks of `queryBlock` rows use `sgemm` for QKᵀ and PV.
-    func attention(layer li: Int, q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, T: Int, p0: Int,
-                   cache: KVCache, scores: UnsafeMutablePointer<Float>, kvScratch: UnsafeMutablePointer<Float>, scale: Float, context: ComputeContext) {
+    /// Causal grouped-query attention of every span of `batch`, reading K/V through
+    /// `cache` once per (span, KV head, query block): the query heads of a group are
+    /// processed together against that one read. Jobs run in parallel; within a job,
+    /// blocks of `queryBlock` rows use `sgemm` for QKᵀ and PV (decode: dot products).
+    func attention(layer li: Int, batch: Batch, q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
+                   cache: KVCache, scores: UnsafeMutablePointer<Float>, kvScratch: UnsafeMutablePointer<Float>, context: ComputeContext) {
         let c = config
-        let H = c.numHeads, hd = c.headDim, qDim = H * hd, group = H / c.numKVHeads
-        let S = p0 + T
-        let B = min(T, Self.queryBlock)
-        let workers = min(context.threads, H)
+        let H = c.numHeads, KVH = c.numKVHeads, hd = c.headDim, qDim = H * hd, group = H / KVH
+        let scale = 1 / Float(hd).squareRoot()
+        let S = batch.spans.map { $0.start + $0.count }.max()!
+        let B = min(batch.spans.map(\.count).max()!, Self.queryBlock)
+        // Jobs: (span, KV head, first row of a query block within the span).
+        var jobs: [(span: Int, kvh: Int, t0: Int)] = []
+        for (si, sp) in batch.spans.enumerated() {
+            for kvh in 0..<KVH { var t0 = 0; while t0 < sp.count { jobs.append((si, kvh, t0)); t0 += Self.queryBlock } }
+        }
+        let workers = min(context.threads, jobs.count)
         let sp = SendablePointer(scores), ks = SendablePointer(kvScratch), ap = SendablePointer(out), qp = SendablePointer(q)
         let cacheBox = UncheckedBox(cache)
+        let spans = batch.spans
         context.parallelFor(workers) { w in
             let sc = sp.p + w * B * S
             let scratchK = ks.p + w * 2 * S * hd, scratchV = scratchK + S * hd
-            var h = w
-            while h < H {
-                let kvh = h / group
-                let K = cacheBox.value.keys(layer: li, head: kvh, upTo: S, scratch: scratchK)
-                let V = cacheBox.value.values(layer: li, head: kvh, upTo: S, scratch: scratchV)
-                if T <= 3 {
-                    // Decode: dot products and a weighted sum, no sgemm (its packing costs
-                    // more than the arithmetic for one query row).
-                    for t in 0..<T {
-                        let qv = qp.p + t * qDim + h * hd
-                        let valid = p0 + t + 1
-                        for j in 0..<valid { sc[j] = Ops.dot(qv, K + j * hd, hd) * scale }
-                        Ops.softmax(sc, valid)
-                        let o = ap.p + t * qDim + h * hd
-                        o.update(repeating: 0, count: hd)
-                        for j in 0..<valid { Ops.axpy(sc[j], V + j * hd, o, hd) }
-                    }
-                } else {
-                    var t0 = 0
-                    while t0 < T {
-                        let rows = min(B, T - t0)
-                        let keys = p0 + t0 + rows // causal: later keys are masked for every row of this block
+            var j = w
+            while j < jobs.count {
+                let job = jobs[j]
+                let span = spans[job.span]
+                let rows = min(Self.queryBlock, span.count - job.t0)
+                let p0 = span.start + job.t0       // position of the block's first query
+                let keys = p0 + rows               // causal: later keys are masked for every row of this block
+                let K = cacheBox.value.keys(layer: li, sequence: span.sequence, head: job.kvh, upTo: keys, scratch: scratchK)
+                let V = cacheBox.value.values(layer: li, sequence: span.sequence, head: job.kvh, upTo: keys, scratch: scratchV)
+                let row0 = span.first + job.t0     // token index of the block's first query
+                for g in 0..<group {
+                    let h = job.kvh * group + g
+                    if span.count <= 3 {
+                        // Decode: dot products and a weighted sum, no sgemm (its packing costs
+                        // more than the arithmetic for one query row).
+                        for r in 0..<rows {
+                            let qv = qp.p + (row0 + r) * qDim + h * hd
+                            let valid = p0 + r + 1
+                            for k in 0..<valid { sc[k] = Ops.dot(qv, K + k * hd, hd) * scale }
+                            Ops.softmax(sc, valid)
+                            let o = ap.p + (row0 + r) * qDim + h * hd
+                            o.update(repeating: 0, count: hd)
+                            for k in 0..<valid { Ops.axpy(sc[k], V + k * hd, o, hd) }
+                        }
+                    } else {
                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(keys), Int32(hd),
-                                    scale, qp.p + t0 * qDim + h * hd, Int32(qDim), K, Int32(hd), 0, sc, Int32(keys))
+                                    scale, qp.p + row0 * qDim + h * hd, Int32(qDim), K, Int32(hd), 0, sc, Int32(keys))
                         for r in 0..<rows {
                             let row = sc + r * keys
-                            let valid = p0 + t0 + r + 1
+                            let valid = p0 + r + 1
                             Ops.softmax(row, valid)
                             if valid < keys { (row + valid).update(repeating: 0, count: keys - valid) }
                         }
                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(hd), Int32(keys),
-                                    1, sc, Int32(keys), V, Int32(hd), 0, ap.p + t0 * qDim + h * hd, Int32(qDim))
-                        t0 += rows
+                                    1, sc, Int32(keys), V, Int32(hd), 0, ap.p + row0 * qDim + h * hd, Int32(qDim))
                     }
                 }
-                h += workers
+                j += workers
             }
         }
     }

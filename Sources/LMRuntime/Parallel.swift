@@ -72,6 +72,9 @@ public final class ComputeContext: @unchecked Sendable {
     public let kernels: KernelSet
     let pool: WorkerPool?
     private let busy = Atomic<Bool>(false)
+    private let regions = Atomic<Int>(0)
+    /// Parallel regions run so far on this context (each costs a wake-up of the workers).
+    public var parallelRegions: Int { regions.load(ordering: .relaxed) }
     /// Forward-pass scratch (reused across calls; guarded by its lock).
     let workspace = Workspace()
 
@@ -103,6 +106,7 @@ public final class ComputeContext: @unchecked Sendable {
     public func parallelFor(_ n: Int, _ body: (Int) -> Void) {
         if n <= 1 || threads <= 1 { for i in 0..<n { body(i) }; return }
         if let pool, busy.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged {
+            regions.add(1, ordering: .relaxed)
             pool.run(n, body)
             busy.store(false, ordering: .releasing)
             return

@@ -48,54 +48,27 @@ public class PackedLinear: LinearWeight, @unchecked Sendable {
     public func row(_ r: Int, into out: UnsafeMutablePointer<Float>) { decodeRows(r, r + 1, into: out) }
     public var storageBytes: Int { scheme.sections(rows: rows, cols: cols).reduce(0) { $0 + $1.bytes } }
 
+    /// Decode (≤ 3 tokens): matrix–vector kernels on the context's workers; prefill:
+    /// tiles dequantized into scratch, then `sgemm` (`LinearGroup`).
     public func apply(_ x: UnsafePointer<Float>, tokens: Int, out: UnsafeMutablePointer<Float>, ldOut: Int, context: ComputeContext) {
-        let workers = context.threads
-        let kernels = context.kernels.table
-        if tokens <= 3 {
-            let xp = UnsafeMutablePointer<Float>.allocate(capacity: cols32 + ngroups + cols32 / 32)
-            let qx = UnsafeMutablePointer<Int8>.allocate(capacity: cols32)
-            defer { xp.deallocate(); qx.deallocate() }
-            let useQ8 = integerDecode && scheme.isQuantized
-            for t in 0..<tokens {
-                xp.update(from: x + t * cols, count: cols)
-                (xp + cols).update(repeating: 0, count: cols32 - cols)
-                let xs = xp + cols32
-                for g in 0..<ngroups {
-                    var s: Float = 0
-                    for c in (g * group)..<min(cols, (g + 1) * group) { s += xp[c] }
-                    xs[g] = s
-                }
-                let dx = xs + ngroups
-                if useQ8 { kernels.pointee.quantize_q8(xp, Int32(cols32 / 32), qx, dx) }
-                let slices = ComputeContext.ranges(rows, parts: rows * cols < 1 << 16 ? 1 : workers, align: 16)
-                let o = SendablePointer(out + t * ldOut), xv = SendablePointer(xp), qv = SendablePointer(qx)
-                let (c32, ng) = (cols32, ngroups)
-                context.parallelFor(slices.count) { i in
-                    let (a, b) = (slices[i].lowerBound, slices[i].upperBound)
-                    if useQ8, self.matvecQ8(kernels, qv.p, dx: xv.p + c32 + ng, xsum: xv.p + c32, rows: a, b, out: o.p) { return }
-                    self.matvec(UnsafePointer(xv.p), xsum: UnsafePointer(xv.p + c32), rows: a, b, out: o.p)
-                }
-            }
-            return
+        LinearGroup.apply([self], x, tokens: tokens, outs: [out], ldOuts: [ldOut], context: context)
+    }
+
+    /// Builds packed weights in memory from a scheme's sections (`QuantScheme.sections`
+    /// order: `q`, then `scales`, then `mins`), copied into one 64-byte-aligned buffer the
+    /// weight owns: tests, calibration and sharding need no temporary `.lmpk`.
+    /// - Throws: `RuntimeError` when the section count or a size does not match the scheme.
+    public static func make(rows: Int, cols: Int, scheme: QuantScheme, sections: [[UInt8]], name: String = "(in memory)") throws -> LinearWeight {
+        let want = scheme.sections(rows: rows, cols: cols)
+        guard want.count == sections.count else {
+            throw RuntimeError("\(name): scheme \(scheme.name) has \(want.count) sections (\(want.map(\.role).joined(separator: ", "))), got \(sections.count)")
         }
-        // Prefill: per worker, tiles of rows dequantized into scratch, then sgemm.
-        let slices = ComputeContext.ranges(rows, parts: workers, align: 16)
-        let tile = PackedLinear.tileRows
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: slices.count * tile * cols)
-        defer { scratch.deallocate() }
-        let sp = SendablePointer(scratch), o = SendablePointer(out), xv = SendablePointer(UnsafeMutablePointer(mutating: x))
-        let cols = self.cols
-        context.parallelFor(slices.count) { i in
-            let buf = sp.p + i * tile * cols
-            var r = slices[i].lowerBound
-            while r < slices[i].upperBound {
-                let n = min(tile, slices[i].upperBound - r)
-                self.decodeRows(r, r + n, into: buf)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tokens), Int32(n), Int32(cols),
-                            1, xv.p, Int32(cols), buf, Int32(cols), 0, o.p + r, Int32(ldOut))
-                r += n
-            }
+        for (w, s) in zip(want, sections) where w.bytes != s.count {
+            throw RuntimeError("\(name): section '\(w.role)' of a \(rows)×\(cols) \(scheme.name) tensor is \(w.bytes) bytes, got \(s.count)")
         }
+        let storage = AlignedBytes(sections)
+        let t = LMPKTensor(name: name, shape: [rows, cols], scheme: scheme, sections: storage.sections)
+        return make(t, owner: storage)
     }
 
     /// Builds the right subclass for an `.lmpk` tensor (2-D).
@@ -306,4 +279,22 @@ final class HalfLinear: PackedLinear, @unchecked Sendable {
             while c < cols { o[c] = isBF16 ? bf16ToFloat(row[c]) : halfToFloat(row[c]); c += 1 }
         }
     }
+}
+
+/// Sections copied into one owned, 64-byte-aligned allocation (each section aligned).
+final class AlignedBytes: @unchecked Sendable {
+    let base: UnsafeMutableRawPointer
+    let sections: [UnsafeRawBufferPointer]
+    init(_ parts: [[UInt8]]) {
+        let offsets = parts.reduce(into: [0]) { acc, p in acc.append(acc.last! + (p.count + 63) / 64 * 64) }
+        base = .allocate(byteCount: max(offsets.last!, 64), alignment: 64)
+        var out: [UnsafeRawBufferPointer] = []
+        for (i, p) in parts.enumerated() {
+            let dst = base + offsets[i]
+            p.withUnsafeBytes { if let src = $0.baseAddress { dst.copyMemory(from: src, byteCount: p.count) } }
+            out.append(UnsafeRawBufferPointer(start: dst, count: p.count))
+        }
+        sections = out
+    }
+    deinit { base.deallocate() }
 }

@@ -6,25 +6,26 @@ import LMQuant
 import LMRuntime
 import Testing
 
-/// Writes one matrix in `scheme` to an .lmpk-free buffer and builds its runtime kernel
-/// through a tiny .lmpk file (the real loading path).
-func packedWeight(_ w: [Float], rows: Int, cols: Int, scheme: QuantScheme) throws -> (LinearWeight, [Float], LMPKFile) {
+/// Quantizes one matrix in `scheme` and builds its runtime kernel in memory from the
+/// sections (`PackedLinear.make(rows:cols:scheme:sections:)`, no temporary file).
+func packedWeight(_ w: [Float], rows: Int, cols: Int, scheme: QuantScheme) throws -> (LinearWeight, [Float], Any) {
     let q = RoundToNearest.quantize(w, rows: rows, cols: cols, scheme: scheme)
-    let path = NSTemporaryDirectory() + "lmkit-kernel-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).lmpk"
-    defer { try? FileManager.default.removeItem(atPath: path) }
-    // A 1-layer model is not needed: write a minimal file with one extra tensor via a synthetic config.
-    var spec = SyntheticModelSpec(); spec.layers = 1; spec.hidden = 32; spec.intermediate = 32; spec.heads = 2; spec.kvHeads = 1; spec.headDim = 16; spec.vocab = 8; spec.tied = true
-    let c = spec.config
-    var specs = c.expectedTensors().map { LMPKTensorSpec(name: $0.0, shape: $0.1, scheme: QuantScheme(kind: .f32)) }
-    specs.append(LMPKTensorSpec(name: "test.weight", shape: [rows, cols], scheme: scheme))
-    let writer = try LMPKWriter(path: path, config: c, tokenizerJSON: Array("{}".utf8), meta: [], tensors: specs)
-    for s in specs.dropLast() { try writer.write(sections: [[UInt8](repeating: 0, count: s.shape.reduce(1, *) * 4)]) }
-    try writer.write(sections: q.sections.map { $0.bytes })
-    try writer.commit()
-    let f = try LMPKFile(path: path)
-    let t = f["test.weight"]!
-    let reference = RoundToNearest.dequantize(scheme: scheme, rows: rows, cols: cols, sections: t.sections)
-    return (PackedLinear.make(t, owner: f), reference, f)
+    let bytes = q.sections.map { $0.bytes }
+    let lin = try PackedLinear.make(rows: rows, cols: cols, scheme: scheme, sections: bytes, name: "test.weight")
+    let reference = bytes.withRawPointers { RoundToNearest.dequantize(scheme: scheme, rows: rows, cols: cols, sections: $0) }
+    return (lin, reference, bytes)
+}
+
+extension Array where Element == [UInt8] {
+    /// Calls `body` with raw views of every element.
+    func withRawPointers<R>(_ body: ([UnsafeRawBufferPointer]) -> R) -> R {
+        var views: [UnsafeRawBufferPointer] = []
+        func go(_ i: Int) -> R {
+            if i == count { return body(views) }
+            return self[i].withUnsafeBytes { views.append($0); return go(i + 1) }
+        }
+        return go(0)
+    }
 }
 
 @Suite("Packed kernels vs the reference dequantizer", .serialized)
@@ -86,6 +87,15 @@ struct PackedKernelTests {
     /// every level, only the float accumulation of per-block partial sums differs in order
     /// (measured max 1.5e-7 relative to Σ|terms| on these shapes, avx512vnni vs generic).
     static let levelTolerance = 5e-7
+
+    @Test("in-memory packed weights check their sections against the scheme")
+    func inMemoryErrors() throws {
+        let s = try QuantScheme(parsing: "int4-g32")
+        #expect(throws: RuntimeError.self) { try PackedLinear.make(rows: 4, cols: 64, scheme: s, sections: [[UInt8](repeating: 0, count: 128)]) }
+        #expect(throws: RuntimeError.self) {
+            try PackedLinear.make(rows: 4, cols: 64, scheme: s, sections: [[UInt8](repeating: 0, count: 127), [UInt8](repeating: 0, count: 16), [UInt8](repeating: 0, count: 16)])
+        }
+    }
 
     @Test("every SIMD kernel level equals the generic (scalar C) level on odd shapes, within float reordering", arguments: ["int8", "int8-g32", "int8-g128", "int4-g32", "int4-g64", "int4-g128", "int4s-g32", "int4s-g128"])
     func levelsAgree(_ name: String) throws {

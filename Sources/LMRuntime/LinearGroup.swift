@@ -1,0 +1,132 @@
+import CKernels
+import COpenBLAS
+
+/// Applies matrices that read the same input (q/k/v; gate/up) in one parallel
+/// region: the input is prepared once (padded, its group sums taken, and quantized to
+/// int8 once for the integer kernels), and the row slices of all the members are the
+/// work items of one region. `apply` of a single matrix is the same code with one
+/// member, and a member is sliced as it would be alone, so every kernel call, and hence
+/// every number, is the same fused or not.
+enum LinearGroup {
+    /// `outs[m][t, r] = Σ_c x[t, c] · W_m[r, c]`; all members have `cols` columns.
+    static func apply(_ ms: [LinearWeight], _ x: UnsafePointer<Float>, tokens: Int,
+                      outs: [UnsafeMutablePointer<Float>], ldOuts: [Int], context: ComputeContext) {
+        let cols = ms[0].cols
+        let members: [Member] = ms.map { w in
+            if let p = w as? PackedLinear { return .packed(p) }
+            if let d = w as? DenseLinear { return .dense(d) }
+            return .other(w)
+        }
+        if members.contains(where: { if case .other = $0 { return true }; return false }) {
+            for (i, w) in ms.enumerated() { w.apply(x, tokens: tokens, out: outs[i], ldOut: ldOuts[i], context: context) }
+            return
+        }
+        let decode = tokens <= 3
+        // Work items: each member's rows split exactly as a lone `apply` of it splits them
+        // (so every sgemm/sgemv call, and hence every number, is the same fused or not),
+        // all run in one parallel region. Small problems stay on one thread.
+        var items: [(member: Int, rows: Range<Int>)] = []
+        for (m, w) in ms.enumerated() {
+            let isPacked: Bool = { if case .packed = members[m] { return true }; return false }()
+            let parts: Int
+            if isPacked { parts = decode && w.rows * cols < 1 << 16 ? 1 : context.threads }
+            else { parts = tokens * w.rows * cols < 1 << 18 ? 1 : context.threads }
+            for r in ComputeContext.ranges(w.rows, parts: parts, align: 16) { items.append((m, r)) }
+        }
+        let o = outs.map { SendablePointer($0) }
+        if decode {
+            // Shared, prepared input: padded to 32 columns, sums per distinct group size,
+            // int8 codes + scales per 32 columns when a member decodes with integer kernels.
+            let packed = members.compactMap { if case let .packed(p) = $0 { return p }; return nil }
+            let cols32 = QuantSchemePadding.cols32(cols)
+            let groups = Array(Set(packed.map(\.group))).sorted()
+            let sumOffset = Dictionary(uniqueKeysWithValues: groups.enumerated().map { ($1, $0 * (cols32 / 32 + 1)) })
+            let useQ8 = packed.contains { $0.integerDecode && $0.scheme.isQuantized }
+            let xp = UnsafeMutablePointer<Float>.allocate(capacity: cols32 + groups.count * (cols32 / 32 + 1) + cols32 / 32)
+            let qx = UnsafeMutablePointer<Int8>.allocate(capacity: cols32)
+            defer { xp.deallocate(); qx.deallocate() }
+            let sums = xp + cols32, dx = sums + groups.count * (cols32 / 32 + 1)
+            let kernels = context.kernels.table
+            for t in 0..<tokens {
+                let xt = x + t * cols
+                if !packed.isEmpty {
+                    xp.update(from: xt, count: cols)
+                    (xp + cols).update(repeating: 0, count: cols32 - cols)
+                    for g in groups {
+                        let s = sums + sumOffset[g]!
+                        for j in 0..<((cols + g - 1) / g) {
+                            var a: Float = 0
+                            for c in (j * g)..<min(cols, (j + 1) * g) { a += xp[c] }
+                            s[j] = a
+                        }
+                    }
+                    if useQ8 { kernels.pointee.quantize_q8(xp, Int32(cols32 / 32), qx, dx) }
+                }
+                let xv = SendablePointer(xp), qv = SendablePointer(qx), xr = SendablePointer(UnsafeMutablePointer(mutating: xt))
+                let sp = SendablePointer(sums), dp = SendablePointer(dx)
+                context.parallelFor(items.count) { i in
+                    do {
+                        let (m, r) = items[i]
+                        let out = o[m].p + t * ldOuts[m]
+                        switch members[m] {
+                        case let .packed(p):
+                            let xsum = UnsafePointer(sp.p + sumOffset[p.group]!)
+                            if useQ8 && p.integerDecode && p.scheme.isQuantized,
+                               p.matvecQ8(kernels, qv.p, dx: dp.p, xsum: xsum, rows: r.lowerBound, r.upperBound, out: out) { return }
+                            p.matvec(UnsafePointer(xv.p), xsum: xsum, rows: r.lowerBound, r.upperBound, out: out)
+                        case let .dense(d):
+                            if tokens == 1 {
+                                cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(r.count), Int32(cols), 1, d.data + r.lowerBound * cols, Int32(cols),
+                                            xr.p, 1, 0, out + r.lowerBound, 1)
+                            } else if t == 0 {  // 2–3 tokens: one sgemm for all of them, as the dense path always did
+                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tokens), Int32(r.count), Int32(cols),
+                                            1, x, Int32(cols), d.data + r.lowerBound * cols, Int32(cols), 0, o[m].p + r.lowerBound, Int32(ldOuts[m]))
+                            }
+                        case .other: break
+                        }
+                    }
+                }
+            }
+            return
+        }
+        // Prefill: packed rows are dequantized a tile at a time into per-slice scratch,
+        // then sgemm; dense rows go to sgemm directly.
+        let tile = PackedLinear.tileRows
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: members.contains(where: { if case .packed = $0 { return true }; return false }) ? items.count * tile * cols : 1)
+        defer { scratch.deallocate() }
+        let sc = SendablePointer(scratch), xv = SendablePointer(UnsafeMutablePointer(mutating: x))
+        context.parallelFor(items.count) { i in
+            do {
+                let (m, r) = items[i]
+                let out = o[m].p
+                switch members[m] {
+                case let .packed(p):
+                    let buf = sc.p + i * tile * cols
+                    var row = r.lowerBound
+                    while row < r.upperBound {
+                        let n = min(tile, r.upperBound - row)
+                        p.decodeRows(row, row + n, into: buf)
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tokens), Int32(n), Int32(cols),
+                                    1, xv.p, Int32(cols), buf, Int32(cols), 0, out + row, Int32(ldOuts[m]))
+                        row += n
+                    }
+                case let .dense(d):
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tokens), Int32(r.count), Int32(cols),
+                                1, xv.p, Int32(cols), d.data + r.lowerBound * cols, Int32(cols), 0, out + r.lowerBound, Int32(ldOuts[m]))
+                case .other: break
+                }
+            }
+        }
+    }
+
+    enum Member: @unchecked Sendable {
+        case packed(PackedLinear)
+        case dense(DenseLinear)
+        case other(LinearWeight)
+    }
+}
+
+/// The 32-column storage unit of packed rows (and of the prepared decode input).
+enum QuantSchemePadding {
+    @inline(__always) static func cols32(_ cols: Int) -> Int { (cols + 31) / 32 * 32 }
+}
