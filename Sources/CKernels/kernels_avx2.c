@@ -146,5 +146,6 @@ const lmk_kernels lmk_table_avx2 = {
     .quantize_q8 = quantize_q8_avx2,
     .matvec_q4 = matvec_q4_avx2,
     .matvec_q8 = matvec_q8_avx2,
+    .exp = &lmk_exp_avx2,
 };
 #endif

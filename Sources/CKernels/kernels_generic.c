@@ -79,4 +79,5 @@ const lmk_kernels lmk_table_generic = {
     .quantize_q8 = quantize_q8_generic,
     .matvec_q4 = matvec_q4_generic,
     .matvec_q8 = matvec_q8_generic,
+    .exp = &lmk_exp_generic,
 };

@@ -30,12 +30,13 @@ public enum Scoring {
                 let o = SendablePointer(op.baseAddress!)
                 let b = SendablePointer(lp.baseAddress!)
                 let workers = min(context.threads, max(rows.count, 1))
+                let kernels = context.kernels
                 context.parallelFor(workers) { w in
                     var j = w
                     while j < rows.count {
                         let row = b.p + rows[j] * vocab
                         let target = Double(row[targets[j]])
-                        o.p[j] = logSumExpInPlace(row, vocab) - target
+                        o.p[j] = kernels.logSumExpInPlace(row, vocab) - target
                         j += workers
                     }
                 }
@@ -58,17 +59,18 @@ extension Scoring {
                         let b = SendablePointer(UnsafeMutablePointer(mutating: bp.baseAddress!)), m = SendablePointer(UnsafeMutablePointer(mutating: mp.baseAddress!))
                         let k = SendablePointer(kp.baseAddress!), a = SendablePointer(ap.baseAddress!)
                         let workers = min(context.threads, max(rows.count, 1))
+                        let kernels = context.kernels
                         context.parallelFor(workers) { w in
                             let tmp = UnsafeMutablePointer<Float>.allocate(capacity: vocab)
                             defer { tmp.deallocate() }
                             var j = w
                             while j < rows.count {
                                 let pb = b.p + rows[j] * vocab, pm = m.p + rows[j] * vocab
-                                let mb = FastMath.max(pb, vocab), mm = FastMath.max(pm, vocab)
+                                let mb = kernels.max(pb, vocab), mm = kernels.max(pm, vocab)
                                 tmp.update(from: pb, count: vocab)
-                                let lseB = Double(mb) + log(FastMath.expShiftSum(tmp, vocab, shift: mb))  // tmp = exp(b − mb)
+                                let lseB = Double(mb) + log(kernels.expShiftSum(tmp, vocab, shift: mb))  // tmp = exp(b − mb)
                                 tmp.update(from: pm, count: vocab)
-                                let lseM = Double(mm) + log(FastMath.expShiftSum(tmp, vocab, shift: mm))
+                                let lseM = Double(mm) + log(kernels.expShiftSum(tmp, vocab, shift: mm))
                                 var s = 0.0
                                 var argB = 0, argM = 0
                                 for i in 0..<vocab {

@@ -42,9 +42,9 @@ enum LinearGroup {
             let groups = Array(Set(packed.map(\.group))).sorted()
             let sumOffset = Dictionary(uniqueKeysWithValues: groups.enumerated().map { ($1, $0 * (cols32 / 32 + 1)) })
             let useQ8 = packed.contains { $0.integerDecode && $0.scheme.isQuantized }
-            let xp = UnsafeMutablePointer<Float>.allocate(capacity: cols32 + groups.count * (cols32 / 32 + 1) + cols32 / 32)
-            let qx = UnsafeMutablePointer<Int8>.allocate(capacity: cols32)
-            defer { xp.deallocate(); qx.deallocate() }
+            let floats = cols32 + groups.count * (cols32 / 32 + 1) + cols32 / 32
+            context.withScratch(floats + cols32 / 4) { xp in
+            let qx = UnsafeMutableRawPointer(xp + floats).assumingMemoryBound(to: Int8.self)
             let sums = xp + cols32, dx = sums + groups.count * (cols32 / 32 + 1)
             let kernels = context.kernels.table
             for t in 0..<tokens {
@@ -87,21 +87,22 @@ enum LinearGroup {
                     }
                 }
             }
+            }
             return
         }
         // Prefill: packed rows are dequantized a tile at a time into per-slice scratch,
         // then sgemm; dense rows go to sgemm directly.
         let tile = PackedLinear.tileRows
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: members.contains(where: { if case .packed = $0 { return true }; return false }) ? items.count * tile * cols : 1)
-        defer { scratch.deallocate() }
+        let anyPacked = members.contains(where: { if case .packed = $0 { return true }; return false })
+        context.withScratch(anyPacked ? context.threads * tile * cols : 1) { scratch in
         let sc = SendablePointer(scratch), xv = SendablePointer(UnsafeMutablePointer(mutating: x))
-        context.parallelFor(items.count) { i in
+        context.parallelFor(items.count) { i, slot in
             do {
                 let (m, r) = items[i]
                 let out = o[m].p
                 switch members[m] {
                 case let .packed(p):
-                    let buf = sc.p + i * tile * cols
+                    let buf = sc.p + slot * tile * cols
                     var row = r.lowerBound
                     while row < r.upperBound {
                         let n = min(tile, r.upperBound - row)
@@ -116,6 +117,7 @@ enum LinearGroup {
                 case .other: break
                 }
             }
+        }
         }
     }
 

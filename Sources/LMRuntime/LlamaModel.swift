@@ -278,19 +278,23 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         let S = batch.spans.map { $0.start + $0.count }.max()!
         let B = min(batch.spans.map(\.count).max()!, Self.queryBlock)
         // Jobs: (span, KV head, first row of a query block within the span).
+        // Claimed dynamically, the costliest (latest query blocks: most keys) first.
         var jobs: [(span: Int, kvh: Int, t0: Int)] = []
         for (si, sp) in batch.spans.enumerated() {
             for kvh in 0..<KVH { var t0 = 0; while t0 < sp.count { jobs.append((si, kvh, t0)); t0 += Self.queryBlock } }
         }
-        let workers = min(context.threads, jobs.count)
+        let spans = batch.spans
+        jobs.sort { a, b in
+            let ka = spans[a.span].start + a.t0, kb = spans[b.span].start + b.t0
+            return ka != kb ? ka > kb : (a.span, a.kvh) < (b.span, b.kvh)
+        }
         let sp = SendablePointer(scores), ks = SendablePointer(kvScratch), ap = SendablePointer(out), qp = SendablePointer(q)
         let cacheBox = UncheckedBox(cache)
-        let spans = batch.spans
-        context.parallelFor(workers) { w in
+        let kernels = context.kernels
+        context.parallelFor(jobs.count) { j, w in
             let sc = sp.p + w * B * S
             let scratchK = ks.p + w * 2 * S * hd, scratchV = scratchK + S * hd
-            var j = w
-            while j < jobs.count {
+            do {
                 let job = jobs[j]
                 let span = spans[job.span]
                 let rows = min(Self.queryBlock, span.count - job.t0)
@@ -308,7 +312,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                             let qv = qp.p + (row0 + r) * qDim + h * hd
                             let valid = p0 + r + 1
                             for k in 0..<valid { sc[k] = Ops.dot(qv, K + k * hd, hd) * scale }
-                            Ops.softmax(sc, valid)
+                            kernels.softmax(sc, valid)
                             let o = ap.p + (row0 + r) * qDim + h * hd
                             o.update(repeating: 0, count: hd)
                             for k in 0..<valid { Ops.axpy(sc[k], V + k * hd, o, hd) }
@@ -319,14 +323,13 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                         for r in 0..<rows {
                             let row = sc + r * keys
                             let valid = p0 + r + 1
-                            Ops.softmax(row, valid)
+                            kernels.softmax(row, valid)
                             if valid < keys { (row + valid).update(repeating: 0, count: keys - valid) }
                         }
                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(hd), Int32(keys),
                                     1, sc, Int32(keys), V, Int32(hd), 0, ap.p + row0 * qDim + h * hd, Int32(qDim))
                     }
                 }
-                j += workers
             }
         }
     }

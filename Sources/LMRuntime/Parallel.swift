@@ -57,6 +57,23 @@ public struct KernelSet: @unchecked Sendable, Equatable, CustomStringConvertible
     }
 }
 
+extension KernelSet {
+    /// In-place softmax of `x[0..<n]` (bit-identical to `Ops.softmax` at every level).
+    @inline(__always) public func softmax(_ x: UnsafeMutablePointer<Float>, _ n: Int) { table.pointee.exp.pointee.softmax(x, Int32(n)) }
+    /// `max(x[0..<n])` (as `FastMath.max`).
+    @inline(__always) public func max(_ x: UnsafePointer<Float>, _ n: Int) -> Float { table.pointee.exp.pointee.max(x, Int32(n)) }
+    /// `x[i] = exp(x[i] − shift)`, returning the sum (as `FastMath.expShiftSum`).
+    @inline(__always) public func expShiftSum(_ x: UnsafeMutablePointer<Float>, _ n: Int, shift: Float) -> Double {
+        table.pointee.exp.pointee.exp_shift_sum(x, Int32(n), shift)
+    }
+    /// `log Σ exp(row)`, max-subtracted; overwrites `row` with the shifted exponentials
+    /// (as `Scoring.logSumExpInPlace`).
+    @inline(__always) public func logSumExpInPlace(_ row: UnsafeMutablePointer<Float>, _ n: Int) -> Double {
+        let m = max(row, n)
+        return Double(m) + Foundation.log(expShiftSum(row, n, shift: m))
+    }
+}
+
 /// What a model runs on: worker threads, the kernel set and scratch memory.
 ///
 /// Whoever runs a model owns a context and passes it down (`forward`, `apply`,
@@ -99,20 +116,48 @@ public final class ComputeContext: @unchecked Sendable {
     /// A context with the same kernels and a different thread count.
     public func with(threads n: Int) -> ComputeContext { ComputeContext(threads: n, kernels: kernels) }
 
-    deinit { pool?.shutdown() }
+    deinit { pool?.shutdown(); scratch?.deallocate() }
 
     /// Runs `body(i)` for `i in 0..<n` on up to `threads` threads; returns when all ran.
     @inline(__always)
     public func parallelFor(_ n: Int, _ body: (Int) -> Void) {
-        if n <= 1 || threads <= 1 { for i in 0..<n { body(i) }; return }
+        parallelFor(n) { i, _ in body(i) }
+    }
+
+    /// Runs `body(i, slot)` for `i in 0..<n`, items claimed dynamically by up to
+    /// `threads` threads; `slot` (0..<threads) names the running thread, so items can
+    /// share per-thread scratch. Returns when all ran.
+    public func parallelFor(_ n: Int, _ body: (Int, Int) -> Void) {
+        if n <= 1 || threads <= 1 { for i in 0..<n { body(i, 0) }; return }
         if let pool, busy.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged {
             regions.add(1, ordering: .relaxed)
             pool.run(n, body)
             busy.store(false, ordering: .releasing)
             return
         }
-        for i in 0..<n { body(i) }
+        for i in 0..<n { body(i, 0) }
     }
+
+    /// Calls `body` with `count` floats of scratch: this context's grow-only buffer (no
+    /// allocation or page faults after the first call), or a fresh one when another
+    /// caller is using it.
+    public func withScratch<R>(_ count: Int, _ body: (UnsafeMutablePointer<Float>) throws -> R) rethrows -> R {
+        if scratchLock.try() {
+            defer { scratchLock.unlock() }
+            if scratchCount < count {
+                scratch?.deallocate()
+                scratchCount = max(count, scratchCount * 2)
+                scratch = .allocate(capacity: scratchCount)
+            }
+            return try body(scratch!)
+        }
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
+        defer { p.deallocate() }
+        return try body(p)
+    }
+    private let scratchLock = NSLock()
+    private var scratch: UnsafeMutablePointer<Float>?
+    private var scratchCount = 0
 
     /// Splits `0..<n` into `parts` near-equal ranges, aligned to `align`.
     public static func ranges(_ n: Int, parts: Int, align: Int = 1) -> [Range<Int>] {

@@ -2,7 +2,7 @@ import Dispatch
 import Foundation
 import Synchronization
 
-final class JobBox { let body: (Int) -> Void; init(_ b: @escaping (Int) -> Void) { body = b } }
+final class JobBox { let body: (Int, Int) -> Void; init(_ b: @escaping (Int, Int) -> Void) { body = b } }
 
 /// A persistent pool of worker threads for the runtime's many short parallel
 /// regions (~300 per decoded token). The caller thread takes part; workers spin
@@ -91,7 +91,7 @@ final class WorkerPool: @unchecked Sendable {
             let claimed = WordPair(first: g, second: (count << 32) | (next + 1))
             let (won, seen) = ticket.compareExchange(expected: t, desired: claimed, ordering: .acquiringAndReleasing)
             guard won else { t = seen; continue }
-            WorkerPool.invoke(job!, Int(next))
+            WorkerPool.invoke(job!, Int(next), worker + 1)
             done.add(1, ordering: .releasing)
             afterItem?(worker)
             t = claimed  // the likely state; a failed CAS returns the real one
@@ -101,12 +101,14 @@ final class WorkerPool: @unchecked Sendable {
     /// Calls the job without keeping a reference past its return (so `run`'s
     /// non-escaping closure really is released before `done` counts the item).
     @inline(never)
-    private static func invoke(_ job: UnsafeMutableRawPointer, _ i: Int) {
-        Unmanaged<JobBox>.fromOpaque(job).takeUnretainedValue().body(i)
+    private static func invoke(_ job: UnsafeMutableRawPointer, _ i: Int, _ slot: Int) {
+        Unmanaged<JobBox>.fromOpaque(job).takeUnretainedValue().body(i, slot)
     }
 
-    /// Runs `body(0..<n)` across the pool and the calling thread; returns when all are done.
-    func run(_ n: Int, _ body: (Int) -> Void) {
+    /// Runs `body(i, slot)` for `i in 0..<n` across the pool and the calling thread;
+    /// `slot` is 0 on the caller and 1…workers on the workers (for per-thread scratch).
+    /// Returns when all are done.
+    func run(_ n: Int, _ body: (Int, Int) -> Void) {
         precondition(n >= 0 && n < 1 << 32)
         withoutActuallyEscaping(body) { b in
             let box = JobBox(b)

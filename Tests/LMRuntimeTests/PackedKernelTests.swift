@@ -175,3 +175,28 @@ struct QuantizedModelTests {
         #expect(d3 <= 0.25, "\(name): integer decode vs prefill \(d3)")
     }
 }
+
+@Suite("Row kernels (softmax, max, exp-sum) at every level vs the Swift reference")
+struct RowKernelTests {
+    @Test("bit-identical to Ops.softmax / FastMath on odd lengths, at every kernel level this CPU has")
+    func rows() {
+        var rng = SplitMix64(seed: 77)
+        for n in [1, 2, 15, 16, 17, 63, 100, 513, 49152] {
+            for spread in [Float(1), 30, 200] {
+                let x = (0..<n).map { _ in rng.nextSigned() * spread }
+                var ref = x, refE = x
+                ref.withUnsafeMutableBufferPointer { Ops.softmax($0.baseAddress!, n) }
+                let refMax = x.withUnsafeBufferPointer { FastMath.max($0.baseAddress!, n) }
+                let refSum = refE.withUnsafeMutableBufferPointer { FastMath.expShiftSum($0.baseAddress!, n, shift: refMax) }
+                for k in KernelSet.available {
+                    var got = x, gotE = x
+                    got.withUnsafeMutableBufferPointer { k.softmax($0.baseAddress!, n) }
+                    #expect(got == ref, "\(k) softmax n=\(n) spread \(spread)")
+                    #expect(x.withUnsafeBufferPointer { k.max($0.baseAddress!, n) } == refMax)
+                    let s = gotE.withUnsafeMutableBufferPointer { k.expShiftSum($0.baseAddress!, n, shift: refMax) }
+                    #expect(s == refSum && gotE == refE, "\(k) expShiftSum n=\(n)")
+                }
+            }
+        }
+    }
+}

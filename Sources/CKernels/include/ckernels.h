@@ -28,6 +28,18 @@ enum {
     LMK_LEVEL_COUNT = 3
 };
 
+/// Row kernels of the attention and scoring loops (kernels_exp.c): the same lane-wise
+/// arithmetic at every level, hence the same bits as each other and as Swift's FastMath.
+typedef struct lmk_exp_kernels {
+    /// max(x[0..n)) (−∞ for n = 0).
+    float (*max)(const float *x, int n);
+    /// x[i] = exp(x[i] − shift) (FastMath's polynomial); returns Σ in double (16 float
+    /// lanes summed by halving, then the tail added in double).
+    double (*exp_shift_sum)(float *x, int n, float shift);
+    /// In-place softmax: max-subtracted exp, scaled by (float)(1 / Σ).
+    void (*softmax)(float *x, int n);
+} lmk_exp_kernels;
+
 /// One level's kernels. Tables live in static const storage.
 typedef struct lmk_kernels {
     /// "generic", "avx2" or "avx512vnni".
@@ -49,6 +61,8 @@ typedef struct lmk_kernels {
     /// out[r] = rowScale · Σ_b s_g(b) · dx[b] · Σ_i q_i·qx_i  (s = 1 or rowScale = 1).
     void (*matvec_q8)(const int8_t *q, const void *scales, int r0, int r1, int cols32,
                       int ngroups, int group, const int8_t *qx, const float *dx, float *out);
+    /// exp / max / softmax rows.
+    const lmk_exp_kernels *exp;
 } lmk_kernels;
 
 /// 1 when this CPU can run kernels of `level` (generic: always; avx2: AVX2+FMA+F16C
