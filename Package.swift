@@ -30,10 +30,13 @@ let package = Package(
         .target(name: "CKernels", cSettings: [.unsafeFlags(native ? ["-O3", "-march=native"] : ["-O3"])]),
         // LMCore links CKernels so every binary carries its CPU-baseline check (a constructor).
         .target(name: "LMCore", dependencies: ["CZlib", "CJSONC", "CKernels"], swiftSettings: kernelFlags),
-        .target(name: "LMFormats", dependencies: ["LMCore"], swiftSettings: kernelFlags),
+        // One file per storage scheme: name grammar, sections, reference codec, kernels;
+        // plus the compute context they run on (worker pool, kernel set).
+        .target(name: "LMSchemes", dependencies: ["LMCore", "COpenBLAS", "CKernels"], swiftSettings: fastFlags),
+        .target(name: "LMFormats", dependencies: ["LMCore", "LMSchemes"], swiftSettings: kernelFlags),
         .target(name: "LMTokenizer", dependencies: ["LMCore"]),
         .target(name: "LMQuant", dependencies: ["LMCore", "LMFormats"], swiftSettings: fastFlags),
-        .target(name: "LMRuntime", dependencies: ["LMCore", "LMFormats", "COpenBLAS", "CKernels"], swiftSettings: fastFlags),
+        .target(name: "LMRuntime", dependencies: ["LMCore", "LMSchemes", "LMFormats", "COpenBLAS", "CKernels"], swiftSettings: fastFlags),
         .target(name: "LMFixtures", dependencies: ["LMCore", "LMFormats"]),
         .target(name: "LMTestSupport", dependencies: ["LMCore", "LMFormats"]),
         .target(name: "LMEval", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "LMRuntime", "LMQuant"], swiftSettings: kernelFlags),

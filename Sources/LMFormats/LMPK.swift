@@ -23,12 +23,8 @@ public struct LMPKTensor: @unchecked Sendable {
     public var cols: Int { shape.count == 2 ? shape[1] : shape.reduce(1, *) }
     public var byteCount: Int { sections.reduce(0) { $0 + $1.count } }
 
-    /// A tensor over sections held elsewhere (in memory, not in a file); the caller keeps
-    /// the bytes alive and has checked their sizes against `scheme.sections`.
-    public init(name: String, shape: [Int], scheme: QuantScheme, sections: [UnsafeRawBufferPointer], crc32: UInt32 = 0) {
-        self.name = name; self.shape = shape; self.scheme = scheme; self.sections = sections; self.crc32 = crc32
-        range = 0..<sections.reduce(0) { $0 + $1.count }
-    }
+    /// The tensor's sections as the kernels take them (the mapping must stay alive).
+    public var packed: PackedTensor { PackedTensor(rows: rows, cols: cols, scheme: scheme, sections: sections) }
 
     init(name: String, shape: [Int], scheme: QuantScheme, sections: [UnsafeRawBufferPointer], crc32: UInt32, range: Range<Int>) {
         self.name = name; self.shape = shape; self.scheme = scheme; self.sections = sections; self.crc32 = crc32; self.range = range

@@ -3,12 +3,6 @@ import Foundation
 import LMCore
 import LMFormats
 
-/// Errors from building a runnable model.
-public struct RuntimeError: Error, CustomStringConvertible {
-    public let reason: String
-    public init(_ reason: String) { self.reason = reason }
-    public var description: String { reason }
-}
 
 /// One decoder layer's weights.
 public struct LlamaLayer: @unchecked Sendable {
@@ -83,7 +77,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         func matrix(_ n: String) throws -> LinearWeight {
             let x = try t(n)
             guard x.shape.count == 2 else { throw LMPKError(file: f.path, reason: "tensor '\(n)' must be a matrix") }
-            return PackedLinear.make(x, owner: f)
+            return PackedLinear.make(x.packed, owner: f)
         }
         func vector(_ n: String) throws -> [Float] {
             let x = try t(n)
@@ -335,21 +329,3 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     }
 }
 
-/// Grow-only scratch buffers, one per slot.
-final class Workspace: @unchecked Sendable {
-    let lock = NSLock()
-    private var buffers: [UnsafeMutablePointer<Float>?] = Array(repeating: nil, count: 16)
-    private var sizes = [Int](repeating: 0, count: 16)
-
-    func buffer(_ slot: Int, _ count: Int) -> UnsafeMutablePointer<Float> {
-        if sizes[slot] < count {
-            buffers[slot]?.deallocate()
-            let n = max(count, sizes[slot] * 2)
-            buffers[slot] = .allocate(capacity: n)
-            sizes[slot] = n
-        }
-        return buffers[slot]!
-    }
-
-    deinit { for b in buffers { b?.deallocate() } }
-}

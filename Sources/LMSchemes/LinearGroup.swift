@@ -7,9 +7,9 @@ import COpenBLAS
 /// work items of one region. `apply` of a single matrix is the same code with one
 /// member, and a member is sliced as it would be alone, so every kernel call, and hence
 /// every number, is the same fused or not.
-enum LinearGroup {
+public enum LinearGroup {
     /// `outs[m][t, r] = Σ_c x[t, c] · W_m[r, c]`; all members have `cols` columns.
-    static func apply(_ ms: [LinearWeight], _ x: UnsafePointer<Float>, tokens: Int,
+    public static func apply(_ ms: [LinearWeight], _ x: UnsafePointer<Float>, tokens: Int,
                       outs: [UnsafeMutablePointer<Float>], ldOuts: [Int], context: ComputeContext) {
         let cols = ms[0].cols
         let members: [Member] = ms.map { w in

@@ -2,7 +2,6 @@ import CKernels
 import COpenBLAS
 import Foundation
 import LMCore
-import LMFormats
 
 /// Weights stored in an `.lmpk` scheme, used in place from the mapping.
 ///
@@ -67,12 +66,12 @@ public class PackedLinear: LinearWeight, @unchecked Sendable {
             throw RuntimeError("\(name): section '\(w.role)' of a \(rows)×\(cols) \(scheme.name) tensor is \(w.bytes) bytes, got \(s.count)")
         }
         let storage = AlignedBytes(sections)
-        let t = LMPKTensor(name: name, shape: [rows, cols], scheme: scheme, sections: storage.sections)
+        let t = PackedTensor(rows: rows, cols: cols, scheme: scheme, sections: storage.sections)
         return make(t, owner: storage)
     }
 
     /// Builds the right subclass for an `.lmpk` tensor (2-D).
-    public static func make(_ t: LMPKTensor, owner: AnyObject) -> LinearWeight {
+    public static func make(_ t: PackedTensor, owner: AnyObject) -> LinearWeight {
         switch t.scheme.kind {
         case .f32:
             let p = t.sections[0].baseAddress!.assumingMemoryBound(to: Float.self)
@@ -110,7 +109,7 @@ final class Int8Linear: PackedLinear, @unchecked Sendable {
     let q: UnsafePointer<Int8>
     let scales: UnsafeRawPointer
 
-    init(_ t: LMPKTensor, owner: AnyObject) {
+    init(_ t: PackedTensor, owner: AnyObject) {
         q = t.sections[0].baseAddress!.assumingMemoryBound(to: Int8.self)
         scales = t.sections[1].baseAddress!
         super.init(rows: t.rows, cols: t.cols, scheme: t.scheme, owner: owner)
@@ -176,7 +175,7 @@ final class Int4Linear: PackedLinear, @unchecked Sendable {
     let scales: UnsafePointer<UInt16>
     let mins: UnsafePointer<UInt16>?
 
-    init(_ t: LMPKTensor, owner: AnyObject) {
+    init(_ t: PackedTensor, owner: AnyObject) {
         q = t.sections[0].baseAddress!.assumingMemoryBound(to: UInt8.self)
         scales = t.sections[1].baseAddress!.assumingMemoryBound(to: UInt16.self)
         mins = t.scheme.kind == .int4 ? t.sections[2].baseAddress!.assumingMemoryBound(to: UInt16.self) : nil
@@ -245,7 +244,7 @@ final class HalfLinear: PackedLinear, @unchecked Sendable {
     let q: UnsafePointer<UInt16>
     let isBF16: Bool
 
-    init(_ t: LMPKTensor, owner: AnyObject) {
+    init(_ t: PackedTensor, owner: AnyObject) {
         q = t.sections[0].baseAddress!.assumingMemoryBound(to: UInt16.self)
         isBF16 = t.scheme.kind == .bf16
         super.init(rows: t.rows, cols: t.cols, scheme: t.scheme, owner: owner)
@@ -278,6 +277,18 @@ final class HalfLinear: PackedLinear, @unchecked Sendable {
             while c + 16 <= cols { store16(widen16(row + c), o + c); c += 16 }
             while c < cols { o[c] = isBF16 ? bf16ToFloat(row[c]) : halfToFloat(row[c]); c += 1 }
         }
+    }
+}
+
+/// A matrix's stored sections in its scheme's order (`q`, then `scales`, then
+/// `mins`), from an `.lmpk` mapping or from memory. Sizes are the caller's to check.
+public struct PackedTensor: @unchecked Sendable {
+    public let rows: Int
+    public let cols: Int
+    public let scheme: QuantScheme
+    public let sections: [UnsafeRawBufferPointer]
+    public init(rows: Int, cols: Int, scheme: QuantScheme, sections: [UnsafeRawBufferPointer]) {
+        self.rows = rows; self.cols = cols; self.scheme = scheme; self.sections = sections
     }
 }
 

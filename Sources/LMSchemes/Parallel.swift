@@ -93,7 +93,7 @@ public final class ComputeContext: @unchecked Sendable {
     /// Parallel regions run so far on this context (each costs a wake-up of the workers).
     public var parallelRegions: Int { regions.load(ordering: .relaxed) }
     /// Forward-pass scratch (reused across calls; guarded by its lock).
-    let workspace = Workspace()
+    public let workspace = Workspace()
 
     /// - Parameters:
     ///   - threads: worker threads including the caller (1…256).
@@ -174,4 +174,24 @@ public final class ComputeContext: @unchecked Sendable {
     }
 }
 
-final class UncheckedBox<T>: @unchecked Sendable { let value: T; init(_ v: T) { value = v } }
+/// A reference that may cross into worker closures (the caller guarantees safe use).
+public final class UncheckedBox<T>: @unchecked Sendable { public let value: T; public init(_ v: T) { value = v } }
+
+/// Grow-only scratch buffers, one per slot.
+public final class Workspace: @unchecked Sendable {
+    public let lock = NSLock()
+    private var buffers: [UnsafeMutablePointer<Float>?] = Array(repeating: nil, count: 16)
+    private var sizes = [Int](repeating: 0, count: 16)
+
+    public func buffer(_ slot: Int, _ count: Int) -> UnsafeMutablePointer<Float> {
+        if sizes[slot] < count {
+            buffers[slot]?.deallocate()
+            let n = max(count, sizes[slot] * 2)
+            buffers[slot] = .allocate(capacity: n)
+            sizes[slot] = n
+        }
+        return buffers[slot]!
+    }
+
+    deinit { for b in buffers { b?.deallocate() } }
+}

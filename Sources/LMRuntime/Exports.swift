@@ -1,0 +1,2 @@
+// The runtime's forward pass builds on the schemes' kernels and the compute context.
+@_exported import LMSchemes
