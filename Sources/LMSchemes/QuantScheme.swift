@@ -1,66 +1,56 @@
 import LMCore
 
-/// A storage scheme of the `.lmpk` format: its name, byte layout and size
-/// (formats/lmpk.md, "Schemes").
+/// A storage scheme of the `.lmpk` format: a family (`SchemeCodec`) and a group size
+/// (formats/lmpk.md, "Schemes"). Names: `f32`, `f16`, `bf16`, `int8`, `int8-gG`,
+/// `int4-gG`, `int4s-gG`.
 public struct QuantScheme: Hashable, Sendable, CustomStringConvertible {
-    public enum Kind: String, Sendable, CaseIterable { case f32, f16, bf16, int8, int4, int4s }
+    /// A scheme family's name; `codec` is its definition.
+    public struct Kind: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+        public let rawValue: String
+        public init(rawValue: String) { self.rawValue = rawValue }
+        public var description: String { rawValue }
+        public static let f32 = Kind(rawValue: "f32"), f16 = Kind(rawValue: "f16"), bf16 = Kind(rawValue: "bf16")
+        public static let int8 = Kind(rawValue: "int8"), int4 = Kind(rawValue: "int4"), int4s = Kind(rawValue: "int4s")
+    }
     public let kind: Kind
     /// Group size along the input dimension; 0 = one scale per output channel (int8) or unquantized.
     public let groupSize: Int
 
     public static let supportedGroupSizes = [32, 64, 128]
-    public static let allNames = ["f32", "f16", "bf16", "int8", "int8-g32", "int8-g64", "int8-g128",
-                                  "int4-g32", "int4-g64", "int4-g128", "int4s-g32", "int4s-g64", "int4s-g128"]
+    /// Every accepted name, from the registry.
+    public static var allNames: [String] { SchemeRegistry.codecs.flatMap(\.names) }
 
+    /// A scheme of a registered family (the caller vouches for the group size).
     public init(kind: Kind, groupSize: Int = 0) { self.kind = kind; self.groupSize = groupSize }
 
-    /// Parses `f16`, `int8`, `int8-g64`, `int4-g128`, `int4s-g32`…; `int4`/`int4s`
-    /// without a group take `defaultGroup` (32 unless given).
+    /// Parses `f16`, `int8`, `int8-g64`, `int4-g128`, `int4s-g32`…: the family's codec
+    /// decides the group (`int4`/`int4s` without one take `defaultGroup`, 32 unless given).
     public init(parsing s: String, defaultGroup: Int? = nil) throws {
         let parts = s.lowercased().split(separator: "-g", maxSplits: 1).map(String.init)
-        guard let kind = Kind(rawValue: parts[0]) else {
+        guard let codec = SchemeRegistry.codec(parts[0]) else {
             throw QuantSchemeError("unknown scheme '\(s)'; supported: \(QuantScheme.allNames.joined(separator: ", "))")
         }
-        var g = 0
+        var named: Int? = nil
         if parts.count == 2 {
             guard let v = Int(parts[1]) else { throw QuantSchemeError("scheme '\(s)': group size '\(parts[1])' is not a number") }
-            g = v
-        } else if kind == .int4 || kind == .int4s {
-            g = defaultGroup ?? 32
-        } else if kind == .int8, let d = defaultGroup {
-            g = d
+            named = v
         }
-        switch kind {
-        case .f32, .f16, .bf16:
-            if g != 0 { throw QuantSchemeError("scheme '\(s)': float schemes take no group size") }
-        case .int8, .int4, .int4s:
-            if !(g == 0 && kind == .int8) && !QuantScheme.supportedGroupSizes.contains(g) {
-                throw QuantSchemeError("scheme '\(s)': group size \(g) is not supported (32, 64, 128\(kind == .int8 ? ", or none for per-channel" : ""))")
-            }
-        }
-        self.kind = kind; groupSize = g
+        kind = Kind(rawValue: codec.family)
+        groupSize = try codec.groupSize(named: named, defaultGroup: defaultGroup, name: s)
     }
 
+    /// The family's definition (registered: every `Kind` a scheme can hold has one).
+    public var codec: any SchemeCodec { SchemeRegistry.codec(kind.rawValue)! }
     public var name: String { groupSize > 0 ? "\(kind.rawValue)-g\(groupSize)" : kind.rawValue }
     public var description: String { name }
-    public var isQuantized: Bool { kind == .int8 || kind == .int4 || kind == .int4s }
+    public var isQuantized: Bool { codec.isQuantized }
 
     /// Columns rounded up to the 32-column storage unit.
     public static func paddedCols(_ cols: Int) -> Int { (cols + 31) / 32 * 32 }
     public func groups(cols: Int) -> Int { groupSize > 0 ? (cols + groupSize - 1) / groupSize : 1 }
 
-    /// Section roles and byte sizes for a `[rows, cols]` tensor (vectors: rows = 1... use `cols = count`).
-    public func sections(rows: Int, cols: Int) -> [(role: String, bytes: Int)] {
-        let c32 = QuantScheme.paddedCols(cols)
-        let ng = groups(cols: cols)
-        switch kind {
-        case .f32: return [("q", rows * cols * 4)]
-        case .f16, .bf16: return [("q", rows * cols * 2)]
-        case .int8: return [("q", rows * c32), ("scales", groupSize == 0 ? rows * 4 : rows * ng * 2)]
-        case .int4: return [("q", rows * c32 / 2), ("scales", rows * ng * 2), ("mins", rows * ng * 2)]
-        case .int4s: return [("q", rows * c32 / 2), ("scales", rows * ng * 2)]
-        }
-    }
+    /// Section roles and byte sizes for a `[rows, cols]` tensor (vectors: `rows = 1`, `cols = count`).
+    public func sections(rows: Int, cols: Int) -> [(role: String, bytes: Int)] { codec.sections(rows: rows, cols: cols, groupSize: groupSize) }
 
     /// Exact stored bits per weight (padding and scales included).
     public func bitsPerWeight(rows: Int, cols: Int) -> Double {

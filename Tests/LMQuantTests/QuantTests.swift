@@ -72,6 +72,7 @@ struct QuantTests {
                     case .int8: bound = amax / 127 * 0.51 + amax * 1e-3
                     case .int4s: bound = amax / 7 * 0.51 + amax * 1e-3
                     case .int4: bound = (mx - mn) / 15 * 0.51 + amax * 2e-3
+                    default: Issue.record("no error bound for scheme \(scheme.kind)"); bound = 0
                     }
                     for c in lo..<hi { #expect(abs(y[r * cols + c] - x[r * cols + c]) <= bound + 1e-7, "\(name) \(rows)x\(cols) r\(r) c\(c)") }
                 }
@@ -99,5 +100,70 @@ struct QuantTests {
         let a = RoundToNearest.quantize(x, rows: 33, cols: 200, scheme: s, clip: .mse)
         let b = RoundToNearest.quantize(x, rows: 33, cols: 200, scheme: s, clip: .mse)
         #expect(a.sections.map { $0.bytes } == b.sections.map { $0.bytes })
+    }
+}
+
+@Suite("Scheme codecs: choose parameters → choose codes → pack")
+struct CodecTests {
+    @Test("codes chosen elsewhere (as GPTQ does) pack through the codec and decode to value(code, parameters) exactly", arguments: ["int4-g32", "int4-g64", "int4s-g32", "int4s-g128", "int8", "int8-g32"])
+    func ownCodes(_ name: String) throws {
+        let scheme = try QuantScheme(parsing: name)
+        guard let codec = scheme.codec as? any IntegerSchemeCodec else { Issue.record("\(name) is not an integer codec"); return }
+        let rows = 3, cols = 100
+        let x = randomMatrix(rows, cols, seed: 9)
+        let layout = scheme.sections(rows: rows, cols: cols)
+        var bufs: [[UInt8]] = []
+        let G = scheme.groupSize == 0 ? cols : scheme.groupSize, ng = scheme.groups(cols: cols)
+        let span = Int(codec.codeRange.upperBound - codec.codeRange.lowerBound + 1)
+        var allParams: [[GroupParameters]] = []
+        var allCodes: [[Int32]] = []
+        for r in 0..<rows {
+            let params = (0..<ng).map { g in
+                x.withUnsafeBufferPointer { codec.chooseParameters($0.baseAddress! + r * cols + g * G, count: min(G, cols - g * G), clip: .minmax, scheme: scheme) }
+            }
+            // Codes no round-to-nearest would pick: a sweep over the whole code range.
+            let codes = (0..<cols).map { codec.codeRange.lowerBound + Int32((r * 7 + $0 * 3) % span) }
+            allParams.append(params); allCodes.append(codes)
+        }
+        func withOut(_ body: ([UnsafeMutableRawPointer]) -> Void) {
+            let raws = layout.map { l -> UnsafeMutableRawPointer in
+                let p = UnsafeMutableRawPointer.allocate(byteCount: max(l.bytes, 1), alignment: 64)
+                p.initializeMemory(as: UInt8.self, repeating: 0, count: l.bytes)
+                return p
+            }
+            defer { raws.forEach { $0.deallocate() } }
+            body(raws)
+            bufs = layout.indices.map { Array(UnsafeRawBufferPointer(start: raws[$0], count: layout[$0].bytes)) }
+        }
+        withOut { out in
+            for r in 0..<rows { allCodes[r].withUnsafeBufferPointer { codec.pack(codes: $0.baseAddress!, parameters: allParams[r], row: r, cols: cols, scheme: scheme, out: out) } }
+        }
+        let y = bufs.withRawPointers { RoundToNearest.dequantize(scheme: scheme, rows: rows, cols: cols, sections: $0) }
+        for r in 0..<rows { for c in 0..<cols {
+            #expect(y[r * cols + c] == codec.value(code: allCodes[r][c], allParams[r][c / G]), "\(name) r\(r) c\(c)")
+        } }
+        // And the reference encoder is exactly choose → choose → pack.
+        let q = RoundToNearest.quantize(x, rows: rows, cols: cols, scheme: scheme)
+        withOut { out in
+            x.withUnsafeBufferPointer { xp in for r in 0..<rows { codec.encodeRow(xp.baseAddress! + r * cols, row: r, cols: cols, scheme: scheme, clip: .minmax, out: out) } }
+        }
+        #expect(bufs == q.sections.map(\.bytes))
+    }
+
+    @Test("the registry knows every scheme name; unknown families and bad groups are errors naming the scheme")
+    func registry() throws {
+        for n in QuantScheme.allNames { #expect(try QuantScheme(parsing: n).name == n) }
+        #expect(Set(SchemeRegistry.codecs.map(\.family)) == ["f32", "f16", "bf16", "int8", "int4", "int4s"])
+        #expect(throws: QuantSchemeError.self) { try QuantScheme(parsing: "int3-g64") }
+        #expect(throws: QuantSchemeError.self) { try QuantScheme(parsing: "f16-g32") }
+        #expect(throws: QuantSchemeError.self) { try QuantScheme(parsing: "int4-g48") }
+    }
+}
+
+extension Array where Element == [UInt8] {
+    func withRawPointers<R>(_ body: ([UnsafeRawBufferPointer]) -> R) -> R {
+        var views: [UnsafeRawBufferPointer] = []
+        func go(_ i: Int) -> R { if i == count { return body(views) }; return self[i].withUnsafeBytes { views.append($0); return go(i + 1) } }
+        return go(0)
     }
 }

@@ -1,0 +1,158 @@
+import LMCore
+
+/// How a group's range is chosen before rounding.
+public enum ClipMethod: String, Sendable, CaseIterable {
+    /// The group's own min/max (absmax for symmetric schemes).
+    case minmax
+    /// Shrink the range by α ∈ {1, 0.99, …, 0.80}; keep the α with the least squared
+    /// reconstruction error of the group.
+    case mse
+}
+
+/// Everything about one family of storage schemes, in one place: the name grammar,
+/// the sections and their sizes, the reference codec, and the runtime kernels.
+///
+/// Adding a scheme is one file (a type conforming to this protocol, or to
+/// `IntegerSchemeCodec`) plus one entry in `SchemeRegistry.codecs`. Its decode kernels
+/// per CPU level are the `lmk_kernels` table entries its `makeLinear` type calls
+/// through the context's `KernelSet`.
+public protocol SchemeCodec: Sendable {
+    /// The name before any `-gG` suffix: `int4`, `int8`, `f16`…
+    var family: String { get }
+    /// True for integer codes with scales.
+    var isQuantized: Bool { get }
+    /// Every accepted name, for help texts and errors.
+    var names: [String] { get }
+    /// The group size of a scheme name: `named` is the `G` of a `-gG` suffix (nil when
+    /// absent), `defaultGroup` the caller's `--group-size`. 0 means none (floats) or one
+    /// scale per output channel. Leaves room for later suffixes (`int3-g64`, sparsity).
+    /// - Throws: `QuantSchemeError` naming the scheme.
+    func groupSize(named: Int?, defaultGroup: Int?, name: String) throws -> Int
+    /// Section roles and byte sizes of a `[rows, cols]` tensor (in storage order).
+    func sections(rows: Int, cols: Int, groupSize: Int) -> [(role: String, bytes: Int)]
+    /// Reference encoder: row `row` of `x` (`cols` values) into its slices of the
+    /// sections (`out`, zero-initialized, in `sections` order).
+    func encodeRow(_ x: UnsafePointer<Float>, row: Int, cols: Int, scheme: QuantScheme, clip: ClipMethod, out: [UnsafeMutableRawPointer])
+    /// Reference decoder of one row (scalar, formula by formula): the twin every kernel is tested against.
+    func decodeRow(row: Int, cols: Int, scheme: QuantScheme, sections: [UnsafeRawBufferPointer], into out: UnsafeMutablePointer<Float>)
+    /// The runtime weight over stored sections (used in place; `owner` keeps them alive).
+    func makeLinear(_ t: PackedTensor, owner: AnyObject) -> LinearWeight
+}
+
+/// Parameters of one group of an integer scheme, at their storage precision:
+/// `value = scale · code + min` (symmetric schemes fold their offset into `min`).
+public struct GroupParameters: Sendable, Equatable {
+    public var scale: Float
+    public var min: Float
+    public init(scale: Float, min: Float = 0) { self.scale = scale; self.min = min }
+}
+
+/// An integer scheme: codes per element, parameters per group along the input
+/// dimension. The reference encoder is split into *choose parameters → choose codes →
+/// pack*, so a method like GPTQ can choose its own codes (and parameters) and reuse the
+/// packer; `value` is the dequantization formula.
+public protocol IntegerSchemeCodec: SchemeCodec {
+    /// Stored codes lie in this range.
+    var codeRange: ClosedRange<Int32> { get }
+    /// The code stored in padding columns (up to the 32-column unit; any value is
+    /// correct since activations there are zero, but it is fixed for byte-identical files).
+    var paddingCode: Int32 { get }
+    /// Parameters of one group of `count` values (rounded to their storage precision).
+    func chooseParameters(_ x: UnsafePointer<Float>, count: Int, clip: ClipMethod, scheme: QuantScheme) -> GroupParameters
+    /// Round-to-nearest codes of a group's values under `p`, clamped to `codeRange`.
+    func chooseCodes(_ x: UnsafePointer<Float>, count: Int, parameters p: GroupParameters, into codes: UnsafeMutablePointer<Int32>)
+    /// Writes one row: `codes` (`cols` values in `codeRange`) and the per-group parameters.
+    func pack(codes: UnsafePointer<Int32>, parameters: [GroupParameters], row: Int, cols: Int, scheme: QuantScheme, out: [UnsafeMutableRawPointer])
+    /// `value(code)` under the group's parameters.
+    func value(code: Int32, _ p: GroupParameters) -> Float
+}
+
+extension IntegerSchemeCodec {
+    public var isQuantized: Bool { true }
+
+    /// choose parameters → choose codes → pack, group by group.
+    public func encodeRow(_ x: UnsafePointer<Float>, row: Int, cols: Int, scheme: QuantScheme, clip: ClipMethod, out: [UnsafeMutableRawPointer]) {
+        let G = scheme.groupSize == 0 ? cols : scheme.groupSize
+        let ng = scheme.groups(cols: cols)
+        var params: [GroupParameters] = []
+        params.reserveCapacity(ng)
+        let codes = UnsafeMutablePointer<Int32>.allocate(capacity: max(cols, 1))
+        defer { codes.deallocate() }
+        for g in 0..<ng {
+            let lo = g * G, n = Swift.min(G, cols - lo)
+            let p = chooseParameters(x + lo, count: n, clip: clip, scheme: scheme)
+            params.append(p)
+            chooseCodes(x + lo, count: n, parameters: p, into: codes + lo)
+        }
+        pack(codes: codes, parameters: params, row: row, cols: cols, scheme: scheme, out: out)
+    }
+}
+
+/// Shrink factors of the MSE clip search (1, 0.99, …, 0.80).
+let clipAlphas: [Float] = (0...20).map { 1 - Float($0) * 0.01 }
+
+/// Scale of a symmetric group (`codes ∈ [−qmax(−1), qmax]`), rounded to its storage
+/// precision before use; with `.mse`, the shrink of the absmax with the least error.
+func symmetricScale(_ x: UnsafePointer<Float>, _ n: Int, qmax: Float, clip: ClipMethod, storeHalf: Bool) -> Float {
+    var amax: Float = 0
+    for i in 0..<n { amax = Swift.max(amax, abs(x[i])) }
+    if amax == 0 { return 0 }
+    func stored(_ s: Float) -> Float { storeHalf ? halfToFloat(floatToHalf(s)) : s }
+    guard clip == .mse else { return stored(amax / qmax) }
+    var best = stored(amax / qmax), bestErr = Float.infinity
+    for a in clipAlphas {
+        let s = stored(amax * a / qmax)
+        if s == 0 { continue }
+        let inv = 1 / s
+        var err: Float = 0
+        for i in 0..<n {
+            let q = Swift.max(-qmax - (qmax == 7 ? 1 : 0), Swift.min(qmax, (x[i] * inv).rounded(.toNearestOrEven)))
+            let d = q * s - x[i]; err += d * d
+        }
+        if err < bestErr { bestErr = err; best = s }
+    }
+    return best
+}
+
+/// (scale, min) of an asymmetric group with codes 0…`levels`, both float16-rounded
+/// before use; with `.mse`, the shrink of [min, max] about its middle with the least error.
+func asymmetricRange(_ x: UnsafePointer<Float>, _ n: Int, levels: Float, clip: ClipMethod) -> (Float, Float) {
+    var lo = Float.infinity, hi = -Float.infinity
+    for i in 0..<n { lo = Swift.min(lo, x[i]); hi = Swift.max(hi, x[i]) }
+    func params(_ l: Float, _ h: Float) -> (Float, Float) {
+        let m = halfToFloat(floatToHalf(l))
+        let s = halfToFloat(floatToHalf(Swift.max(h - m, 0) / levels))
+        return (s, m)
+    }
+    guard clip == .mse, hi > lo else { return params(lo, hi) }
+    var best = params(lo, hi), bestErr = Float.infinity
+    let mid = (lo + hi) / 2
+    for a in clipAlphas {
+        let (s, m) = params(mid - (mid - lo) * a, mid + (hi - mid) * a)
+        if s == 0 { continue }
+        let inv = 1 / s
+        var err: Float = 0
+        for i in 0..<n {
+            let q = Swift.max(0, Swift.min(levels, ((x[i] - m) * inv).rounded(.toNearestOrEven)))
+            let d = q * s + m - x[i]; err += d * d
+        }
+        if err < bestErr { bestErr = err; best = (s, m) }
+    }
+    return best
+}
+
+/// Little-endian float16 at element `i` of a section.
+@inline(__always) func f16At(_ b: UnsafeRawBufferPointer, _ i: Int) -> Float {
+    halfToFloat(UInt16(littleEndian: b.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
+}
+
+/// The scheme families this build knows. Adding one: its file, and an entry here.
+public enum SchemeRegistry {
+    public static let codecs: [any SchemeCodec] = [
+        Float32Codec(), HalfCodec(bf16: false), HalfCodec(bf16: true), Int8Codec(), Int4Codec(symmetric: false), Int4Codec(symmetric: true),
+    ]
+    static let byFamily: [String: any SchemeCodec] = Dictionary(uniqueKeysWithValues: codecs.map { ($0.family, $0) })
+
+    /// The codec of `family`, or nil.
+    public static func codec(_ family: String) -> (any SchemeCodec)? { byFamily[family] }
+}
