@@ -11,7 +11,7 @@ let native = ProcessInfo.processInfo.environment["LMKIT_NATIVE"] == "1"
 let kernelFlags: [SwiftSetting] = [.unsafeFlags(native ? ["-target-cpu", "native", "-Xcc", "-march=native"] : ["-target-cpu", "haswell", "-Xcc", "-march=haswell"])]
 // -Ounchecked where a benchmark showed it matters (the runtime's and quantizers' inner
 // loops); every memory-protecting check there is an explicit error, not a precondition.
-let fastFlags: [SwiftSetting] = kernelFlags + [.unsafeFlags(["-Ounchecked"])]
+let fastFlags: [SwiftSetting] = kernelFlags + (ProcessInfo.processInfo.environment["LMKIT_CHECKED"] == "1" ? [] : [.unsafeFlags(["-Ounchecked"])])
 
 let package = Package(
     name: "lmkit",
