@@ -49,6 +49,11 @@ public enum LinearGroup {
             let kernels = context.kernels.table
             for t in 0..<tokens {
                 let xt = x + t * cols
+                // The int8 activation quantizer cannot represent NaN/Inf (it would round them
+                // away); a token with a non-finite input takes the float kernels, which
+                // propagate it. The group sums already say so: Σ is finite iff every term is
+                // (barring an overflow of finite values, which then also takes the float path).
+                var q8 = useQ8
                 if !packed.isEmpty {
                     xp.update(from: xt, count: cols)
                     (xp + cols).update(repeating: 0, count: cols32 - cols)
@@ -60,10 +65,15 @@ public enum LinearGroup {
                             s[j] = a
                         }
                     }
-                    if useQ8 { kernels.pointee.quantize_q8(xp, Int32(cols32 / 32), qx, dx) }
+                    if q8, let g = groups.first {
+                        let s = sums + sumOffset[g]!
+                        for j in 0..<((cols + g - 1) / g) where !s[j].isFinite { q8 = false; break }
+                    }
+                    if q8 { kernels.pointee.quantize_q8(xp, Int32(cols32 / 32), qx, dx) }
                 }
                 let xv = SendablePointer(xp), qv = SendablePointer(qx), xr = SendablePointer(UnsafeMutablePointer(mutating: xt))
                 let sp = SendablePointer(sums), dp = SendablePointer(dx)
+                let useQ8 = q8
                 context.parallelFor(items.count) { i in
                     do {
                         let (m, r) = items[i]

@@ -200,3 +200,25 @@ struct RowKernelTests {
         }
     }
 }
+
+@Suite("Non-finite activations surface in every decode path")
+struct NonFiniteDecodeTests {
+    @Test("a NaN or Inf input gives a non-finite output with the integer kernels too (they used to round NaN to 0)", arguments: ["int4-g32", "int4s-g64", "int8", "int8-g32"])
+    func nanSurfaces(_ name: String) throws {
+        let scheme = try QuantScheme(parsing: name)
+        var rng = SplitMix64(seed: 3)
+        let rows = 40, cols = 96
+        let w = (0..<(rows * cols)).map { _ in rng.nextSigned() }
+        let (lin, _, _) = try packedWeight(w, rows: rows, cols: cols, scheme: scheme)
+        for k in KernelSet.available {
+            let ctx = ComputeContext(threads: 2, kernels: k)
+            for bad in [Float.nan, .infinity] {
+                var x = (0..<cols).map { _ in rng.nextSigned() }
+                x[37] = bad
+                var out = [Float](repeating: 0, count: rows)
+                x.withUnsafeBufferPointer { xp in out.withUnsafeMutableBufferPointer { lin.apply(xp.baseAddress!, tokens: 1, out: $0.baseAddress!, ldOut: rows, context: ctx) } }
+                #expect(out.allSatisfy { !$0.isFinite }, "\(name) \(k) input \(bad): \(out.prefix(4))")
+            }
+        }
+    }
+}
