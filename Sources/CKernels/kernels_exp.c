@@ -76,13 +76,44 @@ typedef int v16i __attribute__((ext_vector_type(16)));
         float m = max_##SUFFIX(x, n);                                                                       \
         float inv = (float)(1.0 / exp_shift_sum_##SUFFIX(x, n, m));                                         \
         for (int i = 0; i < n; i++) x[i] *= inv;                                                            \
+    }                                                                                                       \
+    /* Swift's Ops.dot: fused multiply-add per lane, lanes summed in order, scalar tail. */                 \
+    TARGET static inline __attribute__((always_inline)) float dot_##SUFFIX(const float *a, const float *b, int n) { \
+        v16f acc = 0.0f;                                                                                    \
+        int i = 0;                                                                                          \
+        for (; i + 16 <= n; i += 16) {                                                                      \
+            v16f x, y; memcpy(&x, a + i, sizeof x); memcpy(&y, b + i, sizeof y);                            \
+            acc = __builtin_elementwise_fma(x, y, acc);                                                     \
+        }                                                                                                   \
+        float s = lmk_sum16_##SUFFIX(acc);                                                                  \
+        for (; i < n; i++) s += a[i] * b[i];                                                                \
+        return s;                                                                                           \
+    }                                                                                                       \
+    /* One query row against n keys/values (decode attention): scores = q·Kᵀ·scale, softmax, out = Σ p_j V_j; \
+       the same operations as Ops.dot / softmax / Ops.axpy, in the same order. */                           \
+    TARGET static void attend_##SUFFIX(const float *q, const float *K, const float *V, int n, int hd, float scale, \
+                                       float *scores, float *out) {                                         \
+        for (int j = 0; j < n; j++) scores[j] = dot_##SUFFIX(q, K + (long)j * hd, hd) * scale;              \
+        softmax_##SUFFIX(scores, n);                                                                        \
+        for (int i = 0; i < hd; i++) out[i] = 0.0f;                                                         \
+        for (int j = 0; j < n; j++) {                                                                       \
+            const float *x = V + (long)j * hd;                                                              \
+            const v16f av = scores[j];                                                                      \
+            int i = 0;                                                                                      \
+            for (; i + 16 <= hd; i += 16) {                                                                 \
+                v16f xv, yv; memcpy(&xv, x + i, sizeof xv); memcpy(&yv, out + i, sizeof yv);                \
+                yv = __builtin_elementwise_fma(av, xv, yv);                                                 \
+                memcpy(out + i, &yv, sizeof yv);                                                            \
+            }                                                                                               \
+            for (; i < hd; i++) out[i] += scores[j] * x[i];                                                 \
+        }                                                                                                   \
     }
 
 DEFINE_EXP_KERNELS(generic, )
-const lmk_exp_kernels lmk_exp_generic = {max_generic, exp_shift_sum_generic, softmax_generic};
+const lmk_exp_kernels lmk_exp_generic = {max_generic, exp_shift_sum_generic, softmax_generic, attend_generic};
 #ifdef LMK_X86
 DEFINE_EXP_KERNELS(avx2, LMK_TARGET_AVX2)
 DEFINE_EXP_KERNELS(avx512, LMK_TARGET_AVX512)
-const lmk_exp_kernels lmk_exp_avx2 = {max_avx2, exp_shift_sum_avx2, softmax_avx2};
-const lmk_exp_kernels lmk_exp_avx512 = {max_avx512, exp_shift_sum_avx512, softmax_avx512};
+const lmk_exp_kernels lmk_exp_avx2 = {max_avx2, exp_shift_sum_avx2, softmax_avx2, attend_avx2};
+const lmk_exp_kernels lmk_exp_avx512 = {max_avx512, exp_shift_sum_avx512, softmax_avx512, attend_avx512};
 #endif

@@ -303,13 +303,8 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                         // Decode: dot products and a weighted sum, no sgemm (its packing costs
                         // more than the arithmetic for one query row).
                         for r in 0..<rows {
-                            let qv = qp.p + (row0 + r) * qDim + h * hd
-                            let valid = p0 + r + 1
-                            for k in 0..<valid { sc[k] = Ops.dot(qv, K + k * hd, hd) * scale }
-                            kernels.softmax(sc, valid)
-                            let o = ap.p + (row0 + r) * qDim + h * hd
-                            o.update(repeating: 0, count: hd)
-                            for k in 0..<valid { Ops.axpy(sc[k], V + k * hd, o, hd) }
+                            kernels.attend(q: qp.p + (row0 + r) * qDim + h * hd, keys: K, values: V, count: p0 + r + 1, headDim: hd,
+                                           scale: scale, scores: sc, out: ap.p + (row0 + r) * qDim + h * hd)
                         }
                     } else {
                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(keys), Int32(hd),

@@ -66,6 +66,13 @@ extension KernelSet {
     @inline(__always) public func expShiftSum(_ x: UnsafeMutablePointer<Float>, _ n: Int, shift: Float) -> Double {
         table.pointee.exp.pointee.exp_shift_sum(x, Int32(n), shift)
     }
+    /// Decode attention of one query row over `n` positions (as `Ops.dot` → softmax →
+    /// `Ops.axpy`, bit for bit): `scores` gets the probabilities, `out` the `hd` outputs.
+    @inline(__always) public func attend(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, count n: Int, headDim hd: Int,
+                                         scale: Float, scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>) {
+        table.pointee.exp.pointee.attend(q, keys, values, Int32(n), Int32(hd), scale, scores, out)
+    }
+
     /// `log Σ exp(row)`, max-subtracted; overwrites `row` with the shifted exponentials
     /// (as `Scoring.logSumExpInPlace`).
     @inline(__always) public func logSumExpInPlace(_ row: UnsafeMutablePointer<Float>, _ n: Int) -> Double {

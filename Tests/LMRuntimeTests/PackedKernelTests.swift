@@ -222,3 +222,31 @@ struct NonFiniteDecodeTests {
         }
     }
 }
+
+extension RowKernelTests {
+    @Test("decode attention row kernel is bit-identical to Ops.dot → softmax → Ops.axpy at every level")
+    func attend() {
+        var rng = SplitMix64(seed: 21)
+        for (n, hd) in [(1, 64), (5, 10), (37, 64), (200, 22), (513, 128)] {
+            let q = (0..<hd).map { _ in rng.nextSigned() }, K = (0..<(n * hd)).map { _ in rng.nextSigned() }, V = (0..<(n * hd)).map { _ in rng.nextSigned() }
+            let scale = 1 / Float(hd).squareRoot()
+            var sc = [Float](repeating: 0, count: n), want = [Float](repeating: 0, count: hd)
+            q.withUnsafeBufferPointer { qp in K.withUnsafeBufferPointer { kp in V.withUnsafeBufferPointer { vp in
+                sc.withUnsafeMutableBufferPointer { s in want.withUnsafeMutableBufferPointer { o in
+                    for j in 0..<n { s[j] = Ops.dot(qp.baseAddress!, kp.baseAddress! + j * hd, hd) * scale }
+                    Ops.softmax(s.baseAddress!, n)
+                    for j in 0..<n { Ops.axpy(s[j], vp.baseAddress! + j * hd, o.baseAddress!, hd) }
+                } }
+            } } }
+            for k in KernelSet.available {
+                var got = [Float](repeating: .nan, count: hd), gsc = [Float](repeating: 0, count: n)
+                q.withUnsafeBufferPointer { qp in K.withUnsafeBufferPointer { kp in V.withUnsafeBufferPointer { vp in
+                    gsc.withUnsafeMutableBufferPointer { s in got.withUnsafeMutableBufferPointer { o in
+                        k.attend(q: qp.baseAddress!, keys: kp.baseAddress!, values: vp.baseAddress!, count: n, headDim: hd, scale: scale, scores: s.baseAddress!, out: o.baseAddress!)
+                    } }
+                } } }
+                #expect(got == want && gsc == sc, "\(k) n=\(n) hd=\(hd)")
+            }
+        }
+    }
+}

@@ -38,6 +38,10 @@ typedef struct lmk_exp_kernels {
     double (*exp_shift_sum)(float *x, int n, float shift);
     /// In-place softmax: max-subtracted exp, scaled by (float)(1 / Σ).
     void (*softmax)(float *x, int n);
+    /// Decode attention of one query row: scores[j] = (q·K_j)·scale for j < n (K, V are
+    /// [n, hd] row-major), softmax(scores), out = Σ_j scores[j]·V_j — the operations of
+    /// Swift's Ops.dot / softmax / Ops.axpy in their order (lane FMAs, lanes summed in order).
+    void (*attend)(const float *q, const float *K, const float *V, int n, int hd, float scale, float *scores, float *out);
 } lmk_exp_kernels;
 
 /// One level's kernels. Tables live in static const storage.
