@@ -49,7 +49,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "LMCoreTests", dependencies: ["LMCore"]),
-        .testTarget(name: "LMQuantTests", dependencies: ["LMCore", "LMFormats", "LMQuant"]),
+        .testTarget(name: "LMQuantTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMQuant"]),
         .testTarget(name: "LMFormatsTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMTokenizer", "LMFixtures"]),
         .testTarget(name: "LMTokenizerTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMTokenizer"]),
         .testTarget(name: "LMRuntimeTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMFixtures", "LMQuant"]),

@@ -1,4 +1,4 @@
-/* CPU detection, the kernel-table lookup, the load-time CPU check and the legacy entry
+/* CPU detection, the kernel-table lookup and the load-time CPU check.
  * points. Everything in this file is compiled for baseline x86-64 (LMK_TARGET_BASELINE
  * forbids AVX even under -march=native), so it runs on any x86-64 CPU. */
 #include "lmk_internal.h"
@@ -64,7 +64,7 @@ LMK_TARGET_BASELINE int lmk_cpu_baseline_ok(const char **missing) {
 }
 
 /* A CPU without the baseline would die of SIGILL in the first AVX2 instruction of the
- * Swift code or the legacy kernels; say why instead. Runs before main (priority 101, the
+ * Swift code; say why instead. Runs before main (priority 101, the
  * earliest allowed) and uses only write(2) and _exit(2). */
 __attribute__((constructor(101))) LMK_TARGET_BASELINE static void lmk_check_cpu_baseline(void) {
     const char *missing = "";
@@ -97,32 +97,10 @@ LMK_TARGET_BASELINE const lmk_kernels *lmk_kernels_at(int level) {
     }
 }
 
-/* The legacy entry points call the AVX2 table without a check: the constructor above
- * has already exited on a CPU that lacks it. */
-static const lmk_kernels *const legacy = &lmk_table_avx2;
-
 #else /* not x86: only the generic level exists */
 
 int lmk_cpu_supports(int level) { return level == LMK_LEVEL_GENERIC; }
 int lmk_best_level(void) { return LMK_LEVEL_GENERIC; }
 const lmk_kernels *lmk_kernels_at(int level) { return level == LMK_LEVEL_GENERIC ? &lmk_table_generic : 0; }
 int lmk_cpu_baseline_ok(const char **missing) { if (missing) *missing = ""; return 1; }
-static const lmk_kernels *const legacy = &lmk_table_generic;
 #endif
-
-int lmk_has_avx2(void) { return lmk_cpu_supports(LMK_LEVEL_AVX2); }
-
-void lmk_quantize_q8(const float *x, int nblocks, int8_t *qx, float *dx) {
-    legacy->quantize_q8(x, nblocks, qx, dx);
-}
-
-void lmk_matvec_q4(const uint8_t *q, const uint16_t *scales, const uint16_t *mins,
-                   int r0, int r1, int cols32, int ngroups, int group,
-                   const int8_t *qx, const float *dx, const float *xsum, float *out) {
-    legacy->matvec_q4(q, scales, mins, r0, r1, cols32, ngroups, group, qx, dx, xsum, out);
-}
-
-void lmk_matvec_q8(const int8_t *q, const void *scales, int r0, int r1, int cols32,
-                   int ngroups, int group, const int8_t *qx, const float *dx, float *out) {
-    legacy->matvec_q8(q, scales, r0, r1, cols32, ngroups, group, qx, dx, out);
-}

@@ -152,7 +152,6 @@ public enum Gate {
     /// floor in every attempt.
     public static func speedRatios(candidate: any CausalLM, baseline: any CausalLM, limits l: GateLimits, context: ComputeContext,
                                    pairs: Int = 5, attempts: Int = 3, prefill: Int = 128, decode: Int = 32) throws -> (prefill: Double, decode: Double) {
-        func median(_ x: [Double]) -> Double { let s = x.sorted(); return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2 }
         var best = (prefill: 0.0, decode: 0.0)
         for _ in 0..<attempts {
             var pp: [Double] = [], tg: [Double] = []
@@ -165,7 +164,7 @@ public enum Gate {
                 pp.append(c.prefillMedian / b.prefillMedian)
                 tg.append(c.decodeMedian / b.decodeMedian)
             }
-            best = (max(best.prefill, median(pp)), max(best.decode, median(tg)))
+            best = (max(best.prefill, BenchmarkResult.median(pp)), max(best.decode, BenchmarkResult.median(tg)))
             if best.prefill >= (l.prefillSpeedRatioMin ?? 0) && best.decode >= (l.decodeSpeedRatioMin ?? 0) { break }
         }
         return best

@@ -2,16 +2,19 @@ import CKernels
 import Foundation
 import LMCore
 
+/// Float schemes take no group size.
+func floatGroupSize(named: Int?, name: String) throws -> Int {
+    if named != nil { throw QuantSchemeError("scheme '\(name)': float schemes take no group size") }
+    return 0
+}
+
 /// `f32`: little-endian float32, used in place (no copy) by `DenseLinear`.
 public struct Float32Codec: SchemeCodec {
     public init() {}
     public var family: String { "f32" }
     public var isQuantized: Bool { false }
     public var names: [String] { ["f32"] }
-    public func groupSize(named: Int?, defaultGroup: Int?, name: String) throws -> Int {
-        if named != nil { throw QuantSchemeError("scheme '\(name)': float schemes take no group size") }
-        return 0
-    }
+    public func groupSize(named: Int?, defaultGroup: Int?, name: String) throws -> Int { try floatGroupSize(named: named, name: name) }
     public func sections(rows: Int, cols: Int, groupSize: Int) -> [(role: String, bytes: Int)] { [("q", rows * cols * 4)] }
     public func encodeRow(_ x: UnsafePointer<Float>, row: Int, cols: Int, scheme: QuantScheme, clip: ClipMethod, out: [UnsafeMutableRawPointer]) {
         for c in 0..<cols { out[0].storeBytes(of: x[c].bitPattern.littleEndian, toByteOffset: 4 * (row * cols + c), as: UInt32.self) }
@@ -31,10 +34,7 @@ public struct HalfCodec: SchemeCodec {
     public var family: String { bf16 ? "bf16" : "f16" }
     public var isQuantized: Bool { false }
     public var names: [String] { [family] }
-    public func groupSize(named: Int?, defaultGroup: Int?, name: String) throws -> Int {
-        if named != nil { throw QuantSchemeError("scheme '\(name)': float schemes take no group size") }
-        return 0
-    }
+    public func groupSize(named: Int?, defaultGroup: Int?, name: String) throws -> Int { try floatGroupSize(named: named, name: name) }
     public func sections(rows: Int, cols: Int, groupSize: Int) -> [(role: String, bytes: Int)] { [("q", rows * cols * 2)] }
     public func encodeRow(_ x: UnsafePointer<Float>, row: Int, cols: Int, scheme: QuantScheme, clip: ClipMethod, out: [UnsafeMutableRawPointer]) {
         for c in 0..<cols {

@@ -38,14 +38,16 @@ public enum LinearGroup {
             // Shared, prepared input: padded to 32 columns, sums per distinct group size,
             // int8 codes + scales per 32 columns when a member decodes with integer kernels.
             let packed = members.compactMap { if case let .packed(p) = $0 { return p }; return nil }
-            let cols32 = QuantSchemePadding.cols32(cols)
-            let groups = Array(Set(packed.map(\.group))).sorted()
-            let sumOffset = Dictionary(uniqueKeysWithValues: groups.enumerated().map { ($1, $0 * (cols32 / 32 + 1)) })
+            let cols32 = QuantScheme.paddedCols(cols)
+            var groups: [Int] = []  // distinct group sizes (1–2), without a Set or Dictionary per call
+            for p in packed where !groups.contains(p.group) { groups.append(p.group) }
+            let stride = cols32 / 32 + 1
+            func sumOffset(_ g: Int) -> Int { groups.firstIndex(of: g)! * stride }
             let useQ8 = packed.contains { $0.integerDecode && $0.scheme.isQuantized }
-            let floats = cols32 + groups.count * (cols32 / 32 + 1) + cols32 / 32
+            let floats = cols32 + groups.count * stride + cols32 / 32
             context.withScratch(floats + cols32 / 4) { xp in
             let qx = UnsafeMutableRawPointer(xp + floats).assumingMemoryBound(to: Int8.self)
-            let sums = xp + cols32, dx = sums + groups.count * (cols32 / 32 + 1)
+            let sums = xp + cols32, dx = sums + groups.count * stride
             let kernels = context.kernels.table
             for t in 0..<tokens {
                 let xt = x + t * cols
@@ -58,7 +60,7 @@ public enum LinearGroup {
                     xp.update(from: xt, count: cols)
                     (xp + cols).update(repeating: 0, count: cols32 - cols)
                     for g in groups {
-                        let s = sums + sumOffset[g]!
+                        let s = sums + sumOffset(g)
                         for j in 0..<((cols + g - 1) / g) {
                             var a: Float = 0
                             for c in (j * g)..<min(cols, (j + 1) * g) { a += xp[c] }
@@ -66,7 +68,7 @@ public enum LinearGroup {
                         }
                     }
                     if q8, let g = groups.first {
-                        let s = sums + sumOffset[g]!
+                        let s = sums + sumOffset(g)
                         for j in 0..<((cols + g - 1) / g) where !s[j].isFinite { q8 = false; break }
                     }
                     if q8 { kernels.pointee.quantize_q8(xp, Int32(cols32 / 32), qx, dx) }
@@ -80,7 +82,7 @@ public enum LinearGroup {
                         let out = o[m].p + t * ldOuts[m]
                         switch members[m] {
                         case let .packed(p):
-                            let xsum = UnsafePointer(sp.p + sumOffset[p.group]!)
+                            let xsum = UnsafePointer(sp.p + sumOffset(p.group))
                             if useQ8 && p.integerDecode && p.scheme.isQuantized,
                                p.matvecQ8(kernels, qv.p, dx: dp.p, xsum: xsum, rows: r.lowerBound, r.upperBound, out: out) { return }
                             p.matvec(UnsafePointer(xv.p), xsum: xsum, rows: r.lowerBound, r.upperBound, out: out)
@@ -136,9 +138,4 @@ public enum LinearGroup {
         case dense(DenseLinear)
         case other(LinearWeight)
     }
-}
-
-/// The 32-column storage unit of packed rows (and of the prepared decode input).
-enum QuantSchemePadding {
-    @inline(__always) static func cols32(_ cols: Int) -> Int { (cols + 31) / 32 * 32 }
 }

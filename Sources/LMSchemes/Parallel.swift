@@ -120,9 +120,6 @@ public final class ComputeContext: @unchecked Sendable {
         openblas_set_num_threads(1)
     }
 
-    /// A context with the same kernels and a different thread count.
-    public func with(threads n: Int) -> ComputeContext { ComputeContext(threads: n, kernels: kernels) }
-
     deinit { pool?.shutdown(); scratch?.deallocate() }
 
     /// Runs `body(i)` for `i in 0..<n` on up to `threads` threads; returns when all ran.

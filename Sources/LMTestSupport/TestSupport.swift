@@ -32,3 +32,15 @@ public enum ImportedSmolLM2 {
         }
     }()
 }
+
+extension Array where Element == [UInt8] {
+    /// Calls `body` with raw views of every element (e.g. a tensor's sections).
+    public func withRawPointers<R>(_ body: ([UnsafeRawBufferPointer]) -> R) -> R {
+        var views: [UnsafeRawBufferPointer] = []
+        func go(_ i: Int) -> R {
+            if i == count { return body(views) }
+            return self[i].withUnsafeBytes { views.append($0); return go(i + 1) }
+        }
+        return go(0)
+    }
+}

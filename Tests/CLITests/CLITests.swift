@@ -20,9 +20,16 @@ struct RunResult { let status: Int32; let stdout: String; let stderr: String }
 
 func run(_ name: String, _ args: [String]) throws -> RunResult {
     guard let path = binary(name) else { throw CLIError("executable '\(name)' not built (run `swift build -c release` first)") }
+    return try runProcess(path, args)
+}
+
+/// Runs `path` with `args` (and extra environment), no standard input; collects both outputs.
+func runProcess(_ path: String, _ args: [String], env: [String: String] = [:]) throws -> RunResult {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: path)
     p.arguments = args
+    if !env.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(env) { _, new in new } }
+    p.standardInput = FileHandle.nullDevice
     let out = Pipe(), err = Pipe()
     p.standardOutput = out; p.standardError = err
     try p.run()

@@ -1,23 +1,12 @@
 import Foundation
+import LMFixtures
 import Testing
 
 /// The repository root (for scripts/).
 let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 
 func runScript(_ script: String, _ args: [String], env: [String: String]) throws -> RunResult {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/bin/bash")
-    p.arguments = [repoRoot + "/" + script] + args
-    var e = ProcessInfo.processInfo.environment
-    for (k, v) in env { e[k] = v }
-    p.environment = e
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out; p.standardError = err
-    p.standardInput = FileHandle.nullDevice
-    try p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile(), er = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return RunResult(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: er, as: UTF8.self))
+    try runProcess("/bin/bash", [repoRoot + "/" + script] + args, env: env)
 }
 
 @Suite("What a new user meets: set-up script, usage errors, help text", .serialized)
@@ -64,6 +53,17 @@ struct UsabilityTests {
             #expect(r.stderr.contains("Usage: \(usage)"), "\(args): \(r.stderr)")
             #expect(!r.stderr.contains("<subcommand>"), "\(args): \(r.stderr)")
         }
+    }
+
+    @Test("an unknown or unavailable kernel set is a clear error naming the known ones")
+    func badKernels() throws {
+        let dir = scratch("kern")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try SyntheticModel.write(SyntheticModelSpec(), to: dir + "/m")
+        let r = try run("lmeval", ["bench", "-m", dir + "/m", "--prefill", "4", "--decode", "2", "--kernels", "neon"])
+        #expect(r.status == 1 && r.stderr.contains("unknown kernel set 'neon'") && r.stderr.contains("avx2"), "\(r.stderr)")
+        let e = try runProcess(binary("lmeval")!, ["bench", "-m", dir + "/m", "--prefill", "4", "--decode", "2"], env: ["LMKIT_KERNELS": "sse9"])
+        #expect(e.status == 1 && e.stderr.contains("unknown kernel set 'sse9'"), "\(e.stderr)")
     }
 
     @Test("help paragraphs are wrapped by the parser, not broken by hand inside sentences")

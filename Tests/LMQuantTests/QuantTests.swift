@@ -2,6 +2,7 @@ import Foundation
 import LMCore
 import LMFormats
 import LMQuant
+import LMTestSupport
 import Testing
 
 func randomMatrix(_ rows: Int, _ cols: Int, seed: UInt64) -> [Float] {
@@ -160,10 +161,3 @@ struct CodecTests {
     }
 }
 
-extension Array where Element == [UInt8] {
-    func withRawPointers<R>(_ body: ([UnsafeRawBufferPointer]) -> R) -> R {
-        var views: [UnsafeRawBufferPointer] = []
-        func go(_ i: Int) -> R { if i == count { return body(views) }; return self[i].withUnsafeBytes { views.append($0); return go(i + 1) } }
-        return go(0)
-    }
-}

@@ -34,7 +34,7 @@ struct ConcurrencyTests {
         for _ in 0..<3000 {
             let n = 1 + Int(rng.next() % 17)
             let c = Counters(n)
-            let box = UncheckedSendableBox(c)
+            let box = UncheckedBox(c)
             ctx.parallelFor(n) { i in
                 let until = DispatchTime.now().uptimeNanoseconds + UInt64(500 + 2000 * (i % 4))  // items of uneven length
                 while DispatchTime.now().uptimeNanoseconds < until {}
@@ -71,7 +71,7 @@ struct ConcurrencyTests {
         let alone = try models.map { try run($0, ComputeContext(threads: 2)) }
         let results = Mutex<[[Float]]>([[], []])
         let failures = Atomic<Int>(0)
-        let ms = UncheckedSendableBox(models)
+        let ms = UncheckedBox(models)
         DispatchQueue.concurrentPerform(iterations: 2) { i in
             let ctx = ComputeContext(threads: 2)
             for _ in 0..<5 {
@@ -112,4 +112,3 @@ struct ConcurrencyTests {
     }
 }
 
-final class UncheckedSendableBox<T>: @unchecked Sendable { let value: T; init(_ v: T) { value = v } }

@@ -4,6 +4,7 @@ import LMFixtures
 import LMFormats
 import LMQuant
 import LMRuntime
+import LMTestSupport
 import Testing
 
 /// Quantizes one matrix in `scheme` and builds its runtime kernel in memory from the
@@ -16,17 +17,6 @@ func packedWeight(_ w: [Float], rows: Int, cols: Int, scheme: QuantScheme) throw
     return (lin, reference, bytes)
 }
 
-extension Array where Element == [UInt8] {
-    /// Calls `body` with raw views of every element.
-    func withRawPointers<R>(_ body: ([UnsafeRawBufferPointer]) -> R) -> R {
-        var views: [UnsafeRawBufferPointer] = []
-        func go(_ i: Int) -> R {
-            if i == count { return body(views) }
-            return self[i].withUnsafeBytes { views.append($0); return go(i + 1) }
-        }
-        return go(0)
-    }
-}
 
 @Suite("Packed kernels vs the reference dequantizer", .serialized)
 struct PackedKernelTests {

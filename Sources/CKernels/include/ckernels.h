@@ -88,15 +88,4 @@ const lmk_kernels *lmk_kernels_at(int level);
 /// exits with a one-line error instead of letting a too-old CPU die of SIGILL.
 int lmk_cpu_baseline_ok(const char **missing);
 
-/// Legacy entry points (the AVX2 level; the load-time check guarantees its CPU
-/// features). Same contracts as the table fields of the same names.
-void lmk_quantize_q8(const float *x, int nblocks, int8_t *qx, float *dx);
-void lmk_matvec_q4(const uint8_t *q, const uint16_t *scales, const uint16_t *mins,
-                   int r0, int r1, int cols32, int ngroups, int group,
-                   const int8_t *qx, const float *dx, const float *xsum, float *out);
-void lmk_matvec_q8(const int8_t *q, const void *scales, int r0, int r1, int cols32,
-                   int ngroups, int group, const int8_t *qx, const float *dx, float *out);
-
-/// lmk_cpu_supports(LMK_LEVEL_AVX2).
-int lmk_has_avx2(void);
 #endif
