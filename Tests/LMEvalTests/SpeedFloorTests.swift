@@ -37,9 +37,9 @@ struct SpeedFloorTests {
         let ctx = ComputeContext(threads: 2)
         // The floor: half of the same model's speed. A correct build measures ~1.
         var limits = GateLimits(); limits.decodeSpeedRatioMin = 0.5; limits.prefillSpeedRatioMin = 0.5
-        let same = try Gate.speedRatios(candidate: m, baseline: m, limits: limits, context: ctx, prefill: 64, decode: 16)
+        let same = try Gate.speedRatios(candidate: m, baseline: m, limits: limits, context: ctx, prefill: 64, decode: 32)
         #expect(same.decode >= 0.5 && same.prefill >= 0.5, "correct candidate: \(same)")
-        let slow = try Gate.speedRatios(candidate: SlowedModel(m, factor: 6), baseline: m, limits: limits, context: ctx, prefill: 64, decode: 16)
+        let slow = try Gate.speedRatios(candidate: SlowedModel(m, factor: 6), baseline: m, limits: limits, context: ctx, prefill: 64, decode: 32)
         #expect(slow.decode < 0.5 && slow.prefill < 0.5, "6× slower candidate: \(slow)")
         print("measured: same-model ratios \(same), 6×-slowed ratios \(slow)")
     }
