@@ -147,5 +147,6 @@ const lmk_kernels lmk_table_avx2 = {
     .matvec_q4 = matvec_q4_avx2,
     .matvec_q8 = matvec_q8_avx2,
     .exp = &lmk_exp_avx2,
+    .kv = &lmk_kv_avx2,
 };
 #endif

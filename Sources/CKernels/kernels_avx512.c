@@ -380,5 +380,6 @@ const lmk_kernels lmk_table_avx512vnni = {
     .matvec_q4 = matvec_q4_avx512,
     .matvec_q8 = matvec_q8_avx512,
     .exp = &lmk_exp_avx512,
+    .kv = &lmk_kv_avx512,
 };
 #endif

@@ -80,4 +80,5 @@ const lmk_kernels lmk_table_generic = {
     .matvec_q4 = matvec_q4_generic,
     .matvec_q8 = matvec_q8_generic,
     .exp = &lmk_exp_generic,
+    .kv = &lmk_kv_generic,
 };

@@ -32,10 +32,13 @@ static inline float lmk_half_to_float_sw(uint16_t h) {
 
 extern const lmk_kernels lmk_table_generic;
 extern const lmk_exp_kernels lmk_exp_generic;
+extern const lmk_kv_kernels lmk_kv_generic;
 #ifdef LMK_X86
 extern const lmk_kernels lmk_table_avx2;
 extern const lmk_kernels lmk_table_avx512vnni;
 extern const lmk_exp_kernels lmk_exp_avx2;
 extern const lmk_exp_kernels lmk_exp_avx512;
+extern const lmk_kv_kernels lmk_kv_avx2;
+extern const lmk_kv_kernels lmk_kv_avx512;
 #endif
 #endif

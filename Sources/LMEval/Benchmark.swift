@@ -26,6 +26,16 @@ public struct BenchmarkResult: Sendable {
     public var kernels: String = ""
     /// Parallel regions per decoded token (worker wake-ups; fewer is cheaper).
     public var regionsPerDecodedToken: Double = 0
+    /// The KV cache: schemes, bytes per cached token, pool size in bytes and tokens.
+    public var kvCache: String = ""
+    public var kvBytesPerToken: Double = 0
+    public var kvPoolBytes: Int = 0
+    public var kvPoolTokens: Int = 0
+    /// Tokens in each sequence's cache before decode is timed, and sequences decoding together.
+    public var depth: Int = 0
+    public var concurrency: Int = 1
+    /// Sequences of `depth + decodeTokens` positions the pool holds at once.
+    public var maxConcurrentSequences: Int = 0
 
     static func median(_ x: [Double]) -> Double { let s = x.sorted(); return s.isEmpty ? 0 : s[s.count / 2] }
     public var prefillMedian: Double { Self.median(prefillTokensPerSecond) }
@@ -45,6 +55,9 @@ public struct BenchmarkResult: Sendable {
             ("bandwidth_bound_tokens_per_second", .double(bandwidthBoundTokensPerSecond)),
             ("decode_ratio_to_bandwidth_bound", .double(decodeMedian / bandwidthBoundTokensPerSecond)),
             ("peak_rss_bytes", .int(Int64(peakRSSBytes))),
+            ("kv_cache", .string(kvCache)), ("kv_bytes_per_token", .double(kvBytesPerToken)), ("kv_pool_bytes", .int(Int64(kvPoolBytes))),
+            ("kv_pool_tokens", .int(Int64(kvPoolTokens))), ("depth", .int(Int64(depth))), ("concurrency", .int(Int64(concurrency))),
+            ("max_concurrent_sequences", .int(Int64(maxConcurrentSequences))),
         ])
     }
 
@@ -53,9 +66,12 @@ public struct BenchmarkResult: Sendable {
         s += String(format: "load         %.1f ms\n", loadSeconds * 1000)
         s += String(format: "prefill      %.1f tokens/s (pp%d, median of %d)   bound %.1f (sgemm %.1f GFLOP/s)   ratio %.2f\n",
                     prefillMedian, prefillTokens, prefillTokensPerSecond.count, sgemmBoundTokensPerSecond, sgemmGFLOPS, prefillMedian / sgemmBoundTokensPerSecond)
-        s += String(format: "decode       %.1f tokens/s (tg%d, median of %d)   bound %.1f (%.1f GB/s over %.0f MiB)   ratio %.2f\n",
-                    decodeMedian, decodeTokens, decodeTokensPerSecond.count, bandwidthBoundTokensPerSecond, bandwidthGBps,
+        let at = (depth > 0 ? " at depth \(depth)" : "") + (concurrency > 1 ? ", \(concurrency) sequences, aggregate" : "")
+        s += String(format: "decode       %.1f tokens/s (tg%d%@, median of %d)   bound %.1f (%.1f GB/s over %.0f MiB weights + KV)   ratio %.2f\n",
+                    decodeMedian, decodeTokens, at, decodeTokensPerSecond.count, bandwidthBoundTokensPerSecond, bandwidthGBps,
                     Double(weightBytes) / 1_048_576, decodeMedian / bandwidthBoundTokensPerSecond)
+        s += String(format: "kv cache     %@, %.1f bytes/token, pool %.1f MiB = %d tokens, holds %d sequences of %d tokens\n",
+                    kvCache, kvBytesPerToken, Double(kvPoolBytes) / 1_048_576, kvPoolTokens, maxConcurrentSequences, depth + decodeTokens)
         s += String(format: "regions      %.0f parallel regions per decoded token\n", regionsPerDecodedToken)
         s += String(format: "peak RSS     %.0f MiB\n", Double(peakRSSBytes) / 1_048_576)
         return s
@@ -67,25 +83,44 @@ public enum Benchmark {
     /// pseudo-random sequence, so runs are comparable.
     /// - Throws: `RuntimeError` from the forward pass (e.g. more positions than the model has).
     public static func run(model: any CausalLM, loadSeconds: Double, prefill: Int = 512, decode: Int = 128, repetitions: Int = 3,
-                           context: ComputeContext, bounds: Bool = true) throws -> BenchmarkResult {
+                           context: ComputeContext, bounds: Bool = true, kvCache: KVCacheOptions = KVCacheOptions(),
+                           depth: Int = 0, concurrency: Int = 1) throws -> BenchmarkResult {
         let c = model.config
         let ids = (0..<prefill).map { ($0 &* 7919 &+ 13) % c.vocabSize }
+        guard concurrency >= 1, depth >= 0 else { throw EvalError("--concurrency must be ≥ 1 and --depth ≥ 0") }
+        // One cache for the run: prefill in sequence 0, then `concurrency` sequences each
+        // filled to `depth` (untimed) and decoding together.
+        let perSequence = depth + decode
+        let cache = try model.makeCache(capacity: max(prefill, perSequence), sequences: concurrency, options: kvCache)
+        let need = concurrency * cache.blocksNeeded(positions: perSequence)
+        guard cache.blocksNeeded(positions: prefill) <= cache.blocks, need <= cache.blocks else {
+            throw EvalError("KV cache too small: \(concurrency) sequence(s) × \(perSequence) tokens (--depth + --decode) need \(need) blocks, --prefill \(prefill) needs \(cache.blocksNeeded(positions: prefill)); the pool holds \(cache.blocks) blocks (\(cache.tokenCapacity) tokens, \(kvCache.schemeDescription)); raise --kv-cache-size or --cache-max-entry-count, or lower --concurrency, --depth or --decode")
+        }
         var pp: [Double] = [], tg: [Double] = []
         var regions = 0.0
+        let fill = (0..<depth).map { ($0 &* 104729 &+ 7) % c.vocabSize }
         for _ in 0..<repetitions {
-            let cache = model.makeCache(capacity: prefill + decode)
+            cache.reset()
             let t0 = Date()
             _ = try model.forward(ids, cache: cache, logits: .last, context: context)
             pp.append(Double(prefill) / Date().timeIntervalSince(t0))
-            let cache2 = model.makeCache(capacity: decode + 1)
-            var tok = 1 % c.vocabSize
+            cache.reset()
+            if depth > 0 {
+                for s in 0..<concurrency { _ = try model.forward(Batch(fill, sequence: s, start: 0), cache: cache, logits: .none, context: context, hooks: nil) }
+            }
+            var toks = [Int](repeating: 1 % c.vocabSize, count: concurrency)
             let r0 = context.parallelRegions
             let t1 = Date()
-            for _ in 0..<decode {
-                let l = try model.forward([tok], cache: cache2, logits: .last, context: context)
-                tok = l.indices.max { l[$0] < l[$1] } ?? 0
+            for step in 0..<decode {
+                var batch = Batch()
+                for s in 0..<concurrency { batch.append([toks[s]], sequence: s, start: depth + step) }
+                let l = try model.forward(batch, cache: cache, logits: .last, context: context, hooks: nil)
+                for s in 0..<concurrency {
+                    let row = l[(s * c.vocabSize)..<((s + 1) * c.vocabSize)]
+                    toks[s] = (row.indices.max { row[$0] < row[$1] } ?? s * c.vocabSize) - s * c.vocabSize
+                }
             }
-            tg.append(Double(decode) / Date().timeIntervalSince(t1))
+            tg.append(Double(decode * concurrency) / Date().timeIntervalSince(t1))
             regions = Double(context.parallelRegions - r0) / Double(decode)
         }
         // Bounds measured now, with the same worker split the runtime uses.
@@ -96,13 +131,23 @@ public enum Benchmark {
         // only the looked-up embedding rows are read, which is negligible).
         let weightBytes = model.decodeStreamBytes
         let bw = bounds ? measureBandwidth(bytes: max(weightBytes, 256 << 20), context: context) : 0
+        // Each decode step also streams every sequence's cached K/V (on average
+        // depth + decode/2 positions each).
+        let kvBytesPerStep = Double(concurrency) * (Double(depth) + Double(decode) / 2) * cache.bytesPerToken
         var r = BenchmarkResult(
             loadSeconds: loadSeconds, prefillTokens: prefill, prefillTokensPerSecond: pp, decodeTokens: decode, decodeTokensPerSecond: tg,
             sgemmBoundTokensPerSecond: gflops * 1e9 / flopsPerToken, sgemmGFLOPS: gflops,
-            bandwidthBoundTokensPerSecond: bw * 1e9 / Double(weightBytes), bandwidthGBps: bw, weightBytes: weightBytes,
+            bandwidthBoundTokensPerSecond: Double(concurrency) * bw * 1e9 / (Double(weightBytes) + kvBytesPerStep), bandwidthGBps: bw, weightBytes: weightBytes,
             peakRSSBytes: peakResidentBytes(), threads: context.threads)
         r.kernels = context.kernels.name
         r.regionsPerDecodedToken = regions
+        r.kvCache = kvCache.description
+        r.kvBytesPerToken = cache.bytesPerToken
+        r.kvPoolBytes = cache.poolBytes
+        r.kvPoolTokens = cache.tokenCapacity
+        r.depth = depth
+        r.concurrency = concurrency
+        r.maxConcurrentSequences = cache.blocks / max(1, cache.blocksNeeded(positions: perSequence))
         return r
     }
 

@@ -100,7 +100,9 @@ public enum Gate {
                 var j = 0
                 var klSum = 0.0, agree = 0
                 var mismatch = false
-                let r = try Perplexity.run(model: cand, tokenizer: tok, textPath: suite.data.text, options: opts, progress: nil, context: context) { logits, vocab, rows, _ in
+                var candOpts = opts
+                candOpts.kvCache = c.kvCache
+                let r = try Perplexity.run(model: cand, tokenizer: tok, textPath: suite.data.text, options: candOpts, progress: nil, context: context) { logits, vocab, rows, _ in
                     guard vocab == base.vocab else { mismatch = true; return }
                     for row in rows where j < base.rows {
                         let (kl, a) = base.compare(row: logits + row * vocab, at: j)
@@ -122,7 +124,7 @@ public enum Gate {
                 if let x = l.meanKLMax { checks.append(GateCheck(metric: "mean_kl", baseline: 0, value: meanKL, limit: x, kind: "max")) }
                 if let x = l.top1Min { checks.append(GateCheck(metric: "top1_agreement", baseline: 1, value: top1, limit: x, kind: "min")) }
                 if l.needsSpeed {
-                    let s = try speedRatios(candidate: cand, baseline: try baseModel().0, limits: l, context: context)
+                    let s = try speedRatios(candidate: cand, baseline: try baseModel().0, limits: l, context: context, kvCache: c.kvCache)
                     if let x = l.prefillSpeedRatioMin { checks.append(GateCheck(metric: "prefill_speed_ratio", baseline: 1, value: s.prefill, limit: x, kind: "min")) }
                     if let x = l.decodeSpeedRatioMin { checks.append(GateCheck(metric: "decode_speed_ratio", baseline: 1, value: s.decode, limit: x, kind: "min")) }
                 }
@@ -151,16 +153,18 @@ public enum Gate {
     /// makes a correct build look slower by chance, while a real slowdown stays below the
     /// floor in every attempt.
     public static func speedRatios(candidate: any CausalLM, baseline: any CausalLM, limits l: GateLimits, context: ComputeContext,
-                                   pairs: Int = 5, attempts: Int = 3, prefill: Int = 128, decode: Int = 32) throws -> (prefill: Double, decode: Double) {
+                                   pairs: Int = 5, attempts: Int = 3, prefill: Int = 128, decode: Int = 32,
+                                   kvCache: KVCacheOptions = KVCacheOptions()) throws -> (prefill: Double, decode: Double) {
         var best = (prefill: 0.0, decode: 0.0)
         for _ in 0..<attempts {
             var pp: [Double] = [], tg: [Double] = []
             for i in 0..<pairs {
-                func once(_ m: any CausalLM) throws -> BenchmarkResult {
-                    try Benchmark.run(model: m, loadSeconds: 0, prefill: prefill, decode: decode, repetitions: 1, context: context, bounds: false)
+                func once(_ m: any CausalLM, _ kv: KVCacheOptions) throws -> BenchmarkResult {
+                    try Benchmark.run(model: m, loadSeconds: 0, prefill: prefill, decode: decode, repetitions: 1, context: context, bounds: false, kvCache: kv)
                 }
                 let b: BenchmarkResult, c: BenchmarkResult
-                if i % 2 == 0 { b = try once(baseline); c = try once(candidate) } else { c = try once(candidate); b = try once(baseline) }
+                if i % 2 == 0 { b = try once(baseline, KVCacheOptions()); c = try once(candidate, kvCache) }
+                else { c = try once(candidate, kvCache); b = try once(baseline, KVCacheOptions()) }
                 pp.append(c.prefillMedian / b.prefillMedian)
                 tg.append(c.decodeMedian / b.decodeMedian)
             }

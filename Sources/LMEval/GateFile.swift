@@ -2,6 +2,7 @@ import Foundation
 import LMCore
 import LMFormats
 import LMQuant
+import LMRuntime
 
 /// A malformed gate file or missing/changed data (exit code 2). `key` is the JSON
 /// path of the offending entry, e.g. `suites[0].candidates[1].limits.top1_min`.
@@ -35,6 +36,8 @@ public enum GateCandidateSource: Sendable {
 public struct GateCandidate: Sendable {
     public var name: String
     public var source: GateCandidateSource
+    /// The KV cache the candidate is measured with (recipe key `kv_cache`; default f32).
+    public var kvCache: KVCacheOptions = KVCacheOptions()
     public var limits: GateLimits
     public var justification: String?
 }
@@ -96,7 +99,7 @@ public struct GateFile: Sendable {
             case let (nil, r?):
                 let rk = ck + ".recipe"
                 let ro = try object(r, rk, allowed: ["source", "scheme", "group_size", "clip", "overrides", "prune", "shard", "kv_cache", "tokenizer"])
-                for reserved in ["prune", "shard", "kv_cache"] where ro.contains(where: { $0.0 == reserved }) {
+                for reserved in ["prune", "shard"] where ro.contains(where: { $0.0 == reserved }) {
                     throw fail(rk + "." + reserved, "reserved for a later release: this lmkit cannot build '\(reserved)' candidates yet")
                 }
                 let source = try expand(try str(r["source"], rk + ".source"), rk + ".source")
@@ -146,6 +149,9 @@ public struct GateFile: Sendable {
             if let sep = d["separator"] { opts.separator = try str(sep, dk + ".separator") }
             _ = try object(sj["baseline"], sk + ".baseline", allowed: ["model", "recipe"])
             let baseline = try source(sj["baseline"]!, sk + ".baseline")
+            if sj["baseline"]?["recipe"]?["kv_cache"] != nil {
+                throw fail(sk + ".baseline.recipe.kv_cache", "the baseline is measured with the f32 cache; give kv_cache to candidates")
+            }
             guard let candJ = sj["candidates"]?.array, !candJ.isEmpty else { throw fail(sk + ".candidates", "must be a non-empty array") }
             var cands: [GateCandidate] = []
             for (ci, cj) in candJ.enumerated() {
@@ -168,7 +174,15 @@ public struct GateFile: Sendable {
                 limits.pplRatioMax = values["ppl_ratio_max"]; limits.pplIncreaseMax = values["ppl_increase_max"]; limits.bpbMax = values["bpb_max"]
                 limits.meanKLMax = values["mean_kl_max"]; limits.top1Min = values["top1_min"]
                 limits.prefillSpeedRatioMin = values["prefill_speed_ratio_min"]; limits.decodeSpeedRatioMin = values["decode_speed_ratio_min"]
-                cands.append(GateCandidate(name: cname, source: src, limits: limits, justification: cj["justification"]?.string))
+                var cand = GateCandidate(name: cname, source: src, limits: limits, justification: cj["justification"]?.string)
+                if let kv = cj["recipe"]?["kv_cache"] {
+                    let kk = ck + ".recipe.kv_cache"
+                    do {
+                        let (k, v) = try KVCacheOptions.parseSchemes(try str(kv, kk), option: "kv_cache")
+                        cand.kvCache = KVCacheOptions(keys: k, values: v)
+                    } catch let e as RuntimeError { throw fail(kk, e.reason) }
+                }
+                cands.append(cand)
             }
             suites.append(GateSuite(name: name, data: GateData(text: text, sha256: sha, options: opts), baseline: baseline, candidates: cands))
         }

@@ -55,14 +55,17 @@ public enum Generation {
     /// Generates up to `maxTokens` tokens after `prompt` (stopping at an EOS id when
     /// `stopAtEOS`). `onToken` is called with each new id (for streaming).
     public static func run(model: any CausalLM, prompt: [Int], maxTokens: Int, sampling: SamplingOptions,
-                           eos: Set<Int>, stopAtEOS: Bool = true, context: ComputeContext, onToken: (Int) -> Void = { _ in }) throws -> GenerationResult {
+                           eos: Set<Int>, stopAtEOS: Bool = true, kvCache: KVCacheOptions = KVCacheOptions(), context: ComputeContext, onToken: (Int) -> Void = { _ in }) throws -> GenerationResult {
         guard !prompt.isEmpty else { throw EvalError("empty prompt and the tokenizer adds no BOS: give --prompt text") }
         let cap = prompt.count + maxTokens
         guard cap <= model.config.maxPositionEmbeddings else {
             throw EvalError("prompt (\(prompt.count)) + --max-tokens (\(maxTokens)) exceeds the model's \(model.config.maxPositionEmbeddings) positions")
         }
         var sampler = Sampler(sampling)
-        let cache = model.makeCache(capacity: cap)
+        let cache = try model.makeCache(capacity: cap, sequences: 1, options: kvCache)
+        guard cache.blocksNeeded(positions: cap) <= cache.blocks else {
+            throw EvalError("KV cache too small: prompt + --max-tokens = \(cap) tokens, the pool holds \(cache.tokenCapacity) (\(cache.options.schemeDescription)); raise --kv-cache-size or --cache-max-entry-count, or lower --max-tokens")
+        }
         let t0 = Date()
         var logits = try model.forward(prompt, cache: cache, logits: .last, context: context)
         let t1 = Date()

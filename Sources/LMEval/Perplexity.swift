@@ -31,8 +31,15 @@ public struct PerplexityOptions: Sendable {
     public var limit: Int?
     /// `documents` only.
     public var separator: String
-    public init(proto: PerplexityProtocol, ctx: Int, stride: Int? = nil, limit: Int? = nil, separator: String = "<|endoftext|>") {
+    /// The model's KV cache (the baseline's is always f32).
+    public var kvCache: KVCacheOptions
+    /// Windows evaluated at once as concurrent sequences sharing the KV pool. Memory:
+    /// the scored logits of `parallel` windows (`parallel × rows × vocab × 4` bytes).
+    public var parallel: Int
+    public init(proto: PerplexityProtocol, ctx: Int, stride: Int? = nil, limit: Int? = nil, separator: String = "<|endoftext|>",
+                kvCache: KVCacheOptions = KVCacheOptions(), parallel: Int = 1) {
         self.proto = proto; self.ctx = ctx; self.stride = stride; self.limit = limit; self.separator = separator
+        self.kvCache = kvCache; self.parallel = parallel
     }
 }
 
@@ -67,6 +74,9 @@ public struct PerplexityResult: Sendable {
     /// Worker threads and kernel set the run used.
     public var threads: Int = 1
     public var kernels: String = ""
+    /// KV cache schemes ("k=f32,v=f32") and windows run at once.
+    public var kvCache: String = ""
+    public var parallel: Int = 1
 
     public var meanKL: Double? { tokenKL.isEmpty ? nil : tokenKL.reduce(0, +) / Double(tokenKL.count) }
     public var top1Agreement: Double? { tokenKL.isEmpty ? nil : Double(top1Agreements) / Double(tokenKL.count) }
@@ -111,7 +121,8 @@ public struct PerplexityResult: Sendable {
                   ("mean_kl", .double(kl)), ("kl_p99", .double(kl99 ?? 0)), ("top1_agreement", .double(t))]
         }
         o += [("seconds", .double(seconds)), ("tokens_per_second", .double(tokensPerSecond)),
-              ("peak_rss_bytes", .int(Int64(peakRSSBytes))), ("threads", .int(Int64(threads))), ("kernels", .string(kernels))]
+              ("peak_rss_bytes", .int(Int64(peakRSSBytes))), ("threads", .int(Int64(threads))), ("kernels", .string(kernels)),
+              ("kv_cache", .string(kvCache)), ("parallel", .int(Int64(parallel)))]
         return .object(o)
     }
 
@@ -128,6 +139,7 @@ public struct PerplexityResult: Sendable {
         if let kl = meanKL, let t = top1Agreement, let bp = baselinePerplexity {
             s += String(format: "baseline   PPL %.4f (ratio %.4f), mean KL %.6f nats (p99 %.5f), top-1 agreement %.2f %%\n", bp, perplexity / bp, kl, kl99 ?? 0, 100 * t)
         }
+        s += "kv cache   \(kvCache)\(parallel > 1 ? ", \(parallel) windows at once" : "")\n"
         s += String(format: "speed      %.1f tokens/s (%d evaluated in %.2f s, %d threads, %@ kernels), peak RSS %.0f MiB\n",
                     tokensPerSecond, tokensEvaluated, seconds, threads, kernels, Double(peakRSSBytes) / 1_048_576)
         return s
@@ -142,8 +154,18 @@ public struct EvalError: Error, CustomStringConvertible {
 
 /// Runs perplexity protocols over a model.
 public enum Perplexity {
-    /// Evaluates `textPath` under `options`.
-    /// - Throws: `EvalError` when the text yields nothing to score under the protocol.
+    /// One window of a protocol: its tokens, the rows whose logits are scored, and the
+    /// token each of those rows predicts.
+    struct Window { var tokens: [Int]; var rows: [Int]; var targets: [Int] }
+
+    /// Evaluates `textPath` under `options`: the protocol's windows, `options.parallel`
+    /// at a time as concurrent sequences of one batch sharing the KV pool (the numbers
+    /// do not depend on `parallel`).
+    /// - Throws: `EvalError` when the text yields nothing to score under the protocol,
+    ///   for `parallel` above the window count, or when the KV pool cannot hold
+    ///   `parallel` windows (before any work); `RuntimeError` for bad KV options.
+    ///   `observer` sees each window's scored logits (`rows` index the `vocab`-wide rows
+    ///   at `logits`) in window order, before scoring rewrites them.
     public static func run(model: any CausalLM, tokenizer: Tokenizer, textPath: String, options: PerplexityOptions,
                            baseline: (any CausalLM)? = nil, progress: Bool? = nil, context: ComputeContext,
                            observer: ((_ logits: UnsafeMutablePointer<Float>, _ vocab: Int, _ rows: [Int], _ targets: [Int]) -> Void)? = nil) throws -> PerplexityResult {
@@ -154,6 +176,7 @@ public enum Perplexity {
         guard options.ctx <= model.config.maxPositionEmbeddings else {
             throw EvalError("--ctx \(options.ctx) exceeds the model's max_position_embeddings (\(model.config.maxPositionEmbeddings))")
         }
+        guard options.parallel >= 1 else { throw EvalError("--parallel must be at least 1, got \(options.parallel)") }
         let text: String
         do { text = try String(contentsOfFile: textPath, encoding: .utf8) } catch {
             throw EvalError("\(textPath): cannot read as UTF-8 text (\(error.localizedDescription))")
@@ -165,48 +188,31 @@ public enum Perplexity {
         var r = PerplexityResult(proto: options.proto, ctx: options.ctx, stride: nil, textPath: textPath, textSHA256: sha,
                                  bosPerWindow: bos != nil, windows: 0, tokensScored: 0, tokensEvaluated: 0, nllSum: 0, nllSqSum: 0,
                                  bytes: nil, seconds: 0, peakRSSBytes: 0, running: [], tokenNLL: [])
-        let cache = model.makeCache(capacity: options.ctx)
-        let baseCache = baseline?.makeCache(capacity: options.ctx)
         if baseline != nil { r.baselineNLLSum = 0 }
         r.threads = context.threads
         r.kernels = context.kernels.name
-        func score(_ window: [Int], rows: [Int], targets: [Int]) throws {
-            cache.reset()
-            var logits = try model.forward(window, cache: cache, logits: .all, context: context)
-            if let observer { logits.withUnsafeMutableBufferPointer { observer($0.baseAddress!, V, rows, targets) } }
-            if let b = baseline, let bc = baseCache {
-                bc.reset()
-                var bl = try b.forward(window, cache: bc, logits: .all, context: context)
-                let (kl, top1) = Scoring.klAndTop1(base: bl, model: logits, vocab: V, rows: rows, context: context)
-                r.tokenKL += kl
-                r.top1Agreements += top1.filter { $0 }.count
-                for x in Scoring.nll(logits: &bl, vocab: V, rows: rows, targets: targets, context: context) { r.baselineNLLSum! += x }
-            }
-            let nll = Scoring.nll(logits: &logits, vocab: V, rows: rows, targets: targets, context: context)
-            for x in nll { r.nllSum += x; r.nllSqSum += x * x }
-            r.tokenNLL += nll
-            r.tokensScored += nll.count
-            r.tokensEvaluated += window.count
-            r.windows += 1
-            r.running.append(exp(r.nllSum / Double(max(r.tokensScored, 1))))
-        }
+        r.kvCache = options.kvCache.description
+        r.parallel = options.parallel
+
+        // The protocol's windows.
+        var windows: [Window] = []
+        let unit: String
         switch options.proto {
         case .chunks:
+            unit = "chunks"
             let ids = tokenizer.encode(text, addBOS: false)
             let n = options.ctx
             var count = ids.count / n
             guard count > 0 else { throw EvalError("\(textPath): \(ids.count) tokens, fewer than one chunk of --ctx \(n)") }
             if let l = options.limit { count = min(count, l) }
-            let first = n / 2
-            let pr = ProgressReporter(label: "perplexity", total: count, unit: " chunks", enabled: progress)
+            let rows = Array((n / 2)..<(n - 1))
             for c in 0..<count {
                 var w = Array(ids[(c * n)..<((c + 1) * n)])
                 if let b = bos { w[0] = b }
-                let rows = Array(first..<(n - 1))
-                try score(w, rows: rows, targets: rows.map { w[$0 + 1] })
-                pr.update(c + 1, extra: String(format: "PPL %.4f", r.running.last!))
+                windows.append(Window(tokens: w, rows: rows, targets: rows.map { w[$0 + 1] }))
             }
         case .sliding:
+            unit = "windows"
             let ids = tokenizer.encode(text)
             let stride = options.stride ?? options.ctx / 2
             guard stride >= 1 && stride <= options.ctx else { throw EvalError("--stride must be between 1 and --ctx") }
@@ -217,34 +223,83 @@ public enum Perplexity {
             var b = 0
             while true { begins.append(b); if b + options.ctx >= ids.count { break }; b += stride }
             if let l = options.limit { begins = Array(begins.prefix(l)) }
-            let pr = ProgressReporter(label: "perplexity", total: begins.count, unit: " windows", enabled: progress)
             var prevEnd = 0
-            for (i, b) in begins.enumerated() {
+            for b in begins {
                 let end = min(b + options.ctx, ids.count)
-                let w = Array(ids[b..<end])
-                let firstTarget = max(prevEnd, b + 1)
-                let targetsPos = Array(firstTarget..<end)
-                try score(w, rows: targetsPos.map { $0 - b - 1 }, targets: targetsPos.map { ids[$0] })
+                let targetsPos = Array(max(prevEnd, b + 1)..<end)
+                windows.append(Window(tokens: Array(ids[b..<end]), rows: targetsPos.map { $0 - b - 1 }, targets: targetsPos.map { ids[$0] }))
                 prevEnd = end
-                pr.update(i + 1, extra: String(format: "PPL %.4f", r.running.last!))
             }
         case .documents:
+            unit = "docs"
             var docs = TextDocuments.split(text, separator: options.separator)
             guard !docs.isEmpty else { throw EvalError("\(textPath): no documents (separator '\(options.separator)')") }
             if let l = options.limit { docs = Array(docs.prefix(l)) }
             var bytes = 0
-            let pr = ProgressReporter(label: "perplexity", total: docs.count, unit: " docs", enabled: progress)
-            for (i, d) in docs.enumerated() {
+            for d in docs {
                 var ids = tokenizer.encode(d, addBOS: false)
                 if let b = bos { ids.insert(b, at: 0) }
                 ids = Array(ids.prefix(options.ctx))
                 guard ids.count >= 2 else { continue }
                 let scored = Array(ids[1...])
                 bytes += tokenizer.decode(scored).utf8.count
-                try score(ids, rows: Array(0..<(ids.count - 1)), targets: scored)
-                pr.update(i + 1, extra: String(format: "PPL %.4f", r.running.last!))
+                windows.append(Window(tokens: ids, rows: Array(0..<(ids.count - 1)), targets: scored))
             }
             r.bytes = bytes
+            guard !windows.isEmpty else { throw EvalError("\(textPath): no document has 2 or more tokens") }
+        }
+        let P = options.parallel
+        guard P <= windows.count else {
+            throw EvalError("--parallel \(P) is larger than the number of \(unit) (\(windows.count)); use at most \(windows.count)")
+        }
+
+        // The pool must hold `P` windows at once: say so before running.
+        let longest = windows.map(\.tokens.count).max()!
+        let cache = try model.makeCache(capacity: options.ctx, sequences: P, options: options.kvCache)
+        let need = P * cache.blocksNeeded(positions: longest)
+        guard need <= cache.blocks else {
+            throw EvalError("KV cache too small: --parallel \(P) × \(longest) tokens need \(need) blocks (\(need * cache.blockSize) tokens), the pool holds \(cache.blocks) blocks (\(cache.tokenCapacity) tokens, \(cache.options.schemeDescription)); raise --kv-cache-size or --cache-max-entry-count, or lower --parallel or --ctx")
+        }
+        let baseCache = try baseline?.makeCache(capacity: options.ctx, sequences: P)
+
+        let pr = ProgressReporter(label: "perplexity", total: windows.count, unit: " " + unit, enabled: progress)
+        var g = 0
+        while g < windows.count {
+            let group = windows[g..<min(g + P, windows.count)]
+            var batch = Batch()
+            var logitRows: [Int] = []
+            for (j, w) in group.enumerated() {
+                logitRows += w.rows.map { batch.count + $0 }
+                batch.append(w.tokens, sequence: j, start: 0)
+            }
+            cache.reset()
+            var logits = try model.forward(batch, cache: cache, logits: .rows(logitRows), context: context, hooks: nil)
+            var bl: [Float] = []
+            if let b = baseline, let bc = baseCache {
+                bc.reset()
+                bl = try b.forward(batch, cache: bc, logits: .rows(logitRows), context: context, hooks: nil)
+            }
+            var off = 0
+            for w in group {
+                let rows = Array(off..<(off + w.rows.count))
+                if let observer { logits.withUnsafeMutableBufferPointer { observer($0.baseAddress!, V, rows, w.targets) } }
+                if baseline != nil {
+                    let (kl, top1) = Scoring.klAndTop1(base: bl, model: logits, vocab: V, rows: rows, context: context)
+                    r.tokenKL += kl
+                    r.top1Agreements += top1.filter { $0 }.count
+                    for x in Scoring.nll(logits: &bl, vocab: V, rows: rows, targets: w.targets, context: context) { r.baselineNLLSum! += x }
+                }
+                let nll = Scoring.nll(logits: &logits, vocab: V, rows: rows, targets: w.targets, context: context)
+                for x in nll { r.nllSum += x; r.nllSqSum += x * x }
+                r.tokenNLL += nll
+                r.tokensScored += nll.count
+                r.tokensEvaluated += w.tokens.count
+                r.windows += 1
+                r.running.append(exp(r.nllSum / Double(max(r.tokensScored, 1))))
+                off += w.rows.count
+            }
+            g += group.count
+            pr.update(g, extra: String(format: "PPL %.4f", r.running.last!))
         }
         r.seconds = Date().timeIntervalSince(start)
         r.peakRSSBytes = peakResidentBytes()

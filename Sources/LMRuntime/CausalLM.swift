@@ -38,6 +38,8 @@ public enum Logits: Sendable {
     case all
     /// The last token of each span: `[spans, vocab]`.
     case last
+    /// These token indices of the batch, in this order: `[rows.count, vocab]`.
+    case rows([Int])
     case none
 }
 
@@ -80,15 +82,21 @@ public protocol CausalLM: AnyObject, Sendable {
     var weightBytes: Int { get }
     /// Bytes one decode step streams (every matrix but an embedding used only for lookups).
     var decodeStreamBytes: Int { get }
-    /// A cache for `sequences` sequences of up to `capacity` positions.
-    func makeCache(capacity: Int, sequences: Int) -> KVCache
+    /// A cache for `sequences` sequences of up to `capacity` positions each, in the
+    /// schemes and pool size of `options`.
+    /// - Throws: `RuntimeError` for options this model's shape cannot use or a budget
+    ///   that does not hold one block.
+    func makeCache(capacity: Int, sequences: Int, options: KVCacheOptions) throws -> KVCache
     /// Runs `batch`, stores its K/V in `cache` and advances each sequence.
     /// - Throws: `RuntimeError` for bad token ids, positions or cache slots.
     func forward(_ batch: Batch, cache: KVCache, logits: Logits, context: ComputeContext, hooks: ForwardHooks?) throws -> [Float]
 }
 
 extension CausalLM {
-    public func makeCache(capacity: Int) -> KVCache { makeCache(capacity: capacity, sequences: 1) }
+    /// An f32 cache sized for exactly `sequences × capacity` positions.
+    public func makeCache(capacity: Int, sequences: Int = 1) throws -> KVCache {
+        try makeCache(capacity: capacity, sequences: sequences, options: KVCacheOptions())
+    }
 
     /// One sequence (slot 0) continuing at `cache.count`.
     public func forward(_ tokens: [Int], cache: KVCache, logits: Logits = .all, context: ComputeContext) throws -> [Float] {

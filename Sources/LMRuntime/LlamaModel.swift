@@ -132,8 +132,8 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     public var decodeStreamBytes: Int { weightBytes - (lmHead === embedding ? 0 : embedding.storageBytes) }
 
     /// A float KV cache for `sequences` sequences of up to `capacity` positions.
-    public func makeCache(capacity: Int, sequences: Int) -> KVCache {
-        FloatKVCache(layers: config.numLayers, kvHeads: config.numKVHeads, headDim: config.headDim, capacity: capacity, sequences: sequences)
+    public func makeCache(capacity: Int, sequences: Int, options: KVCacheOptions) throws -> KVCache {
+        try KVCache(layers: config.numLayers, kvHeads: config.numKVHeads, headDim: config.headDim, capacity: capacity, sequences: sequences, options: options)
     }
 
     /// Buffers of one forward call (from the context's workspace).
@@ -160,6 +160,8 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                 throw RuntimeError("context overflow: sequence \(sp.sequence) has \(sp.start) cached + \(sp.count) new positions > the cache's capacity \(cache.capacity)")
             }
         }
+        // Blocks for every span before any work, so a full pool fails the call cleanly.
+        for sp in batch.spans { try cache.reserve(sequence: sp.sequence, positions: sp.start + sp.count) }
     }
 
     /// Runs `batch` on `context` through the stages embed → layer 0…n−1 → final norm →
@@ -167,6 +169,9 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     /// - Throws: `RuntimeError` for an empty batch, a token id outside the vocabulary, a
     ///   bad sequence slot or start, or positions beyond the cache's capacity.
     public func forward(_ batch: Batch, cache: KVCache, logits: Logits, context: ComputeContext, hooks: ForwardHooks?) throws -> [Float] {
+        if case let .rows(r) = logits, !r.allSatisfy({ $0 >= 0 && $0 < batch.count }) {
+            throw RuntimeError("logits row outside the batch's \(batch.count) tokens")
+        }
         try validate(batch, cache: cache)
         let c = config
         let T = batch.count
@@ -180,7 +185,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                         k: ws.buffer(3, T * kvDim), v: ws.buffer(4, T * kvDim), att: ws.buffer(5, T * qDim),
                         g: ws.buffer(6, T * F), u: ws.buffer(7, T * F),
                         scores: ws.buffer(8, context.threads * min(maxSpan, Self.queryBlock) * S),
-                        kvScratch: ws.buffer(9, context.threads * 2 * S * c.headDim))
+                        kvScratch: ws.buffer(9, context.threads * cache.blockSize * c.headDim))
         embed(batch, into: b.x)
         let rope = self.rope.upTo(S)
         for li in 0..<layers.count {
@@ -192,6 +197,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         case .none: return []
         case .last: rows = batch.spans.map { $0.first + $0.count - 1 }
         case .all: rows = Array(0..<T)
+        case let .rows(r): rows = r
         }
         for (j, t) in rows.enumerated() { Ops.rmsNorm(b.x + t * D, finalNorm, b.xn + j * D, D, eps: c.rmsNormEps) }
         var out = [Float](repeating: 0, count: rows.count * c.vocabSize)
@@ -260,10 +266,11 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     /// skipped (causal), which halves prefill attention work.
     static let queryBlock = 64
 
-    /// Causal grouped-query attention of every span of `batch`, reading K/V through
-    /// `cache` once per (span, KV head, query block): the query heads of a group are
-    /// processed together against that one read. Jobs run in parallel; within a job,
-    /// blocks of `queryBlock` rows use `sgemm` for QKᵀ and PV (decode: dot products).
+    /// Causal grouped-query attention of every span of `batch`, reading K/V from the
+    /// cache's pages per (span, KV head, query block); jobs run in parallel. Decode rows
+    /// use the fused paged kernel (scores and weighted sums on the stored codes);
+    /// blocks of `queryBlock` rows use `sgemm` per page for QKᵀ and PV, each page read
+    /// in place (f32) or dequantized into a one-page tile.
     func attention(layer li: Int, batch: Batch, q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
                    cache: KVCache, scores: UnsafeMutablePointer<Float>, kvScratch: UnsafeMutablePointer<Float>, context: ComputeContext) {
         let c = config
@@ -285,38 +292,52 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         let sp = SendablePointer(scores), ks = SendablePointer(kvScratch), ap = SendablePointer(out), qp = SendablePointer(q)
         let cacheBox = UncheckedBox(cache)
         let kernels = context.kernels
+        let bs = cache.blockSize, kScheme = cache.keyScheme, vScheme = cache.valueScheme
         context.parallelFor(jobs.count) { j, w in
             let sc = sp.p + w * B * S
-            let scratchK = ks.p + w * 2 * S * hd, scratchV = scratchK + S * hd
-            do {
-                let job = jobs[j]
-                let span = spans[job.span]
-                let rows = min(Self.queryBlock, span.count - job.t0)
-                let p0 = span.start + job.t0       // position of the block's first query
-                let keys = p0 + rows               // causal: later keys are masked for every row of this block
-                let K = cacheBox.value.keys(layer: li, sequence: span.sequence, head: job.kvh, upTo: keys, scratch: scratchK)
-                let V = cacheBox.value.values(layer: li, sequence: span.sequence, head: job.kvh, upTo: keys, scratch: scratchV)
-                let row0 = span.first + job.t0     // token index of the block's first query
-                for g in 0..<group {
-                    let h = job.kvh * group + g
-                    if span.count <= 3 {
-                        // Decode: dot products and a weighted sum, no sgemm (its packing costs
-                        // more than the arithmetic for one query row).
-                        for r in 0..<rows {
-                            kernels.attend(q: qp.p + (row0 + r) * qDim + h * hd, keys: K, values: V, count: p0 + r + 1, headDim: hd,
-                                           scale: scale, scores: sc, out: ap.p + (row0 + r) * qDim + h * hd)
-                        }
-                    } else {
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(keys), Int32(hd),
-                                    scale, qp.p + row0 * qDim + h * hd, Int32(qDim), K, Int32(hd), 0, sc, Int32(keys))
-                        for r in 0..<rows {
-                            let row = sc + r * keys
-                            let valid = p0 + r + 1
-                            kernels.softmax(row, valid)
-                            if valid < keys { (row + valid).update(repeating: 0, count: keys - valid) }
-                        }
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(hd), Int32(keys),
-                                    1, sc, Int32(keys), V, Int32(hd), 0, ap.p + row0 * qDim + h * hd, Int32(qDim))
+            let tile = ks.p + w * bs * hd
+            let job = jobs[j]
+            let span = spans[job.span]
+            let rows = min(Self.queryBlock, span.count - job.t0)
+            let p0 = span.start + job.t0       // position of the block's first query
+            let keys = p0 + rows               // causal: later keys are masked for every row of this block
+            var view = cacheBox.value.view(layer: li, sequence: span.sequence, head: job.kvh)
+            let row0 = span.first + job.t0     // token index of the block's first query
+            // A page of block i (K or V) as floats: f32 pages are read in place, the other
+            // schemes are dequantized into this worker's tile (one page at a time).
+            func page(_ base: UnsafePointer<UInt8>, _ scheme: KVScheme, _ i: Int, _ n: Int) -> UnsafePointer<Float> {
+                let p = UnsafeRawPointer(base) + Int(view.table[i]) * Int(view.stride)
+                if scheme == .f32 { return p.assumingMemoryBound(to: Float.self) }
+                kernels.kvDequant(scheme, page: p, blockSize: bs, count: n, headDim: hd, out: tile)
+                return UnsafePointer(tile)
+            }
+            for g in 0..<group {
+                let h = job.kvh * group + g
+                if span.count <= 3 {
+                    // Decode: the fused kernel reads the pages (codes) directly.
+                    for r in 0..<rows {
+                        kernels.attendPaged(q: qp.p + (row0 + r) * qDim + h * hd, view: &view, count: p0 + r + 1, headDim: hd,
+                                            scale: scale, scores: sc, out: ap.p + (row0 + r) * qDim + h * hd)
+                    }
+                } else {
+                    let pages = (keys + bs - 1) / bs
+                    for i in 0..<pages {
+                        let n = min(bs, keys - i * bs)
+                        let K = page(view.kbase, kScheme, i, n)
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(n), Int32(hd),
+                                    scale, qp.p + row0 * qDim + h * hd, Int32(qDim), K, Int32(hd), 0, sc + i * bs, Int32(keys))
+                    }
+                    for r in 0..<rows {
+                        let row = sc + r * keys
+                        let valid = p0 + r + 1
+                        kernels.softmax(row, valid)
+                        if valid < keys { (row + valid).update(repeating: 0, count: keys - valid) }
+                    }
+                    for i in 0..<pages {
+                        let n = min(bs, keys - i * bs)
+                        let V = page(view.vbase, vScheme, i, n)
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(hd), Int32(n),
+                                    1, sc + i * bs, Int32(keys), V, Int32(hd), i == 0 ? 0 : 1, ap.p + row0 * qDim + h * hd, Int32(qDim))
                     }
                 }
             }

@@ -9,6 +9,7 @@ struct GenerateCommand: ParsableCommand {
         abstract: "Generate text from a prompt (greedy by default; --temperature/--top-p/--seed to sample).")
 
     @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup(title: "KV cache") var kv: KVOptions
     @Option(help: "Prompt text (the tokenizer's BOS is added when it adds one).")
     var prompt: String = ""
     @Option(help: "Tokens to generate.")
@@ -44,7 +45,7 @@ struct GenerateCommand: ParsableCommand {
         var all = promptIds
         let r = try Generation.run(model: model, prompt: promptIds, maxTokens: maxTokens,
                                    sampling: SamplingOptions(temperature: temperature, topP: topP, seed: seed),
-                                   eos: eos, stopAtEOS: !ignoreEOS, context: context) { id in
+                                   eos: eos, stopAtEOS: !ignoreEOS, kvCache: try kv.options(), context: context) { id in
             all.append(id)
             if ids { print(id, terminator: " ") } else {
                 let text = tok.decode(all)

@@ -45,3 +45,36 @@ func writeJSON(_ j: JSON, to path: String) throws {
 }
 
 func printErr(_ s: String) { FileHandle.standardError.write((s + "\n").data(using: .utf8)!) }
+
+/// KV cache options shared by perplexity, generate and bench (formats/kv-cache.md).
+struct KVOptions: ParsableArguments {
+    @Option(name: .customLong("kv-cache"),
+            help: "KV cache schemes: k=SCHEME,v=SCHEME, or one scheme for both. f32 (default), f16, bf16, int8, int4 (int: asymmetric per token and KV head).")
+    var kvCache: String?
+    @Option(name: .customLong("quant-policy"), help: "LMDeploy's KV quantization: 0 (float), 8 (int8 K and V) or 4 (int4 K and V).")
+    var quantPolicy: Int?
+    @Option(name: .customLong("cache-block-seq-len"), help: "Tokens per KV cache block.")
+    var blockSize: Int = KVCacheOptions.defaultBlockSize
+    @Option(name: .customLong("cache-max-entry-count"),
+            help: "KV pool as a share in (0, 1] of the memory available at start (MemAvailable, or the cgroup limit when smaller).")
+    var maxEntryCount: Double?
+    @Option(name: .customLong("kv-cache-size"), help: "KV pool size: bytes, or with a unit (64MiB, 512M, 2G).")
+    var kvCacheSize: String?
+
+    func validate() throws {
+        if kvCache != nil && quantPolicy != nil { throw ValidationError("give --kv-cache or --quant-policy, not both") }
+        if maxEntryCount != nil && kvCacheSize != nil { throw ValidationError("give --cache-max-entry-count or --kv-cache-size, not both") }
+        if let f = maxEntryCount, !(f > 0 && f <= 1) { throw ValidationError("--cache-max-entry-count must be in (0, 1], got \(f)") }
+        guard blockSize >= 1 && blockSize <= 1024 else { throw ValidationError("--cache-block-seq-len must be in 1...1024, got \(blockSize)") }
+        do { _ = try options() } catch let e as RuntimeError { throw ValidationError(e.description) }
+    }
+
+    /// The cache options these flags describe.
+    func options() throws -> KVCacheOptions {
+        let (k, v) = try quantPolicy.map { try KVCacheOptions.quantPolicy($0) } ?? kvCache.map { try KVCacheOptions.parseSchemes($0) } ?? (.f32, .f32)
+        var budget: KVBudget? = nil
+        if let f = maxEntryCount { budget = .fraction(f) }
+        if let s = kvCacheSize { budget = .bytes(try KVBudget.parseBytes(s)) }
+        return KVCacheOptions(keys: k, values: v, blockSize: blockSize, budget: budget)
+    }
+}

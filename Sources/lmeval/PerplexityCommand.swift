@@ -23,6 +23,7 @@ struct PerplexityCommand: ParsableCommand {
         """)
 
     @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup(title: "KV cache") var kv: KVOptions
     @Option(help: "UTF-8 text file to evaluate.")
     var text: String
     @Option(name: .customLong("protocol"), help: "chunks | sliding | documents.")
@@ -37,10 +38,13 @@ struct PerplexityCommand: ParsableCommand {
     var separator: String = "<|endoftext|>"
     @Option(help: "Baseline model (HF folder or .lmpk): adds its PPL, mean KL(baseline ‖ model) and top-1 agreement.")
     var baseline: String?
+    @Option(help: "Evaluate this many windows at once, as concurrent sequences sharing the KV pool (same numbers as 1).")
+    var parallel: Int = 1
     @Option(help: "Write every number as JSON to this file.")
     var json: String?
 
     func validate() throws {
+        guard parallel >= 1 else { throw ValidationError("--parallel must be at least 1") }
         guard ctx >= 2 else { throw ValidationError("--ctx must be at least 2") }
         if let c = chunks, c < 1 { throw ValidationError("--chunks must be at least 1") }
         if stride != nil && proto != .sliding { throw ValidationError("--stride applies to --protocol sliding only") }
@@ -49,13 +53,19 @@ struct PerplexityCommand: ParsableCommand {
 
     func run() throws {
         let context = try modelOptions.context()
+        let kvOptions = try kv.options()
         let (model, tok) = try modelOptions.load()
+        if !kvOptions.isDefault || kvOptions.budget != nil || parallel > 1 {
+            printErr(try model.makeCache(capacity: ctx, sequences: parallel, options: kvOptions).summary)
+        }
         guard ctx <= model.config.maxPositionEmbeddings else {
             throw EvalError("--ctx \(ctx) exceeds the model's max_position_embeddings (\(model.config.maxPositionEmbeddings))")
         }
         let base = try baseline.map { try ModelLoader.load($0).0 }
         let r = try Perplexity.run(model: model, tokenizer: tok, textPath: text,
-                                   options: PerplexityOptions(proto: proto, ctx: ctx, stride: stride, limit: chunks, separator: separator), baseline: base, context: context)
+                                   options: PerplexityOptions(proto: proto, ctx: ctx, stride: stride, limit: chunks, separator: separator,
+                                                              kvCache: kvOptions, parallel: parallel),
+                                   baseline: base, context: context)
         print(r.summary(model: modelOptions.model), terminator: "")
         if let json { try writeJSON(r.json(model: modelOptions.model), to: json) }
     }

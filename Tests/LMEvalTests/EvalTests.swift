@@ -88,7 +88,7 @@ struct ProtocolTests {
         }
         // One window covering the whole text vs. an independent decode loop.
         let r = try Perplexity.run(model: model, tokenizer: tok, textPath: textPath, options: PerplexityOptions(proto: .sliding, ctx: ids.count), progress: false, context: cc)
-        let cache = model.makeCache(capacity: ids.count)
+        let cache = try model.makeCache(capacity: ids.count)
         var nll = 0.0
         for t in 0..<(ids.count - 1) {
             let l = try model.forward([ids[t]], cache: cache, logits: .last, context: cc)

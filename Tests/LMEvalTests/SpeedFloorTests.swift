@@ -13,10 +13,12 @@ final class SlowedModel: CausalLM, @unchecked Sendable {
     var config: ModelConfig { inner.config }
     var weightBytes: Int { inner.weightBytes }
     var decodeStreamBytes: Int { inner.decodeStreamBytes }
-    func makeCache(capacity: Int, sequences: Int) -> KVCache { inner.makeCache(capacity: capacity, sequences: sequences) }
+    func makeCache(capacity: Int, sequences: Int, options: KVCacheOptions) throws -> KVCache {
+        try inner.makeCache(capacity: capacity, sequences: sequences, options: options)
+    }
     func forward(_ batch: Batch, cache: KVCache, logits: Logits, context: ComputeContext, hooks: ForwardHooks?) throws -> [Float] {
         for _ in 1..<factor {
-            let scratch = inner.makeCache(capacity: cache.capacity, sequences: cache.sequences)
+            let scratch = try inner.makeCache(capacity: cache.capacity, sequences: cache.sequences, options: cache.options)
             var b = Batch()
             for sp in batch.spans { b.append(Array(batch.tokens[sp.first..<(sp.first + sp.count)]), sequence: sp.sequence, start: 0) }
             _ = try inner.forward(b, cache: scratch, logits: logits, context: context, hooks: hooks)

@@ -63,7 +63,7 @@ struct ConcurrencyTests {
         let ids = Array(0..<45).map { ($0 * 31 + 7) % 300 }
         @Sendable func run(_ m: LlamaModel, _ ctx: ComputeContext) throws -> [Float] {
             var out = try m.forward(ids, cache: m.makeCache(capacity: 64), context: ctx)
-            let cache = m.makeCache(capacity: 64)
+            let cache = try m.makeCache(capacity: 64)
             _ = try m.forward(Array(ids[0..<30]), cache: cache, logits: .none, context: ctx)
             for t in 30..<45 { out += try m.forward([ids[t]], cache: cache, logits: .last, context: ctx) }
             return out
@@ -102,7 +102,7 @@ struct ConcurrencyTests {
         #expect(throws: RuntimeError.self) { try m.forward([m.config.vocabSize], cache: m.makeCache(capacity: 8), context: ctx) }
         #expect(throws: RuntimeError.self) { try m.forward([-1], cache: m.makeCache(capacity: 8), context: ctx) }
         #expect(throws: RuntimeError.self) { try m.forward([], cache: m.makeCache(capacity: 8), context: ctx) }
-        let cache = m.makeCache(capacity: 4)
+        let cache = try m.makeCache(capacity: 4)
         _ = try m.forward([1, 2, 3], cache: cache, context: ctx)
         #expect(throws: RuntimeError.self) { try m.forward([4, 5], cache: cache, context: ctx) }
         #expect(cache.count == 3)

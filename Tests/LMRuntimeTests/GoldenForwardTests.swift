@@ -27,14 +27,14 @@ struct GoldenForwardTests {
         let ref = try SafetensorsFile(path: root + "/reference/stories260k/reference.safetensors")
         let ids = try ref["input_ids"]!.toInts()
         let want = try ref["logits"]!.toFloat()
-        let cache = model.makeCache(capacity: 256)
+        let cache = try model.makeCache(capacity: 256)
         let got = try model.forward(ids, cache: cache, logits: .all, context: ctx)
         let r = compareLogits(got, want, vocab: 512)
         print("stories260K prefill: argmax mismatches \(r.argmaxMismatches), max |Δ| \(r.maxAbs), mean |Δ| \(r.meanAbs)")
         #expect(r.argmaxMismatches == 0)
         #expect(r.maxAbs <= 1e-3)
         // Decode path: one token at a time through the cache.
-        let cache2 = model.makeCache(capacity: 256)
+        let cache2 = try model.makeCache(capacity: 256)
         var stepwise: [Float] = []
         for id in ids { stepwise += try model.forward([id], cache: cache2, logits: .last, context: ctx) }
         let r2 = compareLogits(stepwise, want, vocab: 512)

@@ -151,14 +151,14 @@ struct QuantizedModelTests {
         #expect(d <= limit, "\(name): max |Δlogit| vs float \(d)")
         // Decode path (float-activation kernels) agrees with prefill for the quantized model.
         q.setIntegerDecode(false)
-        let cache = q.makeCache(capacity: 64)
+        let cache = try q.makeCache(capacity: 64)
         _ = try q.forward(Array(ids[0..<39]), cache: cache, logits: .none, context: ctx)
         let last = try q.forward([ids[39]], cache: cache, logits: .last, context: ctx)
         let d2 = zip(last, b.suffix(spec.vocab)).map { abs($0 - $1) }.max()!
         #expect(d2 <= 2e-4, "\(name): decode vs prefill \(d2)")
         // Integer-activation decode: close to prefill (activation rounding only).
         q.setIntegerDecode(true)
-        let cache2 = q.makeCache(capacity: 64)
+        let cache2 = try q.makeCache(capacity: 64)
         _ = try q.forward(Array(ids[0..<39]), cache: cache2, logits: .none, context: ctx)
         let last2 = try q.forward([ids[39]], cache: cache2, logits: .last, context: ctx)
         let d3 = zip(last2, b.suffix(spec.vocab)).map { abs($0 - $1) }.max()!

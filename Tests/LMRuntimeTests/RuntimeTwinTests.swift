@@ -45,7 +45,7 @@ struct RuntimeTwinTests {
         for t in ids.indices { for v in 0..<spec.vocab { maxd = max(maxd, abs(got[t * spec.vocab + v] - Float(want[t][v]))) } }
         #expect(maxd <= Self.logitTolerance, "\(label): prefill max |Δ| \(maxd)")
         // Mixed: a 40-token prefill then one token at a time.
-        let cache = model.makeCache(capacity: 128)
+        let cache = try model.makeCache(capacity: 128)
         _ = try model.forward(Array(ids[0..<40]), cache: cache, logits: .none, context: ctx)
         var maxd2: Float = 0
         for t in 40..<ids.count {
@@ -67,7 +67,7 @@ struct RuntimeTwinTests {
             let ctx = ComputeContext(threads: threads)
             // 70 tokens × 256 × 704 is far above the 2^18 serial threshold of every matmul here.
             var out = try model.forward(ids, cache: model.makeCache(capacity: 80), context: ctx)
-            let cache = model.makeCache(capacity: 80)
+            let cache = try model.makeCache(capacity: 80)
             _ = try model.forward(Array(ids[0..<60]), cache: cache, logits: .none, context: ctx)
             for t in 60..<70 { out += try model.forward([ids[t]], cache: cache, logits: .last, context: ctx) }
             return out

@@ -26,7 +26,7 @@ struct StagedForwardTests {
         let ctx = ComputeContext(threads: 2)
         let a = Array(0..<37).map { ($0 * 13 + 5) % 300 }, b = Array(0..<70).map { ($0 * 29 + 1) % 300 }
         let alone = try [a, b].map { try m.forward($0, cache: m.makeCache(capacity: 80), logits: .all, context: ctx) }
-        let cache = m.makeCache(capacity: 80, sequences: 3)
+        let cache = try m.makeCache(capacity: 80, sequences: 3)
         var batch = Batch(a, sequence: 2, start: 0)
         batch.append(b, sequence: 0, start: 0)
         let both = try m.forward(batch, cache: cache, logits: .all, context: ctx, hooks: nil)
@@ -36,7 +36,7 @@ struct StagedForwardTests {
         #expect(da <= Self.batchTolerance && db <= Self.batchTolerance, "batched vs alone: \(da), \(db)")
         #expect(cache.count(2) == a.count && cache.count(0) == b.count && cache.count(1) == 0)
         // Batched decode: one token per sequence, both in one call; same kernels per token.
-        let cacheA = m.makeCache(capacity: 80), cacheB = m.makeCache(capacity: 80)
+        let cacheA = try m.makeCache(capacity: 80), cacheB = try m.makeCache(capacity: 80)
         _ = try m.forward(a, cache: cacheA, logits: .none, context: ctx)
         _ = try m.forward(b, cache: cacheB, logits: .none, context: ctx)
         let la = try m.forward([7], cache: cacheA, logits: .last, context: ctx), lb = try m.forward([9], cache: cacheB, logits: .last, context: ctx)

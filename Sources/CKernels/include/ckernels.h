@@ -44,6 +44,60 @@ typedef struct lmk_exp_kernels {
     void (*attend)(const float *q, const float *K, const float *V, int n, int hd, float scale, float *scores, float *out);
 } lmk_exp_kernels;
 
+/// KV-cache schemes of one page (K or V of `bs` token rows of one (layer, block, KV head)).
+/// Page layouts (formats/kv-cache.md), for a head dimension `hd` (even):
+/// - LMK_KV_F32: bs·hd floats, row t at t·hd.
+/// - LMK_KV_F16 / LMK_KV_BF16: bs·hd uint16 (IEEE half / bfloat16, round to nearest even).
+/// - LMK_KV_INT8: bs (scale, min) pairs as float16 (4 bytes a row, row t at 4t), then
+///   bs·hd uint8 codes (row t at 4·bs + t·hd); x = min + scale·code, code 0..255.
+/// - LMK_KV_INT4: bs (scale, min) pairs as float16, then bs·hd/2 bytes (row t at
+///   4·bs + t·hd/2): byte i holds channel i in its low nibble and channel i + hd/2 in
+///   its high nibble; x = min + scale·code, code 0..15.
+/// Integer rows are asymmetric per row: min is rounded down to float16 and scale =
+/// (max − min16)/qmax rounded up, so every value is within scale/2 of its code
+/// (code = round-half-even((x − min16)/scale16), all 0 for a constant row); a row
+/// holding NaN or ±Inf (or whose min or scale overflows float16) stores NaN scale and
+/// min (0x7E00), so everything read from it is NaN.
+enum { LMK_KV_F32 = 0, LMK_KV_F16 = 1, LMK_KV_BF16 = 2, LMK_KV_INT8 = 3, LMK_KV_INT4 = 4, LMK_KV_SCHEMES = 5 };
+
+/// Bytes of one page of `scheme` (not padded); −1 for an unknown scheme, a negative
+/// size, or an odd `hd` with int4.
+int64_t lmk_kv_page_bytes(int scheme, int bs, int hd);
+
+/// Writes row `t` (< bs) of a page from `hd` floats (quantizes on write). The same
+/// function at every level, so a cache's bytes do not depend on the CPU.
+void lmk_kv_store_row(int scheme, const float *x, void *page, int bs, int t, int hd);
+
+/// Page kernels of one level, indexed by scheme (kernels_kv.c). Every level gives the
+/// same bits (one 16-lane source, explicit FMAs, no contraction). Rows t ≥ n of a page
+/// are never read. Arithmetic: f32 score is the dot of `attend` (lane FMAs, lanes summed
+/// in order, scalar tail) and f32 accum its FMA loop, so `lmk_attend_paged` over f32
+/// pages equals `attend`; f16/bf16 sum the 16 lanes by a halving tree; int score is
+/// (scale16_t·Σ q_c·code_tc + min16_t·Σ q_c)·scale and int accum
+/// acc_c += Σ_t (p_t·scale16_t)·code_tc + Σ_t p_t·min16_t (codes only, no float copy).
+typedef struct lmk_kv_kernels {
+    /// out[t] = scale · (q · k_t) for rows t < n of the page.
+    void (*score[LMK_KV_SCHEMES])(const float *q, const void *page, int bs, int n, int hd, float scale, float *out);
+    /// acc[c] += Σ_{t<n} p[t] · v_t[c] for c < hd.
+    void (*accum[LMK_KV_SCHEMES])(const float *p, const void *page, int bs, int n, int hd, float *acc);
+    /// out[t·hd + c] = row t of the page as floats, t < n (the reference twin's input and
+    /// prefill's tile): a copy (f32), exact (f16, bf16), min16 + scale16·code with two
+    /// roundings, no FMA (int8, int4).
+    void (*dequant[LMK_KV_SCHEMES])(const void *page, int bs, int n, int hd, float *out);
+} lmk_kv_kernels;
+
+/// A paged history of one (sequence, layer, KV head): block i's K page is at
+/// `kbase + table[i]·stride`, its V page at `vbase + table[i]·stride`.
+typedef struct lmk_kv_view {
+    const uint8_t *kbase;
+    const uint8_t *vbase;
+    const int32_t *table;
+    int64_t stride;
+    int bs;
+    int kscheme;
+    int vscheme;
+} lmk_kv_view;
+
 /// One level's kernels. Tables live in static const storage.
 typedef struct lmk_kernels {
     /// "generic", "avx2" or "avx512vnni".
@@ -67,7 +121,16 @@ typedef struct lmk_kernels {
                       int ngroups, int group, const int8_t *qx, const float *dx, float *out);
     /// exp / max / softmax rows.
     const lmk_exp_kernels *exp;
+    /// KV-cache page kernels.
+    const lmk_kv_kernels *kv;
 } lmk_kernels;
+
+/// Decode attention of one query row over `n` positions of a paged history, with the
+/// kernels of `k`: scores[j] = scale · q·K_j (page by page), softmax over the n scores
+/// (`k->exp->softmax`), out = Σ_j scores[j]·V_j (page by page, `out` zeroed first).
+/// `scores` holds n floats. With f32 pages this is bit-identical to `k->exp->attend`
+/// on the same rows laid out contiguously.
+void lmk_attend_paged(const lmk_kernels *k, const float *q, const lmk_kv_view *view, int n, int hd, float *scores, float *out, float scale);
 
 /// 1 when this CPU can run kernels of `level` (generic: always; avx2: AVX2+FMA+F16C
 /// with the OS saving YMM state; avx512vnni: AVX512F+BW+VL+VNNI with the OS saving

@@ -1,0 +1,66 @@
+import CKernels
+
+// KV-cache page kernels (CKernels' kernels_kv.c): the write path, and the per-level
+// score / weighted-sum / dequantize kernels plus the paged decode-attention driver.
+// Page layouts: `KVScheme`, ckernels.h and formats/kv-cache.md.
+
+extension KVScheme {
+    /// Writes row `row` (< `blockSize`) of a page of this scheme from `headDim` floats,
+    /// quantizing on write (f16/bf16: round to nearest even; int8/int4: per-row
+    /// asymmetric float16 scale and min, a row holding NaN or ±Inf reads back as NaN).
+    /// The same function on every CPU, so a cache's bytes do not depend on the machine.
+    /// `page` holds `pageBytes(blockSize:headDim:)` bytes; `headDim` is even for int4.
+    @inline(__always)
+    public func storeRow(_ x: UnsafePointer<Float>, page: UnsafeMutableRawPointer, blockSize: Int, row: Int, headDim: Int) {
+        lmk_kv_store_row(cID, x, page, Int32(blockSize), Int32(row), Int32(headDim))
+    }
+}
+
+extension KernelSet {
+    /// `out[t] = scale · (q · k_t)` for the first `count` rows of a K page of scheme `s`
+    /// (f32: bit-identical to the dot of `attend`).
+    @inline(__always)
+    public func kvScore(_ s: KVScheme, q: UnsafePointer<Float>, page: UnsafeRawPointer, blockSize: Int, count: Int, headDim: Int,
+                        scale: Float, out: UnsafeMutablePointer<Float>) {
+        Self.pick(table.pointee.kv.pointee.score, s)(q, page, Int32(blockSize), Int32(count), Int32(headDim), scale, out)
+    }
+
+    /// `acc[c] += Σ_{t<count} p[t] · v_t[c]` for `c < headDim`, over a V page of scheme `s`
+    /// (f32: the same FMAs as `attend`'s weighted sum).
+    @inline(__always)
+    public func kvAccum(_ s: KVScheme, p: UnsafePointer<Float>, page: UnsafeRawPointer, blockSize: Int, count: Int, headDim: Int,
+                        acc: UnsafeMutablePointer<Float>) {
+        Self.pick(table.pointee.kv.pointee.accum, s)(p, page, Int32(blockSize), Int32(count), Int32(headDim), acc)
+    }
+
+    /// The first `count` rows of a page of scheme `s` as floats, row-major into `out`
+    /// (`count · headDim` floats): exact for f32/f16/bf16, `min + scale·code` (two
+    /// roundings, no FMA) for int8/int4.
+    @inline(__always)
+    public func kvDequant(_ s: KVScheme, page: UnsafeRawPointer, blockSize: Int, count: Int, headDim: Int, out: UnsafeMutablePointer<Float>) {
+        Self.pick(table.pointee.kv.pointee.dequant, s)(page, Int32(blockSize), Int32(count), Int32(headDim), out)
+    }
+
+    /// Entry `s` of a per-scheme table (C's `fn[LMK_KV_SCHEMES]`, imported as a 5-tuple;
+    /// every entry is set in every level's table).
+    @inline(__always)
+    static func pick<F>(_ t: (F?, F?, F?, F?, F?), _ s: KVScheme) -> F {
+        switch s {
+        case .f32: return t.0!
+        case .f16: return t.1!
+        case .bf16: return t.2!
+        case .int8: return t.3!
+        case .int4: return t.4!
+        }
+    }
+
+    /// Decode attention of one query row over `count` positions of a paged history
+    /// (`lmk_attend_paged`): scores page by page, softmax, weighted sum of the V pages.
+    /// `scores` holds `count` floats (the probabilities on return), `out` `headDim`.
+    /// With f32 pages, bit-identical to `attend` on the same rows laid out contiguously.
+    @inline(__always)
+    public func attendPaged(q: UnsafePointer<Float>, view: UnsafePointer<lmk_kv_view>, count: Int, headDim: Int, scale: Float,
+                            scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>) {
+        lmk_attend_paged(table, q, view, Int32(count), Int32(headDim), scores, out, scale)
+    }
+}
