@@ -197,7 +197,7 @@ public final class KVCache {
             let bytes = try budget.resolve()
             let n = bytes / blockBytes
             guard n >= 1 else {
-                throw RuntimeError("KV cache budget \(bytes) bytes (\(budget)) is smaller than one block (\(blockBytes) bytes: \(options.blockSize) tokens × \(layers) layers × \(kvHeads) KV heads, \(options.schemeDescription)); raise --kv-cache-size or --cache-max-entry-count, or lower --cache-block-seq-len")
+                throw RuntimeError("KV cache budget \(bytes) bytes\(budget == .bytes(bytes) ? "" : " (\(budget))") is smaller than one block (\(blockBytes) bytes: \(options.blockSize) tokens × \(layers) layers × \(kvHeads) KV heads, \(options.schemeDescription)); raise --kv-cache-size or --cache-max-entry-count, or lower --cache-block-seq-len")
             }
             blocks = min(n, Int(Int32.max))
         } else {

@@ -146,3 +146,30 @@ struct ProtocolTests {
         #expect(draw(5, 0, 1).allSatisfy { $0 == argmax })
     }
 }
+
+@Suite("Perplexity through the paged KV cache (shared data)", .serialized)
+struct KVPerplexityTests {
+    let ctx = ComputeContext(threads: 2)
+
+    @Test("stories260K documents: --parallel 8 gives the numbers of --parallel 1; the int8 cache stays within +0.5 % PPL")
+    func parallelAndInt8() throws {
+        guard let root = sharedRoot("stories260K KV cache perplexity") else { return }
+        let folder = root + "/models/stories260k"
+        let m = try LlamaModel.load(folder: folder), tok = try Tokenizer(path: folder)
+        let text = root + "/text/tinystories_v2_valid_first100.txt"
+        func ppl(_ parallel: Int, _ kv: KVCacheOptions = KVCacheOptions()) throws -> PerplexityResult {
+            try Perplexity.run(model: m, tokenizer: tok, textPath: text, options: PerplexityOptions(proto: .documents, ctx: 128, kvCache: kv, parallel: parallel),
+                               progress: false, context: ctx)
+        }
+        let one = try ppl(1), eight = try ppl(8)
+        #expect(one.tokensScored == 12685 && eight.tokensScored == 12685 && eight.windows == 100)
+        // Eight documents in one batch (8× the matmul rows, one shared pool): the same
+        // per-token NLL, bit for bit (measured).
+        let worst = zip(one.tokenNLL, eight.tokenNLL).map { abs($0 - $1) }.max()!
+        #expect(one.tokenNLL == eight.tokenNLL, "per-token NLL differs by up to \(worst)")
+        #expect(one.perplexity == eight.perplexity, "\(one.perplexity) vs \(eight.perplexity)")
+        let int8 = try ppl(4, KVCacheOptions(keys: .int8, values: .int8))
+        #expect(int8.perplexity / one.perplexity - 1 <= 0.005, "int8 cache: PPL \(int8.perplexity) vs \(one.perplexity)")
+        print("measured: --parallel 1 PPL \(one.perplexity), --parallel 8 \(eight.perplexity) (max |Δ NLL| \(worst)); int8 cache \(int8.perplexity)")
+    }
+}
