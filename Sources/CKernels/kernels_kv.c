@@ -231,117 +231,364 @@ LMK_TARGET_AVX2 static inline __attribute__((always_inline)) float lmk_h2f_1_f16
 #define lmk_loadb_pad(p, w) ({ uint8_t b_[16] = {0}; memcpy(b_, (p), (size_t)(w)); v16uc v_; memcpy(&v_, b_, 16); v_; })
 #define lmk_storef_part(p, v, w) do { float b_[16]; const v16f v_ = (v); memcpy(b_, &v_, 64); memcpy((p), b_, (size_t)(w) * 4); } while (0)
 
+/* The halving-tree sums (lmk_tree16) of 16 vectors A[0..15] at once, as one vector
+ * (lane u = lmk_tree16(A[u])): the same additions with the same operands in the same
+ * order, four levels each adding two vectors' halves (30 shuffles and 15 adds for 16
+ * sums instead of 16 × (4 + 4)). */
+#define lmk_tree16x16(A) ({                                                                                   \
+    const v16f *A_ = (A);                                                                                     \
+    v16f X_[8], Y_[4], Z_[2];                                                                                 \
+    for (int j_ = 0; j_ < 8; j_++)                                                                            \
+        X_[j_] = __builtin_shufflevector(A_[2 * j_], A_[2 * j_ + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) \
+               + __builtin_shufflevector(A_[2 * j_], A_[2 * j_ + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31); \
+    for (int j_ = 0; j_ < 4; j_++)                                                                            \
+        Y_[j_] = __builtin_shufflevector(X_[2 * j_], X_[2 * j_ + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) \
+               + __builtin_shufflevector(X_[2 * j_], X_[2 * j_ + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31); \
+    for (int j_ = 0; j_ < 2; j_++)                                                                            \
+        Z_[j_] = __builtin_shufflevector(Y_[2 * j_], Y_[2 * j_ + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) \
+               + __builtin_shufflevector(Y_[2 * j_], Y_[2 * j_ + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31); \
+    __builtin_shufflevector(Z_[0], Z_[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)            \
+        + __builtin_shufflevector(Z_[0], Z_[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);     \
+})
+
+/* The in-order lane sums (−0 + v[0] + v[1] + … + v[15]) of 16 vectors A[0..15] at once
+ * (lane u = the sum of A[u]): a 16 × 16 transpose (off-diagonal blocks swapped at
+ * distances 8, 4, 2, 1), then the columns added in order. */
+#define lmk_sum16x16(A) ({                                                                                    \
+    v16f T_[16];                                                                                              \
+    for (int j_ = 0; j_ < 16; j_++) T_[j_] = (A)[j_];                                                         \
+    for (int j_ = 0; j_ < 16; j_++) {                                                                         \
+        if (j_ & 8) continue;                                                                                 \
+        const v16f a_ = T_[j_], b_ = T_[j_ + 8];                                                              \
+        T_[j_] = __builtin_shufflevector(a_, b_, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);     \
+        T_[j_ + 8] = __builtin_shufflevector(a_, b_, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);\
+    }                                                                                                         \
+    for (int j_ = 0; j_ < 16; j_++) {                                                                         \
+        if (j_ & 4) continue;                                                                                 \
+        const v16f a_ = T_[j_], b_ = T_[j_ + 4];                                                              \
+        T_[j_] = __builtin_shufflevector(a_, b_, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);   \
+        T_[j_ + 4] = __builtin_shufflevector(a_, b_, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);\
+    }                                                                                                         \
+    for (int j_ = 0; j_ < 16; j_++) {                                                                         \
+        if (j_ & 2) continue;                                                                                 \
+        const v16f a_ = T_[j_], b_ = T_[j_ + 2];                                                              \
+        T_[j_] = __builtin_shufflevector(a_, b_, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);   \
+        T_[j_ + 2] = __builtin_shufflevector(a_, b_, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);\
+    }                                                                                                         \
+    for (int j_ = 0; j_ < 16; j_++) {                                                                         \
+        if (j_ & 1) continue;                                                                                 \
+        const v16f a_ = T_[j_], b_ = T_[j_ + 1];                                                              \
+        T_[j_] = __builtin_shufflevector(a_, b_, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);  \
+        T_[j_ + 1] = __builtin_shufflevector(a_, b_, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);\
+    }                                                                                                         \
+    v16f R_ = -0.0f;                                                                                          \
+    for (int j_ = 0; j_ < 16; j_++) R_ += T_[j_];                                                             \
+    R_;                                                                                                       \
+})
+
+/* The same sums one vector at a time (faster where the 16-lane shuffles above are not
+ * single instructions: the in-order sums on AVX2, both on the generic level). */
+#define lmk_tree16_each(A) ({ float s_[16]; for (int u_ = 0; u_ < 16; u_++) s_[u_] = lmk_tree16((A)[u_]); lmk_loadf(s_); })
+#define lmk_sum16_each(A) ({                                                                                  \
+    float s_[16];                                                                                             \
+    for (int u_ = 0; u_ < 16; u_++) { float r_ = -0.0f; for (int k_ = 0; k_ < 16; k_++) r_ += (A)[u_][k_]; s_[u_] = r_; } \
+    lmk_loadf(s_);                                                                                            \
+})
+
+/* (scale16, min16) of integer rows t0 … t0 + m − 1 (1 ≤ m ≤ 16) as float lanes, exact
+ * (H2F); lanes ≥ m are 0 and nothing past row t0 + m − 1 is read. */
+#define lmk_kv_params16(pb, t0, m, H2F, SC, MN) do {                                                         \
+    const uint8_t *pp_ = (pb) + 4 * (size_t)(t0);                                                             \
+    const int m_ = (m);                                                                                       \
+    const v16us p0_ = m_ >= 8 ? lmk_loadh(pp_) : lmk_loadh_pad(pp_, 2 * m_);                                  \
+    const v16us p1_ = m_ == 16 ? lmk_loadh(pp_ + 32) : m_ > 8 ? lmk_loadh_pad(pp_ + 32, 2 * (m_ - 8)) : (v16us)0; \
+    SC = H2F(__builtin_shufflevector(p0_, p1_, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30));    \
+    MN = H2F(__builtin_shufflevector(p0_, p1_, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31));    \
+} while (0)
+
+/* Stores the first m (1 ≤ m ≤ 16) lanes of v at p. */
+#define lmk_storef_m(p, v, m) do { if ((m) == 16) { const v16f s_ = (v); memcpy((p), &s_, 64); } else lmk_storef_part((p), (v), (m)); } while (0)
+
 /* ---------------------------------------------------------------------------------
  * Page kernels of one level. H2F: the lane-wise half → float of the level; H2F1 the
- * scalar one (both exact, so the levels agree). */
+ * scalar one (both exact, so the levels agree).
+ *
+ * Every score / accum kernel is one body for G query rows (1 ≤ G ≤ LMK_KV_GMAX, a
+ * compile-time constant where it is inlined, so the accumulators stay in registers):
+ * rows r < G of q (p) lie `qs` (`ps`) floats apart, row r's scores (accumulator) `os`
+ * (`as`) floats apart. Each K / V vector is loaded and converted once and FMA'd into
+ * every row's accumulator; each row's operations, and their order, do not depend on G,
+ * so a row's result is the same bits whether it comes alone (G = 1: the table's
+ * one-row kernels) or in a group (the multi-row table below). Score kernels keep the
+ * accumulators of 16 positions and reduce them together (TREEX, SUMX: lmk_tree16x16 or
+ * lmk_tree16_each, lmk_sum16x16 or lmk_sum16_each, whichever is faster at the level;
+ * the same additions either way). Accum kernels run 16·NV channels at a time (NVOF:
+ * LMK_KV_NV_*, by level and G). */
 
-#define DEFINE_KV_KERNELS(SUFFIX, TARGET, H2F, H2F1)                                                          \
-    TARGET static inline __attribute__((always_inline)) float kv_sum16_##SUFFIX(v16f v) {                     \
-        float r = -0.0f;                                                                                      \
-        for (int k = 0; k < 16; k++) r += v[k];                                                               \
-        return r;                                                                                             \
+#define LMK_KV_GMAX 4
+/* Accum vectors a row (NV), by level and G (16·NV·G floats of accumulators in registers). */
+#define LMK_KV_NV_GENERIC(G) 2
+#define LMK_KV_NV_AVX2(G) ((G) == 1 ? 4 : (G) == 2 ? 2 : 1)
+#define LMK_KV_NV_AVX512(G) 4
+#define LMK_KV_BODY static inline __attribute__((always_inline))
+
+/* 16-bit float pages (f16 or bf16 through CONV / CONV1). */
+#define DEFINE_KV_HALF(NAME, TARGET, NVOF, TREEX, CONV, CONV1)                                                \
+    TARGET LMK_KV_BODY void score_##NAME##_b(const int G, const float *q, int64_t qs, const void *page, int bs, int n, int hd, float scale, float *out, int64_t os) { \
+        (void)bs;                                                                                             \
+        const uint8_t *K = (const uint8_t *)page;                                                             \
+        const int full = hd & ~15, tail = hd - full;                                                          \
+        v16f qt[LMK_KV_GMAX];                                                                                 \
+        for (int r = 0; r < G; r++) qt[r] = tail ? lmk_loadf_pad(q + r * qs + full, tail) : (v16f)0.0f;       \
+        for (int t0 = 0; t0 < n; t0 += 16) {                                                                  \
+            const int m = n - t0 < 16 ? n - t0 : 16;                                                          \
+            v16f A[LMK_KV_GMAX][16];                                                                          \
+            for (int u = 0; u < 16; u++) {                                                                    \
+                v16f a[LMK_KV_GMAX];                                                                          \
+                for (int r = 0; r < G; r++) a[r] = 0.0f;                                                      \
+                if (u < m) {                                                                                  \
+                    const uint8_t *k = K + (size_t)(t0 + u) * hd * 2;                                         \
+                    for (int i = 0; i < full; i += 16) {                                                      \
+                        const v16f kv = CONV(lmk_loadh(k + 2 * i));                                           \
+                        for (int r = 0; r < G; r++) a[r] = __builtin_elementwise_fma(lmk_loadf(q + r * qs + i), kv, a[r]); \
+                    }                                                                                         \
+                    if (tail) {                                                                               \
+                        const v16f kv = CONV(lmk_loadh_pad(k + 2 * full, tail));                              \
+                        for (int r = 0; r < G; r++) a[r] = __builtin_elementwise_fma(qt[r], kv, a[r]);        \
+                    }                                                                                         \
+                }                                                                                             \
+                for (int r = 0; r < G; r++) A[r][u] = a[r];                                                   \
+            }                                                                                                 \
+            for (int r = 0; r < G; r++) lmk_storef_m(out + r * os + t0, TREEX(A[r]) * scale, m);              \
+        }                                                                                                     \
     }                                                                                                         \
-    /* Σ_c q_c over hd channels: 16-channel chunks (last zero-padded), tree sum. */                          \
-    TARGET static inline __attribute__((always_inline)) float kv_qsum_##SUFFIX(const float *q, int hd) {      \
+    TARGET LMK_KV_BODY void accum_##NAME##_b(const int G, const float *p, int64_t ps, const void *page, int bs, int n, int hd, float *acc, int64_t as) { \
+        (void)bs;                                                                                             \
+        const uint8_t *V = (const uint8_t *)page;                                                             \
+        const int NV = NVOF(G);                                                                               \
+        int i = 0;                                                                                            \
+        for (; i + 16 * NV <= hd; i += 16 * NV) {                                                             \
+            v16f a[LMK_KV_GMAX][4];                                                                           \
+            for (int r = 0; r < G; r++)                                                                       \
+                for (int v = 0; v < NV; v++) a[r][v] = lmk_loadf(acc + r * as + i + 16 * v);                  \
+            for (int t = 0; t < n; t++) {                                                                     \
+                const uint8_t *x = V + ((size_t)t * hd + i) * 2;                                              \
+                v16f xv[4];                                                                                   \
+                for (int v = 0; v < NV; v++) xv[v] = CONV(lmk_loadh(x + 32 * v));                             \
+                for (int r = 0; r < G; r++) {                                                                 \
+                    const v16f pv = p[r * ps + t];                                                            \
+                    for (int v = 0; v < NV; v++) a[r][v] = __builtin_elementwise_fma(pv, xv[v], a[r][v]);     \
+                }                                                                                             \
+            }                                                                                                 \
+            for (int r = 0; r < G; r++)                                                                       \
+                for (int v = 0; v < NV; v++) memcpy(acc + r * as + i + 16 * v, &a[r][v], 64);                 \
+        }                                                                                                     \
+        for (; i < hd; i += 16) {                                                                             \
+            const int wd = hd - i < 16 ? hd - i : 16;                                                         \
+            v16f a[LMK_KV_GMAX];                                                                              \
+            for (int r = 0; r < G; r++) a[r] = wd == 16 ? lmk_loadf(acc + r * as + i) : lmk_loadf_pad(acc + r * as + i, wd); \
+            for (int t = 0; t < n; t++) {                                                                     \
+                const uint8_t *x = V + ((size_t)t * hd + i) * 2;                                              \
+                const v16f xv = CONV(wd == 16 ? lmk_loadh(x) : lmk_loadh_pad(x, wd));                         \
+                for (int r = 0; r < G; r++) a[r] = __builtin_elementwise_fma((v16f)p[r * ps + t], xv, a[r]);  \
+            }                                                                                                 \
+            for (int r = 0; r < G; r++) lmk_storef_m(acc + r * as + i, a[r], wd);                             \
+        }                                                                                                     \
+    }                                                                                                         \
+    TARGET static void score_##NAME(const float *q, const void *page, int bs, int n, int hd, float scale, float *out) { \
+        score_##NAME##_b(1, q, 0, page, bs, n, hd, scale, out, 0);                                            \
+    }                                                                                                         \
+    TARGET static void accum_##NAME(const float *p, const void *page, int bs, int n, int hd, float *acc) {    \
+        accum_##NAME##_b(1, p, 0, page, bs, n, hd, acc, 0);                                                   \
+    }                                                                                                         \
+    TARGET static void dequant_##NAME(const void *page, int bs, int n, int hd, float *out) {                  \
+        (void)bs;                                                                                             \
+        const uint8_t *P = (const uint8_t *)page;                                                             \
+        const size_t total = (size_t)n * hd;                                                                  \
+        size_t i = 0;                                                                                         \
+        for (; i + 16 <= total; i += 16) { v16f r = CONV(lmk_loadh(P + 2 * i)); memcpy(out + i, &r, 64); }    \
+        for (; i < total; i++) { uint16_t b; memcpy(&b, P + 2 * i, 2); out[i] = CONV1(b); }                   \
+    }
+
+#define DEFINE_KV_KERNELS(SUFFIX, TARGET, NVOF, TREEX, SUMX, H2F, H2F1)                                       \
+    /* Σ_c q_c over hd channels: 16-channel chunks (last zero-padded), tree sum. */                           \
+    TARGET LMK_KV_BODY float kv_qsum_##SUFFIX(const float *q, int hd) {                                       \
         v16f a = 0.0f;                                                                                        \
         int i = 0;                                                                                            \
         for (; i + 16 <= hd; i += 16) a += lmk_loadf(q + i);                                                  \
         if (i < hd) a += lmk_loadf_pad(q + i, hd - i);                                                        \
         return lmk_tree16(a);                                                                                 \
     }                                                                                                         \
-    /* ---- f32 ---- */                                                                                      \
-    TARGET static void score_f32_##SUFFIX(const float *q, const void *page, int bs, int n, int hd, float scale, float *out) { \
+    /* ---- f32 ---- */                                                                                       \
+    TARGET LMK_KV_BODY void score_f32_b_##SUFFIX(const int G, const float *q, int64_t qs, const void *page, int bs, int n, int hd, float scale, float *out, int64_t os) { \
         (void)bs;                                                                                             \
         const float *K = (const float *)page;                                                                 \
-        for (int t = 0; t < n; t++) {                                                                         \
-            const float *k = K + (long)t * hd;                                                                \
-            v16f acc = 0.0f;                                                                                  \
-            int i = 0;                                                                                        \
-            for (; i + 16 <= hd; i += 16) acc = __builtin_elementwise_fma(lmk_loadf(q + i), lmk_loadf(k + i), acc); \
-            float s = kv_sum16_##SUFFIX(acc);                                                                 \
-            for (; i < hd; i++) s += q[i] * k[i];                                                             \
-            out[t] = s * scale;                                                                               \
+        const int full = hd & ~15;                                                                            \
+        for (int t0 = 0; t0 < n; t0 += 16) {                                                                  \
+            const int m = n - t0 < 16 ? n - t0 : 16;                                                          \
+            v16f A[LMK_KV_GMAX][16];                                                                          \
+            for (int u = 0; u < 16; u++) {                                                                    \
+                v16f a[LMK_KV_GMAX];                                                                          \
+                for (int r = 0; r < G; r++) a[r] = 0.0f;                                                      \
+                if (u < m) {                                                                                  \
+                    const float *k = K + (size_t)(t0 + u) * hd;                                               \
+                    for (int i = 0; i < full; i += 16) {                                                      \
+                        const v16f kv = lmk_loadf(k + i);                                                     \
+                        for (int r = 0; r < G; r++) a[r] = __builtin_elementwise_fma(lmk_loadf(q + r * qs + i), kv, a[r]); \
+                    }                                                                                         \
+                }                                                                                             \
+                for (int r = 0; r < G; r++) A[r][u] = a[r];                                                   \
+            }                                                                                                 \
+            for (int r = 0; r < G; r++) {                                                                     \
+                const v16f S = SUMX(A[r]);                                                                    \
+                float *o = out + r * os + t0;                                                                 \
+                if (full == hd) { lmk_storef_m(o, S * scale, m); continue; }                                  \
+                const float *qr = q + r * qs;                                                                 \
+                for (int u = 0; u < m; u++) {   /* the scalar tail, as attend's dot */                        \
+                    const float *k = K + (size_t)(t0 + u) * hd;                                               \
+                    float s = S[u];                                                                           \
+                    for (int j = full; j < hd; j++) s += qr[j] * k[j];                                        \
+                    o[u] = s * scale;                                                                         \
+                }                                                                                             \
+            }                                                                                                 \
         }                                                                                                     \
     }                                                                                                         \
-    TARGET static void accum_f32_##SUFFIX(const float *p, const void *page, int bs, int n, int hd, float *acc) { \
+    TARGET LMK_KV_BODY void accum_f32_b_##SUFFIX(const int G, const float *p, int64_t ps, const void *page, int bs, int n, int hd, float *acc, int64_t as) { \
         (void)bs;                                                                                             \
         const float *V = (const float *)page;                                                                 \
+        const int NV = NVOF(G);                                                                               \
         int i = 0;                                                                                            \
-        for (; i + 32 <= hd; i += 32) {                                                                       \
-            v16f a0 = lmk_loadf(acc + i), a1 = lmk_loadf(acc + i + 16);                                       \
+        for (; i + 16 * NV <= hd; i += 16 * NV) {                                                             \
+            v16f a[LMK_KV_GMAX][4];                                                                           \
+            for (int r = 0; r < G; r++)                                                                       \
+                for (int v = 0; v < NV; v++) a[r][v] = lmk_loadf(acc + r * as + i + 16 * v);                  \
             for (int t = 0; t < n; t++) {                                                                     \
-                const v16f pv = p[t];                                                                         \
-                a0 = __builtin_elementwise_fma(pv, lmk_loadf(V + (long)t * hd + i), a0);                      \
-                a1 = __builtin_elementwise_fma(pv, lmk_loadf(V + (long)t * hd + i + 16), a1);                 \
+                v16f xv[4];                                                                                   \
+                for (int v = 0; v < NV; v++) xv[v] = lmk_loadf(V + (size_t)t * hd + i + 16 * v);              \
+                for (int r = 0; r < G; r++) {                                                                 \
+                    const v16f pv = p[r * ps + t];                                                            \
+                    for (int v = 0; v < NV; v++) a[r][v] = __builtin_elementwise_fma(pv, xv[v], a[r][v]);     \
+                }                                                                                             \
             }                                                                                                 \
-            memcpy(acc + i, &a0, 64); memcpy(acc + i + 16, &a1, 64);                                          \
+            for (int r = 0; r < G; r++)                                                                       \
+                for (int v = 0; v < NV; v++) memcpy(acc + r * as + i + 16 * v, &a[r][v], 64);                 \
         }                                                                                                     \
         for (; i + 16 <= hd; i += 16) {                                                                       \
-            v16f a = lmk_loadf(acc + i);                                                                      \
-            for (int t = 0; t < n; t++) a = __builtin_elementwise_fma((v16f)p[t], lmk_loadf(V + (long)t * hd + i), a); \
-            memcpy(acc + i, &a, 64);                                                                          \
+            v16f a[LMK_KV_GMAX];                                                                              \
+            for (int r = 0; r < G; r++) a[r] = lmk_loadf(acc + r * as + i);                                   \
+            for (int t = 0; t < n; t++) {                                                                     \
+                const v16f xv = lmk_loadf(V + (size_t)t * hd + i);                                            \
+                for (int r = 0; r < G; r++) a[r] = __builtin_elementwise_fma((v16f)p[r * ps + t], xv, a[r]);  \
+            }                                                                                                 \
+            for (int r = 0; r < G; r++) memcpy(acc + r * as + i, &a[r], 64);                                  \
         }                                                                                                     \
-        for (; i < hd; i++) {                                                                                 \
-            float a = acc[i];                                                                                 \
-            for (int t = 0; t < n; t++) a += p[t] * V[(long)t * hd + i];                                      \
-            acc[i] = a;                                                                                       \
+        for (; i < hd; i++) {   /* the scalar tail, as attend's weighted sum */                               \
+            for (int r = 0; r < G; r++) {                                                                     \
+                const float *pr = p + r * ps;                                                                 \
+                float a = acc[r * as + i];                                                                    \
+                for (int t = 0; t < n; t++) a += pr[t] * V[(size_t)t * hd + i];                               \
+                acc[r * as + i] = a;                                                                          \
+            }                                                                                                 \
         }                                                                                                     \
     }                                                                                                         \
     TARGET static void dequant_f32_##SUFFIX(const void *page, int bs, int n, int hd, float *out) {            \
         (void)bs;                                                                                             \
         memcpy(out, page, (size_t)n * hd * 4);                                                                \
     }                                                                                                         \
-    /* ---- f16 / bf16 (CONV: lane-wise 16-bit → float) ---- */                                              \
-    DEFINE_KV_HALF(f16_##SUFFIX, TARGET, H2F, H2F1)                                                           \
-    DEFINE_KV_HALF(bf16_##SUFFIX, TARGET, lmk_bf2f, lmk_bf2f_1)                                               \
-    /* ---- int8 ---- */                                                                                     \
-    TARGET static void score_int8_##SUFFIX(const float *q, const void *page, int bs, int n, int hd, float scale, float *out) { \
-        const uint8_t *pb = (const uint8_t *)page, *codes = pb + 4 * (size_t)bs;                              \
-        const float Q = kv_qsum_##SUFFIX(q, hd);                                                              \
-        const int full = hd & ~15, tail = hd - full;                                                          \
-        const v16f qt = tail ? lmk_loadf_pad(q + full, tail) : (v16f)0.0f;                                    \
-        for (int t = 0; t < n; t++) {                                                                         \
-            uint16_t par[2]; memcpy(par, pb + 4 * (size_t)t, 4);                                              \
-            const uint8_t *c = codes + (size_t)t * hd;                                                        \
-            v16f a = 0.0f;                                                                                    \
-            for (int i = 0; i < full; i += 16)                                                                \
-                a = __builtin_elementwise_fma(lmk_loadf(q + i), __builtin_convertvector(lmk_loadb(c + i), v16f), a); \
-            if (tail) a = __builtin_elementwise_fma(qt, __builtin_convertvector(lmk_loadb_pad(c + full, tail), v16f), a); \
-            const float S = lmk_tree16(a);                                                                    \
-            out[t] = (H2F1(par[0]) * S + H2F1(par[1]) * Q) * scale;                                           \
+    /* ---- f16 / bf16 (CONV: lane-wise 16-bit → float) ---- */                                               \
+    DEFINE_KV_HALF(f16_##SUFFIX, TARGET, NVOF, TREEX, H2F, H2F1)                                              \
+    DEFINE_KV_HALF(bf16_##SUFFIX, TARGET, NVOF, TREEX, lmk_bf2f, lmk_bf2f_1)                                  \
+    /* ---- int8 / int4 ---- */                                                                               \
+    /* w[r·n + t] = p_r[t]·scale16_t, M[r] = Σ_t p_r[t]·min16_t (in order from 0, separate roundings). */     \
+    TARGET LMK_KV_BODY void kv_weights_##SUFFIX(const int G, const float *p, int64_t ps, const uint8_t *pb, int n, float *w, float *M) { \
+        for (int r = 0; r < G; r++) M[r] = 0.0f;                                                              \
+        for (int t0 = 0; t0 < n; t0 += 16) {                                                                  \
+            const int m = n - t0 < 16 ? n - t0 : 16;                                                          \
+            v16f scv, mnv;                                                                                    \
+            lmk_kv_params16(pb, t0, m, H2F, scv, mnv);                                                        \
+            for (int r = 0; r < G; r++) {                                                                     \
+                const float *pr = p + r * ps + t0;                                                            \
+                const v16f pv = m == 16 ? lmk_loadf(pr) : lmk_loadf_pad(pr, m);                               \
+                lmk_storef_m(w + r * n + t0, pv * scv, m);                                                    \
+                float pm[16];                                                                                 \
+                const v16f x = pv * mnv;                                                                      \
+                memcpy(pm, &x, 64);                                                                           \
+                for (int u = 0; u < m; u++) M[r] += pm[u];                                                    \
+            }                                                                                                 \
         }                                                                                                     \
     }                                                                                                         \
-    TARGET static void accum_int8_##SUFFIX(const float *p, const void *page, int bs, int n, int hd, float *acc) { \
+    TARGET LMK_KV_BODY void score_int8_b_##SUFFIX(const int G, const float *q, int64_t qs, const void *page, int bs, int n, int hd, float scale, float *out, int64_t os) { \
         const uint8_t *pb = (const uint8_t *)page, *codes = pb + 4 * (size_t)bs;                              \
-        float w[n > 0 ? n : 1];                                                                               \
-        float M = 0.0f;                                                                                       \
-        for (int t = 0; t < n; t++) {                                                                         \
-            uint16_t par[2]; memcpy(par, pb + 4 * (size_t)t, 4);                                              \
-            w[t] = p[t] * H2F1(par[0]);                                                                       \
-            M += p[t] * H2F1(par[1]);                                                                         \
+        const int full = hd & ~15, tail = hd - full;                                                          \
+        float Q[LMK_KV_GMAX];                                                                                 \
+        v16f qt[LMK_KV_GMAX];                                                                                 \
+        for (int r = 0; r < G; r++) {                                                                         \
+            Q[r] = kv_qsum_##SUFFIX(q + r * qs, hd);                                                          \
+            qt[r] = tail ? lmk_loadf_pad(q + r * qs + full, tail) : (v16f)0.0f;                               \
         }                                                                                                     \
-        const v16f Mv = M;                                                                                    \
+        for (int t0 = 0; t0 < n; t0 += 16) {                                                                  \
+            const int m = n - t0 < 16 ? n - t0 : 16;                                                          \
+            v16f A[LMK_KV_GMAX][16];                                                                          \
+            for (int u = 0; u < 16; u++) {                                                                    \
+                v16f a[LMK_KV_GMAX];                                                                          \
+                for (int r = 0; r < G; r++) a[r] = 0.0f;                                                      \
+                if (u < m) {                                                                                  \
+                    const uint8_t *c = codes + (size_t)(t0 + u) * hd;                                         \
+                    for (int i = 0; i < full; i += 16) {                                                      \
+                        const v16f cv = __builtin_convertvector(lmk_loadb(c + i), v16f);                      \
+                        for (int r = 0; r < G; r++) a[r] = __builtin_elementwise_fma(lmk_loadf(q + r * qs + i), cv, a[r]); \
+                    }                                                                                         \
+                    if (tail) {                                                                               \
+                        const v16f cv = __builtin_convertvector(lmk_loadb_pad(c + full, tail), v16f);         \
+                        for (int r = 0; r < G; r++) a[r] = __builtin_elementwise_fma(qt[r], cv, a[r]);        \
+                    }                                                                                         \
+                }                                                                                             \
+                for (int r = 0; r < G; r++) A[r][u] = a[r];                                                   \
+            }                                                                                                 \
+            v16f scv, mnv;                                                                                    \
+            lmk_kv_params16(pb, t0, m, H2F, scv, mnv);                                                        \
+            for (int r = 0; r < G; r++) lmk_storef_m(out + r * os + t0, (scv * TREEX(A[r]) + mnv * Q[r]) * scale, m); \
+        }                                                                                                     \
+    }                                                                                                         \
+    TARGET LMK_KV_BODY void accum_int8_b_##SUFFIX(const int G, const float *p, int64_t ps, const void *page, int bs, int n, int hd, float *acc, int64_t as) { \
+        const uint8_t *pb = (const uint8_t *)page, *codes = pb + 4 * (size_t)bs;                              \
+        const int NV = NVOF(G);                                                                               \
+        float w[G * (n > 0 ? n : 1)], M[LMK_KV_GMAX];                                                         \
+        kv_weights_##SUFFIX(G, p, ps, pb, n, w, M);                                                           \
         int i = 0;                                                                                            \
-        for (; i + 32 <= hd; i += 32) {                                                                       \
-            v16f a0 = 0.0f, a1 = 0.0f;                                                                        \
+        for (; i + 16 * NV <= hd; i += 16 * NV) {                                                             \
+            v16f a[LMK_KV_GMAX][4];                                                                           \
+            for (int r = 0; r < G; r++)                                                                       \
+                for (int v = 0; v < NV; v++) a[r][v] = 0.0f;                                                  \
             for (int t = 0; t < n; t++) {                                                                     \
                 const uint8_t *c = codes + (size_t)t * hd + i;                                                \
-                a0 = __builtin_elementwise_fma((v16f)w[t], __builtin_convertvector(lmk_loadb(c), v16f), a0);  \
-                a1 = __builtin_elementwise_fma((v16f)w[t], __builtin_convertvector(lmk_loadb(c + 16), v16f), a1); \
+                v16f cv[4];                                                                                   \
+                for (int v = 0; v < NV; v++) cv[v] = __builtin_convertvector(lmk_loadb(c + 16 * v), v16f);    \
+                for (int r = 0; r < G; r++) {                                                                 \
+                    const v16f wv = w[r * n + t];                                                             \
+                    for (int v = 0; v < NV; v++) a[r][v] = __builtin_elementwise_fma(wv, cv[v], a[r][v]);     \
+                }                                                                                             \
             }                                                                                                 \
-            v16f r0 = lmk_loadf(acc + i) + (a0 + Mv), r1 = lmk_loadf(acc + i + 16) + (a1 + Mv);               \
-            memcpy(acc + i, &r0, 64); memcpy(acc + i + 16, &r1, 64);                                          \
+            for (int r = 0; r < G; r++)                                                                       \
+                for (int v = 0; v < NV; v++) {                                                                \
+                    float *ar = acc + r * as + i + 16 * v;                                                    \
+                    const v16f x = lmk_loadf(ar) + (a[r][v] + M[r]);                                          \
+                    memcpy(ar, &x, 64);                                                                       \
+                }                                                                                             \
         }                                                                                                     \
         for (; i < hd; i += 16) {                                                                             \
             const int wd = hd - i < 16 ? hd - i : 16;                                                         \
-            v16f a = 0.0f;                                                                                    \
+            v16f a[LMK_KV_GMAX];                                                                              \
+            for (int r = 0; r < G; r++) a[r] = 0.0f;                                                          \
             for (int t = 0; t < n; t++) {                                                                     \
                 const uint8_t *c = codes + (size_t)t * hd + i;                                                \
-                const v16uc b = wd == 16 ? lmk_loadb(c) : lmk_loadb_pad(c, wd);                               \
-                a = __builtin_elementwise_fma((v16f)w[t], __builtin_convertvector(b, v16f), a);               \
+                const v16f cv = __builtin_convertvector(wd == 16 ? lmk_loadb(c) : lmk_loadb_pad(c, wd), v16f); \
+                for (int r = 0; r < G; r++) a[r] = __builtin_elementwise_fma((v16f)w[r * n + t], cv, a[r]);   \
             }                                                                                                 \
-            if (wd == 16) { v16f r = lmk_loadf(acc + i) + (a + Mv); memcpy(acc + i, &r, 64); }                \
-            else { v16f r = lmk_loadf_pad(acc + i, wd) + (a + Mv); lmk_storef_part(acc + i, r, wd); }         \
+            for (int r = 0; r < G; r++) {                                                                     \
+                float *ar = acc + r * as + i;                                                                 \
+                lmk_storef_m(ar, (wd == 16 ? lmk_loadf(ar) : lmk_loadf_pad(ar, wd)) + (a[r] + M[r]), wd);     \
+            }                                                                                                 \
         }                                                                                                     \
     }                                                                                                         \
     TARGET static void dequant_int8_##SUFFIX(const void *page, int bs, int n, int hd, float *out) {           \
@@ -359,59 +606,101 @@ LMK_TARGET_AVX2 static inline __attribute__((always_inline)) float lmk_h2f_1_f16
             for (; i < hd; i++) o[i] = mn + sc * (float)c[i];                                                 \
         }                                                                                                     \
     }                                                                                                         \
-    /* ---- int4: byte i = channel i (low nibble) | channel i + hd/2 (high nibble) ---- */                   \
-    TARGET static void score_int4_##SUFFIX(const float *q, const void *page, int bs, int n, int hd, float scale, float *out) { \
+    /* int4: byte i = channel i (low nibble) | channel i + hd/2 (high nibble). */                             \
+    TARGET LMK_KV_BODY void score_int4_b_##SUFFIX(const int G, const float *q, int64_t qs, const void *page, int bs, int n, int hd, float scale, float *out, int64_t os) { \
         const uint8_t *pb = (const uint8_t *)page, *codes = pb + 4 * (size_t)bs;                              \
-        const float Q = kv_qsum_##SUFFIX(q, hd);                                                              \
         const int h = hd / 2, full = h & ~15, tail = h - full;                                                \
-        const float *qh = q + h;                                                                              \
-        const v16f qtl = tail ? lmk_loadf_pad(q + full, tail) : (v16f)0.0f;                                   \
-        const v16f qth = tail ? lmk_loadf_pad(qh + full, tail) : (v16f)0.0f;                                  \
-        for (int t = 0; t < n; t++) {                                                                         \
-            uint16_t par[2]; memcpy(par, pb + 4 * (size_t)t, 4);                                              \
-            const uint8_t *c = codes + (size_t)t * h;                                                         \
-            v16f al = 0.0f, ah = 0.0f;                                                                        \
-            for (int i = 0; i < full; i += 16) {                                                              \
-                const v16uc b = lmk_loadb(c + i);                                                             \
-                al = __builtin_elementwise_fma(lmk_loadf(q + i), __builtin_convertvector(b & (v16uc)15, v16f), al); \
-                ah = __builtin_elementwise_fma(lmk_loadf(qh + i), __builtin_convertvector(b >> 4, v16f), ah); \
+        float Q[LMK_KV_GMAX];                                                                                 \
+        v16f qtl[LMK_KV_GMAX], qth[LMK_KV_GMAX];                                                              \
+        for (int r = 0; r < G; r++) {                                                                         \
+            const float *qr = q + r * qs;                                                                     \
+            Q[r] = kv_qsum_##SUFFIX(qr, hd);                                                                  \
+            qtl[r] = tail ? lmk_loadf_pad(qr + full, tail) : (v16f)0.0f;                                      \
+            qth[r] = tail ? lmk_loadf_pad(qr + h + full, tail) : (v16f)0.0f;                                  \
+        }                                                                                                     \
+        for (int t0 = 0; t0 < n; t0 += 16) {                                                                  \
+            const int m = n - t0 < 16 ? n - t0 : 16;                                                          \
+            v16f A[LMK_KV_GMAX][16];                                                                          \
+            for (int u = 0; u < 16; u++) {                                                                    \
+                v16f al[LMK_KV_GMAX], ah[LMK_KV_GMAX];                                                        \
+                for (int r = 0; r < G; r++) { al[r] = 0.0f; ah[r] = 0.0f; }                                   \
+                if (u < m) {                                                                                  \
+                    const uint8_t *c = codes + (size_t)(t0 + u) * h;                                          \
+                    for (int i = 0; i < full; i += 16) {                                                      \
+                        const v16uc b = lmk_loadb(c + i);                                                     \
+                        const v16f lo = __builtin_convertvector(b & (v16uc)15, v16f), hi = __builtin_convertvector(b >> 4, v16f); \
+                        for (int r = 0; r < G; r++) {                                                         \
+                            al[r] = __builtin_elementwise_fma(lmk_loadf(q + r * qs + i), lo, al[r]);          \
+                            ah[r] = __builtin_elementwise_fma(lmk_loadf(q + r * qs + h + i), hi, ah[r]);      \
+                        }                                                                                     \
+                    }                                                                                         \
+                    if (tail) {                                                                               \
+                        const v16uc b = lmk_loadb_pad(c + full, tail);                                        \
+                        const v16f lo = __builtin_convertvector(b & (v16uc)15, v16f), hi = __builtin_convertvector(b >> 4, v16f); \
+                        for (int r = 0; r < G; r++) {                                                         \
+                            al[r] = __builtin_elementwise_fma(qtl[r], lo, al[r]);                             \
+                            ah[r] = __builtin_elementwise_fma(qth[r], hi, ah[r]);                             \
+                        }                                                                                     \
+                    }                                                                                         \
+                }                                                                                             \
+                for (int r = 0; r < G; r++) A[r][u] = al[r] + ah[r];                                          \
             }                                                                                                 \
-            if (tail) {                                                                                       \
-                const v16uc b = lmk_loadb_pad(c + full, tail);                                                \
-                al = __builtin_elementwise_fma(qtl, __builtin_convertvector(b & (v16uc)15, v16f), al);        \
-                ah = __builtin_elementwise_fma(qth, __builtin_convertvector(b >> 4, v16f), ah);               \
-            }                                                                                                 \
-            const float S = lmk_tree16(al + ah);                                                              \
-            out[t] = (H2F1(par[0]) * S + H2F1(par[1]) * Q) * scale;                                           \
+            v16f scv, mnv;                                                                                    \
+            lmk_kv_params16(pb, t0, m, H2F, scv, mnv);                                                        \
+            for (int r = 0; r < G; r++) lmk_storef_m(out + r * os + t0, (scv * TREEX(A[r]) + mnv * Q[r]) * scale, m); \
         }                                                                                                     \
     }                                                                                                         \
-    TARGET static void accum_int4_##SUFFIX(const float *p, const void *page, int bs, int n, int hd, float *acc) { \
+    TARGET LMK_KV_BODY void accum_int4_b_##SUFFIX(const int G, const float *p, int64_t ps, const void *page, int bs, int n, int hd, float *acc, int64_t as) { \
         const uint8_t *pb = (const uint8_t *)page, *codes = pb + 4 * (size_t)bs;                              \
-        const int h = hd / 2;                                                                                 \
-        float w[n > 0 ? n : 1];                                                                               \
-        float M = 0.0f;                                                                                       \
-        for (int t = 0; t < n; t++) {                                                                         \
-            uint16_t par[2]; memcpy(par, pb + 4 * (size_t)t, 4);                                              \
-            w[t] = p[t] * H2F1(par[0]);                                                                       \
-            M += p[t] * H2F1(par[1]);                                                                         \
+        const int h = hd / 2, NB = (NVOF(G) + 1) / 2;   /* NB 16-byte chunks (2·NB vectors) a block */        \
+        float w[G * (n > 0 ? n : 1)], M[LMK_KV_GMAX];                                                         \
+        kv_weights_##SUFFIX(G, p, ps, pb, n, w, M);                                                           \
+        int i = 0;                                                                                            \
+        for (; i + 16 * NB <= h; i += 16 * NB) {                                                              \
+            v16f al[LMK_KV_GMAX][2], ah[LMK_KV_GMAX][2];                                                      \
+            for (int r = 0; r < G; r++)                                                                       \
+                for (int v = 0; v < NB; v++) { al[r][v] = 0.0f; ah[r][v] = 0.0f; }                            \
+            for (int t = 0; t < n; t++) {                                                                     \
+                const uint8_t *c = codes + (size_t)t * h + i;                                                 \
+                v16f lo[2], hi[2];                                                                            \
+                for (int v = 0; v < NB; v++) {                                                                \
+                    const v16uc b = lmk_loadb(c + 16 * v);                                                    \
+                    lo[v] = __builtin_convertvector(b & (v16uc)15, v16f);                                     \
+                    hi[v] = __builtin_convertvector(b >> 4, v16f);                                            \
+                }                                                                                             \
+                for (int r = 0; r < G; r++) {                                                                 \
+                    const v16f wv = w[r * n + t];                                                             \
+                    for (int v = 0; v < NB; v++) {                                                            \
+                        al[r][v] = __builtin_elementwise_fma(wv, lo[v], al[r][v]);                            \
+                        ah[r][v] = __builtin_elementwise_fma(wv, hi[v], ah[r][v]);                            \
+                    }                                                                                         \
+                }                                                                                             \
+            }                                                                                                 \
+            for (int r = 0; r < G; r++)                                                                       \
+                for (int v = 0; v < NB; v++) {                                                                \
+                    float *lo = acc + r * as + i + 16 * v, *hi = lo + h;                                      \
+                    const v16f rl = lmk_loadf(lo) + (al[r][v] + M[r]), rh = lmk_loadf(hi) + (ah[r][v] + M[r]); \
+                    memcpy(lo, &rl, 64); memcpy(hi, &rh, 64);                                                 \
+                }                                                                                             \
         }                                                                                                     \
-        const v16f Mv = M;                                                                                    \
-        for (int i = 0; i < h; i += 16) {                                                                     \
+        for (; i < h; i += 16) {                                                                              \
             const int wd = h - i < 16 ? h - i : 16;                                                           \
-            v16f al = 0.0f, ah = 0.0f;                                                                        \
+            v16f al[LMK_KV_GMAX], ah[LMK_KV_GMAX];                                                            \
+            for (int r = 0; r < G; r++) { al[r] = 0.0f; ah[r] = 0.0f; }                                       \
             for (int t = 0; t < n; t++) {                                                                     \
                 const uint8_t *c = codes + (size_t)t * h + i;                                                 \
                 const v16uc b = wd == 16 ? lmk_loadb(c) : lmk_loadb_pad(c, wd);                               \
-                al = __builtin_elementwise_fma((v16f)w[t], __builtin_convertvector(b & (v16uc)15, v16f), al); \
-                ah = __builtin_elementwise_fma((v16f)w[t], __builtin_convertvector(b >> 4, v16f), ah);        \
+                const v16f lo = __builtin_convertvector(b & (v16uc)15, v16f), hi = __builtin_convertvector(b >> 4, v16f); \
+                for (int r = 0; r < G; r++) {                                                                 \
+                    const v16f wv = w[r * n + t];                                                             \
+                    al[r] = __builtin_elementwise_fma(wv, lo, al[r]);                                         \
+                    ah[r] = __builtin_elementwise_fma(wv, hi, ah[r]);                                         \
+                }                                                                                             \
             }                                                                                                 \
-            float *lo = acc + i, *hi = acc + h + i;                                                           \
-            if (wd == 16) {                                                                                   \
-                v16f rl = lmk_loadf(lo) + (al + Mv), rh = lmk_loadf(hi) + (ah + Mv);                          \
-                memcpy(lo, &rl, 64); memcpy(hi, &rh, 64);                                                     \
-            } else {                                                                                          \
-                lmk_storef_part(lo, lmk_loadf_pad(lo, wd) + (al + Mv), wd);                                   \
-                lmk_storef_part(hi, lmk_loadf_pad(hi, wd) + (ah + Mv), wd);                                   \
+            for (int r = 0; r < G; r++) {                                                                     \
+                float *lo = acc + r * as + i, *hi = lo + h;                                                   \
+                lmk_storef_m(lo, (wd == 16 ? lmk_loadf(lo) : lmk_loadf_pad(lo, wd)) + (al[r] + M[r]), wd);    \
+                lmk_storef_m(hi, (wd == 16 ? lmk_loadf(hi) : lmk_loadf_pad(hi, wd)) + (ah[r] + M[r]), wd);    \
             }                                                                                                 \
         }                                                                                                     \
     }                                                                                                         \
@@ -436,63 +725,83 @@ LMK_TARGET_AVX2 static inline __attribute__((always_inline)) float lmk_h2f_1_f16
             }                                                                                                 \
         }                                                                                                     \
     }                                                                                                         \
+    /* ---- the one-row entry points (G = 1) and the table ---- */                                            \
+    TARGET static void score_f32_##SUFFIX(const float *q, const void *page, int bs, int n, int hd, float scale, float *out) { score_f32_b_##SUFFIX(1, q, 0, page, bs, n, hd, scale, out, 0); } \
+    TARGET static void accum_f32_##SUFFIX(const float *p, const void *page, int bs, int n, int hd, float *acc) { accum_f32_b_##SUFFIX(1, p, 0, page, bs, n, hd, acc, 0); } \
+    TARGET static void score_int8_##SUFFIX(const float *q, const void *page, int bs, int n, int hd, float scale, float *out) { score_int8_b_##SUFFIX(1, q, 0, page, bs, n, hd, scale, out, 0); } \
+    TARGET static void accum_int8_##SUFFIX(const float *p, const void *page, int bs, int n, int hd, float *acc) { accum_int8_b_##SUFFIX(1, p, 0, page, bs, n, hd, acc, 0); } \
+    TARGET static void score_int4_##SUFFIX(const float *q, const void *page, int bs, int n, int hd, float scale, float *out) { score_int4_b_##SUFFIX(1, q, 0, page, bs, n, hd, scale, out, 0); } \
+    TARGET static void accum_int4_##SUFFIX(const float *p, const void *page, int bs, int n, int hd, float *acc) { accum_int4_b_##SUFFIX(1, p, 0, page, bs, n, hd, acc, 0); } \
     const lmk_kv_kernels lmk_kv_##SUFFIX = {                                                                  \
         .score = {score_f32_##SUFFIX, score_f16_##SUFFIX, score_bf16_##SUFFIX, score_int8_##SUFFIX, score_int4_##SUFFIX}, \
         .accum = {accum_f32_##SUFFIX, accum_f16_##SUFFIX, accum_bf16_##SUFFIX, accum_int8_##SUFFIX, accum_int4_##SUFFIX}, \
         .dequant = {dequant_f32_##SUFFIX, dequant_f16_##SUFFIX, dequant_bf16_##SUFFIX, dequant_int8_##SUFFIX, dequant_int4_##SUFFIX}, \
     };
 
-/* 16-bit float pages (f16 or bf16 through CONV / CONV1). */
-#define DEFINE_KV_HALF(NAME, TARGET, CONV, CONV1)                                                             \
-    TARGET static void score_##NAME(const float *q, const void *page, int bs, int n, int hd, float scale, float *out) { \
-        (void)bs;                                                                                             \
-        const uint8_t *K = (const uint8_t *)page;                                                             \
-        const int full = hd & ~15, tail = hd - full;                                                          \
-        const v16f qt = tail ? lmk_loadf_pad(q + full, tail) : (v16f)0.0f;                                    \
-        for (int t = 0; t < n; t++) {                                                                         \
-            const uint8_t *k = K + (size_t)t * hd * 2;                                                        \
-            v16f a = 0.0f;                                                                                    \
-            for (int i = 0; i < full; i += 16) a = __builtin_elementwise_fma(lmk_loadf(q + i), CONV(lmk_loadh(k + 2 * i)), a); \
-            if (tail) a = __builtin_elementwise_fma(qt, CONV(lmk_loadh_pad(k + 2 * full, tail)), a);          \
-            out[t] = lmk_tree16(a) * scale;                                                                   \
-        }                                                                                                     \
-    }                                                                                                         \
-    TARGET static void accum_##NAME(const float *p, const void *page, int bs, int n, int hd, float *acc) {    \
-        (void)bs;                                                                                             \
-        const uint8_t *V = (const uint8_t *)page;                                                             \
-        int i = 0;                                                                                            \
-        for (; i + 32 <= hd; i += 32) {                                                                       \
-            v16f a0 = lmk_loadf(acc + i), a1 = lmk_loadf(acc + i + 16);                                       \
-            for (int t = 0; t < n; t++) {                                                                     \
-                const uint8_t *x = V + ((size_t)t * hd + i) * 2;                                              \
-                a0 = __builtin_elementwise_fma((v16f)p[t], CONV(lmk_loadh(x)), a0);                           \
-                a1 = __builtin_elementwise_fma((v16f)p[t], CONV(lmk_loadh(x + 32)), a1);                      \
-            }                                                                                                 \
-            memcpy(acc + i, &a0, 64); memcpy(acc + i + 16, &a1, 64);                                          \
-        }                                                                                                     \
-        for (; i < hd; i += 16) {                                                                             \
-            const int wd = hd - i < 16 ? hd - i : 16;                                                         \
-            v16f a = wd == 16 ? lmk_loadf(acc + i) : lmk_loadf_pad(acc + i, wd);                              \
-            for (int t = 0; t < n; t++) {                                                                     \
-                const uint8_t *x = V + ((size_t)t * hd + i) * 2;                                              \
-                a = __builtin_elementwise_fma((v16f)p[t], CONV(wd == 16 ? lmk_loadh(x) : lmk_loadh_pad(x, wd)), a); \
-            }                                                                                                 \
-            lmk_storef_part(acc + i, a, wd);                                                                  \
-        }                                                                                                     \
-    }                                                                                                         \
-    TARGET static void dequant_##NAME(const void *page, int bs, int n, int hd, float *out) {                  \
-        (void)bs;                                                                                             \
-        const uint8_t *P = (const uint8_t *)page;                                                             \
-        const size_t total = (size_t)n * hd;                                                                  \
-        size_t i = 0;                                                                                         \
-        for (; i + 16 <= total; i += 16) { v16f r = CONV(lmk_loadh(P + 2 * i)); memcpy(out + i, &r, 64); }    \
-        for (; i < total; i++) { uint16_t b; memcpy(&b, P + 2 * i, 2); out[i] = CONV1(b); }                   \
+DEFINE_KV_KERNELS(generic, , LMK_KV_NV_GENERIC, lmk_tree16_each, lmk_sum16_each, lmk_h2f_bits, lmk_h2f_1_sw)
+#ifdef LMK_X86
+DEFINE_KV_KERNELS(avx2, LMK_TARGET_AVX2, LMK_KV_NV_AVX2, lmk_tree16x16, lmk_sum16_each, lmk_h2f_f16c, lmk_h2f_1_f16c)
+DEFINE_KV_KERNELS(avx512, LMK_TARGET_AVX512, LMK_KV_NV_AVX512, lmk_tree16x16, lmk_sum16x16, lmk_h2f_f16c, lmk_h2f_1_f16c)
+#endif
+
+/* ---------------------------------------------------------------------------------
+ * Multi-row kernels (grouped-query decode): the bodies above for g = 1 … LMK_KV_GMAX
+ * rows sharing one page. Not built for the generic level (the baseline the build
+ * requires has AVX2; the driver loops its one-row kernels instead, the same bits). */
+
+typedef struct lmk_kv_group_kernels {
+    void (*score[LMK_KV_SCHEMES])(const float *q, int64_t qs, int g, const void *page, int bs, int n, int hd, float scale, float *out, int64_t os);
+    void (*accum[LMK_KV_SCHEMES])(const float *p, int64_t ps, int g, const void *page, int bs, int n, int hd, float *acc, int64_t as);
+} lmk_kv_group_kernels;
+
+#define LMK_KV_GSWITCH(FN, ...)                                   \
+    switch (g) {                                                  \
+    case 1: FN(1, __VA_ARGS__); break;                            \
+    case 2: FN(2, __VA_ARGS__); break;                            \
+    case 3: FN(3, __VA_ARGS__); break;                            \
+    case 4: FN(4, __VA_ARGS__); break;                            \
+    default: break;                                               \
     }
 
-DEFINE_KV_KERNELS(generic, , lmk_h2f_bits, lmk_h2f_1_sw)
 #ifdef LMK_X86
-DEFINE_KV_KERNELS(avx2, LMK_TARGET_AVX2, lmk_h2f_f16c, lmk_h2f_1_f16c)
-DEFINE_KV_KERNELS(avx512, LMK_TARGET_AVX512, lmk_h2f_f16c, lmk_h2f_1_f16c)
+#define DEFINE_KV_GROUP(SUFFIX, TARGET)                                                                       \
+    TARGET static void gscore_f32_##SUFFIX(const float *q, int64_t qs, int g, const void *page, int bs, int n, int hd, float scale, float *out, int64_t os) { \
+        LMK_KV_GSWITCH(score_f32_b_##SUFFIX, q, qs, page, bs, n, hd, scale, out, os)                          \
+    }                                                                                                         \
+    TARGET static void gaccum_f32_##SUFFIX(const float *p, int64_t ps, int g, const void *page, int bs, int n, int hd, float *acc, int64_t as) { \
+        LMK_KV_GSWITCH(accum_f32_b_##SUFFIX, p, ps, page, bs, n, hd, acc, as)                                 \
+    }                                                                                                         \
+    TARGET static void gscore_f16_##SUFFIX(const float *q, int64_t qs, int g, const void *page, int bs, int n, int hd, float scale, float *out, int64_t os) { \
+        LMK_KV_GSWITCH(score_f16_##SUFFIX##_b, q, qs, page, bs, n, hd, scale, out, os)                        \
+    }                                                                                                         \
+    TARGET static void gaccum_f16_##SUFFIX(const float *p, int64_t ps, int g, const void *page, int bs, int n, int hd, float *acc, int64_t as) { \
+        LMK_KV_GSWITCH(accum_f16_##SUFFIX##_b, p, ps, page, bs, n, hd, acc, as)                               \
+    }                                                                                                         \
+    TARGET static void gscore_bf16_##SUFFIX(const float *q, int64_t qs, int g, const void *page, int bs, int n, int hd, float scale, float *out, int64_t os) { \
+        LMK_KV_GSWITCH(score_bf16_##SUFFIX##_b, q, qs, page, bs, n, hd, scale, out, os)                       \
+    }                                                                                                         \
+    TARGET static void gaccum_bf16_##SUFFIX(const float *p, int64_t ps, int g, const void *page, int bs, int n, int hd, float *acc, int64_t as) { \
+        LMK_KV_GSWITCH(accum_bf16_##SUFFIX##_b, p, ps, page, bs, n, hd, acc, as)                              \
+    }                                                                                                         \
+    TARGET static void gscore_int8_##SUFFIX(const float *q, int64_t qs, int g, const void *page, int bs, int n, int hd, float scale, float *out, int64_t os) { \
+        LMK_KV_GSWITCH(score_int8_b_##SUFFIX, q, qs, page, bs, n, hd, scale, out, os)                         \
+    }                                                                                                         \
+    TARGET static void gaccum_int8_##SUFFIX(const float *p, int64_t ps, int g, const void *page, int bs, int n, int hd, float *acc, int64_t as) { \
+        LMK_KV_GSWITCH(accum_int8_b_##SUFFIX, p, ps, page, bs, n, hd, acc, as)                                \
+    }                                                                                                         \
+    TARGET static void gscore_int4_##SUFFIX(const float *q, int64_t qs, int g, const void *page, int bs, int n, int hd, float scale, float *out, int64_t os) { \
+        LMK_KV_GSWITCH(score_int4_b_##SUFFIX, q, qs, page, bs, n, hd, scale, out, os)                         \
+    }                                                                                                         \
+    TARGET static void gaccum_int4_##SUFFIX(const float *p, int64_t ps, int g, const void *page, int bs, int n, int hd, float *acc, int64_t as) { \
+        LMK_KV_GSWITCH(accum_int4_b_##SUFFIX, p, ps, page, bs, n, hd, acc, as)                                \
+    }                                                                                                         \
+    static const lmk_kv_group_kernels lmk_kvg_##SUFFIX = {                                                    \
+        .score = {gscore_f32_##SUFFIX, gscore_f16_##SUFFIX, gscore_bf16_##SUFFIX, gscore_int8_##SUFFIX, gscore_int4_##SUFFIX}, \
+        .accum = {gaccum_f32_##SUFFIX, gaccum_f16_##SUFFIX, gaccum_bf16_##SUFFIX, gaccum_int8_##SUFFIX, gaccum_int4_##SUFFIX}, \
+    };
+
+DEFINE_KV_GROUP(avx2, LMK_TARGET_AVX2)
+DEFINE_KV_GROUP(avx512, LMK_TARGET_AVX512)
 #endif
 
 /* ---------------------------------------------------------------------------------
@@ -513,5 +822,54 @@ void lmk_attend_paged(const lmk_kernels *k, const float *q, const lmk_kv_view *v
         const int rows = n - i * bs < bs ? n - i * bs : bs;
         const uint8_t *page = view->vbase + (int64_t)view->table[i] * view->stride;
         kv->accum[view->vscheme](scores + (size_t)i * bs, page, bs, rows, hd, out);
+    }
+}
+
+/* The multi-row kernels of the level whose one-row table is `kv` (NULL: none). */
+static const lmk_kv_group_kernels *group_kernels_of(const lmk_kv_kernels *kv) {
+#ifdef LMK_X86
+    if (kv == &lmk_kv_avx2) return &lmk_kvg_avx2;
+    if (kv == &lmk_kv_avx512) return &lmk_kvg_avx512;
+#endif
+    (void)kv;
+    return NULL;
+}
+
+void lmk_attend_paged_group(const lmk_kernels *k, const float *q, int64_t q_stride, int g, const lmk_kv_view *view, int n, int hd,
+                            float *scores, float *out, int64_t out_stride, float scale) {
+    if (g <= 0) return;
+    const lmk_kv_kernels *kv = k->kv;
+    const lmk_kv_group_kernels *gk = group_kernels_of(kv);
+    const int bs = view->bs;
+    const int blocks = bs > 0 ? (n + bs - 1) / bs : 0;
+    /* The rows in chunks of at most LMK_KV_GMAX, as even as possible (7 = 4 + 3, 9 = 3 + 3 + 3). */
+    const int chunks = (g + LMK_KV_GMAX - 1) / LMK_KV_GMAX, base = g / chunks, extra = g % chunks;
+    /* Pass 1, page by page; within a page, chunk by chunk. */
+    for (int i = 0; i < blocks; i++) {
+        const int rows = n - i * bs < bs ? n - i * bs : bs;
+        const uint8_t *page = view->kbase + (int64_t)view->table[i] * view->stride;
+        for (int c = 0, r0 = 0, gc; c < chunks; c++, r0 += gc) {
+            gc = base + (c < extra);
+            const float *qr = q + (int64_t)r0 * q_stride;
+            float *sr = scores + (int64_t)r0 * n + (int64_t)i * bs;
+            if (gk) gk->score[view->kscheme](qr, q_stride, gc, page, bs, rows, hd, scale, sr, n);
+            else for (int r = 0; r < gc; r++) kv->score[view->kscheme](qr + r * q_stride, page, bs, rows, hd, scale, sr + (int64_t)r * n);
+        }
+    }
+    for (int r = 0; r < g; r++) {
+        k->exp->softmax(scores + (int64_t)r * n, n);
+        for (int c = 0; c < hd; c++) out[(int64_t)r * out_stride + c] = 0.0f;
+    }
+    /* Pass 2, the same way. */
+    for (int i = 0; i < blocks; i++) {
+        const int rows = n - i * bs < bs ? n - i * bs : bs;
+        const uint8_t *page = view->vbase + (int64_t)view->table[i] * view->stride;
+        for (int c = 0, r0 = 0, gc; c < chunks; c++, r0 += gc) {
+            gc = base + (c < extra);
+            const float *pr = scores + (int64_t)r0 * n + (int64_t)i * bs;
+            float *orow = out + (int64_t)r0 * out_stride;
+            if (gk) gk->accum[view->vscheme](pr, n, gc, page, bs, rows, hd, orow, out_stride);
+            else for (int r = 0; r < gc; r++) kv->accum[view->vscheme](pr + (int64_t)r * n, page, bs, rows, hd, orow + r * out_stride);
+        }
     }
 }

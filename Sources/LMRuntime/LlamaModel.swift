@@ -184,7 +184,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         let b = Buffers(x: ws.buffer(0, T * D), xn: ws.buffer(1, T * max(D, qDim)), q: ws.buffer(2, T * qDim),
                         k: ws.buffer(3, T * kvDim), v: ws.buffer(4, T * kvDim), att: ws.buffer(5, T * qDim),
                         g: ws.buffer(6, T * F), u: ws.buffer(7, T * F),
-                        scores: ws.buffer(8, context.threads * min(maxSpan, Self.queryBlock) * S),
+                        scores: ws.buffer(8, context.threads * Self.scoreRows(min(maxSpan, Self.queryBlock), group: c.numHeads / c.numKVHeads) * S),
                         kvScratch: ws.buffer(9, context.threads * cache.blockSize * c.headDim))
         embed(batch, into: b.x)
         let rope = self.rope.upTo(S)
@@ -262,6 +262,9 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         Ops.add(b.x, b.xn, T * D)
     }
 
+    /// Score rows a worker needs: a query block, or a decode row's group of heads.
+    static func scoreRows(_ block: Int, group: Int) -> Int { max(block, group) }
+
     /// Query rows per attention block: keys beyond the block's last position are
     /// skipped (causal), which halves prefill attention work.
     static let queryBlock = 64
@@ -293,8 +296,9 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         let cacheBox = UncheckedBox(cache)
         let kernels = context.kernels
         let bs = cache.blockSize, kScheme = cache.keyScheme, vScheme = cache.valueScheme
+        let rowsPerWorker = Self.scoreRows(B, group: group)
         context.parallelFor(jobs.count) { j, w in
-            let sc = sp.p + w * B * S
+            let sc = sp.p + w * rowsPerWorker * S
             let tile = ks.p + w * bs * hd
             let job = jobs[j]
             let span = spans[job.span]
@@ -311,34 +315,36 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                 kernels.kvDequant(scheme, page: p, blockSize: bs, count: n, headDim: hd, out: tile)
                 return UnsafePointer(tile)
             }
+            if span.count <= 3 {
+                // Decode: the fused kernel reads each page (codes) once for the group's
+                // query heads.
+                for r in 0..<rows {
+                    let off = (row0 + r) * qDim + job.kvh * group * hd
+                    kernels.attendPagedGroup(q: qp.p + off, qStride: hd, rows: group, view: &view, count: p0 + r + 1, headDim: hd,
+                                             scale: scale, scores: sc, out: ap.p + off, outStride: hd)
+                }
+                return
+            }
             for g in 0..<group {
                 let h = job.kvh * group + g
-                if span.count <= 3 {
-                    // Decode: the fused kernel reads the pages (codes) directly.
-                    for r in 0..<rows {
-                        kernels.attendPaged(q: qp.p + (row0 + r) * qDim + h * hd, view: &view, count: p0 + r + 1, headDim: hd,
-                                            scale: scale, scores: sc, out: ap.p + (row0 + r) * qDim + h * hd)
-                    }
-                } else {
-                    let pages = (keys + bs - 1) / bs
-                    for i in 0..<pages {
-                        let n = min(bs, keys - i * bs)
-                        let K = page(view.kbase, kScheme, i, n)
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(n), Int32(hd),
-                                    scale, qp.p + row0 * qDim + h * hd, Int32(qDim), K, Int32(hd), 0, sc + i * bs, Int32(keys))
-                    }
-                    for r in 0..<rows {
-                        let row = sc + r * keys
-                        let valid = p0 + r + 1
-                        kernels.softmax(row, valid)
-                        if valid < keys { (row + valid).update(repeating: 0, count: keys - valid) }
-                    }
-                    for i in 0..<pages {
-                        let n = min(bs, keys - i * bs)
-                        let V = page(view.vbase, vScheme, i, n)
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(hd), Int32(n),
-                                    1, sc + i * bs, Int32(keys), V, Int32(hd), i == 0 ? 0 : 1, ap.p + row0 * qDim + h * hd, Int32(qDim))
-                    }
+                let pages = (keys + bs - 1) / bs
+                for i in 0..<pages {
+                    let n = min(bs, keys - i * bs)
+                    let K = page(view.kbase, kScheme, i, n)
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(n), Int32(hd),
+                                scale, qp.p + row0 * qDim + h * hd, Int32(qDim), K, Int32(hd), 0, sc + i * bs, Int32(keys))
+                }
+                for r in 0..<rows {
+                    let row = sc + r * keys
+                    let valid = p0 + r + 1
+                    kernels.softmax(row, valid)
+                    if valid < keys { (row + valid).update(repeating: 0, count: keys - valid) }
+                }
+                for i in 0..<pages {
+                    let n = min(bs, keys - i * bs)
+                    let V = page(view.vbase, vScheme, i, n)
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(hd), Int32(n),
+                                1, sc + i * bs, Int32(keys), V, Int32(hd), i == 0 ? 0 : 1, ap.p + row0 * qDim + h * hd, Int32(qDim))
                 }
             }
         }

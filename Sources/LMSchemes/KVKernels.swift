@@ -63,4 +63,17 @@ extension KernelSet {
                             scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>) {
         lmk_attend_paged(table, q, view, Int32(count), Int32(headDim), scores, out, scale)
     }
+
+    /// Decode attention of `rows` query rows sharing one KV head (grouped-query attention)
+    /// over `count` positions of a paged history (`lmk_attend_paged_group`): row r's query
+    /// at `q + r·qStride`, its output at `out + r·outStride` (`headDim` floats each), its
+    /// `count` scores (the probabilities on return) at `scores + r·count`. Each page is
+    /// read once for all rows (each K / V vector converted once for up to 4 rows), and
+    /// row r's result is bit-identical to `attendPaged` on row r alone.
+    @inline(__always)
+    public func attendPagedGroup(q: UnsafePointer<Float>, qStride: Int, rows: Int, view: UnsafePointer<lmk_kv_view>, count: Int,
+                                 headDim: Int, scale: Float, scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
+                                 outStride: Int) {
+        lmk_attend_paged_group(table, q, Int64(qStride), Int32(rows), view, Int32(count), Int32(headDim), scores, out, Int64(outStride), scale)
+    }
 }

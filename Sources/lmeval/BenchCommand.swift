@@ -54,8 +54,9 @@ struct BenchCommand: ParsableCommand {
             let bb = KVCache.blockBytes(layers: c.numLayers, kvHeads: c.numKVHeads, headDim: c.headDim, options: o)
             let blocks = pool / bb
             let perSeq = (depth + decode + kvOptions.blockSize - 1) / kvOptions.blockSize
-            print(String(format: "  %-18@  %11.1f   %6.3f   %-9d  %d", o.schemeDescription, Double(bb) / Double(kvOptions.blockSize), Double(bb) / f16,
-                         blocks * kvOptions.blockSize, blocks / perSeq))
+            let name = o.schemeDescription.padding(toLength: 18, withPad: " ", startingAt: 0)
+            print("  " + name + String(format: "  %11.1f   %6.3f   %-9d  %d", Double(bb) / Double(kvOptions.blockSize), Double(bb) / f16,
+                                       blocks * kvOptions.blockSize, blocks / perSeq))
         }
         if let json { try writeJSON(r.json(model: modelOptions.model), to: json) }
     }

@@ -332,6 +332,49 @@ struct KVKernelTests {
         }
     }
 
+    @Test("attendPagedGroup: every row bit-identical to attendPaged on that row alone (every level, scheme pair and group size; odd hd, partial last page, block table out of order, strided rows)")
+    func pagedGroup() {
+        let pairs: [(KVScheme, KVScheme)] = [(.f32, .f32), (.int8, .int8), (.int4, .int4), (.int8, .int4), (.f16, .bf16), (.bf16, .int8)]
+        let shapes: [(hd: Int, bs: Int, n: Int, table: [Int32])] = [
+            (8, 7, 17, [3, 0, 2]), (33, 7, 17, [3, 0, 2]), (64, 16, 40, [3, 0, 2]), (66, 32, 33, [1, 0]), (17, 16, 1, [2]), (64, 16, 1, [2]),
+        ]
+        for k in KernelSet.available {
+            for (ks, vs) in pairs {
+                for (hd, bs, n, table) in shapes where hd % 2 == 0 || (ks != .int4 && vs != .int4) {
+                    let K = kvRows(n, hd, seed: UInt64(hd + n)), V = kvRows(n, hd, seed: UInt64(hd * n + 1))
+                    let scale = 1 / Float(hd).squareRoot()
+                    withPaged(k: K, v: V, n: n, hd: hd, bs: bs, table: table, ks: ks, vs: vs) { view in
+                        for g in [1, 2, 3, 4, 5, 9] {
+                            let qStride = hd + 5, outStride = hd + 3   // rows apart by more than hd
+                            var rng = SplitMix64(seed: UInt64(g * 1000 + hd))
+                            let q = (0..<(g * qStride)).map { _ in rng.nextSigned() }
+                            var want = [Float](repeating: .nan, count: g * n), got = want
+                            var wantOut = [Float](repeating: 12345, count: g * outStride), gotOut = wantOut
+                            q.withUnsafeBufferPointer { qb in
+                                want.withUnsafeMutableBufferPointer { sb in
+                                    wantOut.withUnsafeMutableBufferPointer { ob in
+                                        for r in 0..<g {
+                                            k.attendPaged(q: qb.baseAddress! + r * qStride, view: view, count: n, headDim: hd, scale: scale,
+                                                          scores: sb.baseAddress! + r * n, out: ob.baseAddress! + r * outStride)
+                                        }
+                                    }
+                                }
+                                got.withUnsafeMutableBufferPointer { sb in
+                                    gotOut.withUnsafeMutableBufferPointer { ob in
+                                        k.attendPagedGroup(q: qb.baseAddress!, qStride: qStride, rows: g, view: view, count: n, headDim: hd,
+                                                           scale: scale, scores: sb.baseAddress!, out: ob.baseAddress!, outStride: outStride)
+                                    }
+                                }
+                            }
+                            #expect(sameBits(got, want) == "same bits" && sameBits(gotOut, wantOut) == "same bits",
+                                    "\(k) \(ks)/\(vs) hd \(hd) bs \(bs) n \(n) g \(g): scores \(sameBits(got, want)), out \(sameBits(gotOut, wantOut))")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// |paged − attend(dequantized rows)| / max|V| bound (measured maximum 1.6e-7; ≈ 3×).
     static let pagedBound = 5e-7
 

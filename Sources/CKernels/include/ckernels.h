@@ -132,6 +132,16 @@ typedef struct lmk_kernels {
 /// on the same rows laid out contiguously.
 void lmk_attend_paged(const lmk_kernels *k, const float *q, const lmk_kv_view *view, int n, int hd, float *scores, float *out, float scale);
 
+/// Decode attention of `g` query rows that share one KV head (grouped-query attention),
+/// over `n` positions of a paged history: q and out are [g][hd] row-major (q rows `q_stride`
+/// floats apart, out rows `out_stride` apart), scores holds g·n floats (row r's n scores,
+/// the probabilities on return, at r·n). Each page is read once for all g rows; the rows
+/// go in chunks of at most 4, each K / V vector converted once and FMA'd into every row
+/// of its chunk. Row r's result is bit-identical to lmk_attend_paged on row r alone.
+/// g ≤ 0 does nothing.
+void lmk_attend_paged_group(const lmk_kernels *k, const float *q, int64_t q_stride, int g, const lmk_kv_view *view, int n, int hd,
+                            float *scores, float *out, int64_t out_stride, float scale);
+
 /// 1 when this CPU can run kernels of `level` (generic: always; avx2: AVX2+FMA+F16C
 /// with the OS saving YMM state; avx512vnni: AVX512F+BW+VL+VNNI with the OS saving
 /// ZMM state, and also AVX2/FMA/F16C), else 0 (also for an unknown level).
