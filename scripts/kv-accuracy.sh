@@ -10,13 +10,20 @@ SHARED="${LMKIT_SHARED:-$(cd .. && pwd)/shared}"
 SMOL="${1:-.build/demo/smollm2}"
 LMEVAL=.build/release/lmeval
 OUT=.build/kv-accuracy; mkdir -p "$OUT"
-SCHEMES=("k=f16,v=f16" "k=bf16,v=bf16" "k=int8,v=int8" "k=int8,v=int4" "k=int4,v=int8" "k=int4,v=int4")
+# One row per entry: the --kv-cache value, then optional extra flags.
+SCHEMES=("k=f16,v=f16" "k=bf16,v=bf16" "k=int8,v=int8" "k=int8,v=int4" "k=int4,v=int8" "k=int4,v=int4"
+         "k=int4,v=int4 --kv-rotate" "k=int4c,v=int4" "k=int4c,v=int4 --kv-rotate" "k=int4c,v=int8" "k=int8c,v=int8"
+         "k=int2c,v=int2" "k=int2,v=int2")
+# KV_ONLY="k=int4c,v=int4;k=int2,v=int2" runs just those rows.
+if [ -n "${KV_ONLY:-}" ]; then IFS=';' read -r -a SCHEMES <<< "$KV_ONLY"; fi
 run() {  # name model text protocol ctx extra...
   local name=$1 model=$2 text=$3 proto=$4 ctx=$5; shift 5
-  for s in "${SCHEMES[@]}"; do
-    local j="$OUT/$name-${s//[=,]/_}.json"
-    "$LMEVAL" perplexity -m "$model" --baseline "$model" --text "$text" --protocol "$proto" --ctx "$ctx" "$@" --kv-cache "$s" --json "$j" > /dev/null 2>&1
-    python3 - "$j" "$name" "$s" <<'PY'
+  for entry in "${SCHEMES[@]}"; do
+    read -r s flags <<< "$entry"
+    local j="$OUT/$name-${s//[=,]/_}${flags:+-rot}.json"
+    # shellcheck disable=SC2086
+    "$LMEVAL" perplexity -m "$model" --baseline "$model" --text "$text" --protocol "$proto" --ctx "$ctx" "$@" --kv-cache "$s" $flags --json "$j" > /dev/null 2>&1
+    python3 - "$j" "$name" "$s${flags:+ (rotated)}" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 bpb = f"{r['bits_per_byte']:.4f}" if 'bits_per_byte' in r else "–"

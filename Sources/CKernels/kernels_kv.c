@@ -20,8 +20,14 @@
  *   separate roundings (no FMA).
  *   accum: w_t = p_t·scale16_t, M = Σ_t p_t·min16_t (in order, separate roundings),
  *   a_c = fma(w_t, code_tc, a_c) for t in order from 0, then acc_c += (a_c + M).
+ * - int2 score: as int8 / int4, the four 2-bit planes in four vectors added
+ *   ((0 + 1) + (2 + 3)) before the tree; int2 accum: as int8 / int4.
+ * - per-channel (int8c / int4c / int2c) score: q'_c = q_c·scale16_c and
+ *   bias = Σ_c q_c·min16_c (lane FMAs, zero-padded last chunk, tree sum) once a call,
+ *   S_t = Σ_c q'_c·code_tc as int8 / int4 / int2, out[t] = (S_t + bias)·scale. No accum
+ *   (K only).
  * - dequant: f32 copy; f16 / bf16 exact; int: min16 + scale16·code with separate
- *   roundings (no FMA). */
+ *   roundings (no FMA), per row or per channel. */
 #include "lmk_internal.h"
 #include <math.h>
 
@@ -100,18 +106,23 @@ int64_t lmk_kv_page_bytes(int scheme, int bs, int hd) {
     case LMK_KV_F16: case LMK_KV_BF16: return rows * d * 2;
     case LMK_KV_INT8: return 4 * rows + rows * d;
     case LMK_KV_INT4: return (hd & 1) ? -1 : 4 * rows + rows * d / 2;
+    case LMK_KV_INT2: return (hd & 3) ? -1 : 4 * rows + rows * d / 4;
+    case LMK_KV_INT8C: return 4 * d + rows * d;
+    case LMK_KV_INT4C: return (hd & 1) ? -1 : 4 * d + rows * d / 2;
+    case LMK_KV_INT2C: return (hd & 3) ? -1 : 4 * d + rows * d / 4;
     default: return -1;
     }
 }
 
-/* One integer row: (scale16, min16) and codes 0…qmax; see ckernels.h. */
-static void store_int_row(const float *x, int hd, int qmax, uint16_t par[2], uint8_t *codes) {
-    float lo = x[0], hi = x[0];
+/* (scale16, min16) of n values x[0], x[stride], …, for codes 0…qmax; see ckernels.h. */
+static void int_params(const float *x, int n, size_t stride, int qmax, uint16_t par[2]) {
+    float lo = n > 0 ? x[0] : 0, hi = lo;
     int finite = 1;
-    for (int i = 0; i < hd; i++) {
-        if (!isfinite(x[i])) { finite = 0; break; }
-        if (x[i] < lo) lo = x[i];
-        if (x[i] > hi) hi = x[i];
+    for (int i = 0; i < n; i++) {
+        const float v = x[(size_t)i * stride];
+        if (!isfinite(v)) { finite = 0; break; }
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
     }
     uint16_t s16 = LMK_HALF_NAN, m16 = LMK_HALF_NAN;
     if (finite) {
@@ -124,16 +135,45 @@ static void store_int_row(const float *x, int hd, int qmax, uint16_t par[2], uin
         if (!half_is_finite(m16) || !half_is_finite(s16)) s16 = m16 = LMK_HALF_NAN;   /* outside half range */
     }
     par[0] = s16; par[1] = m16;
-    const float sc = lmk_half_to_float_sw(s16), mn = lmk_half_to_float_sw(m16);
-    for (int i = 0; i < hd; i++) {
-        int c = 0;
-        if (half_is_finite(s16) && sc > 0) {
-            const double r = rint(((double)x[i] - (double)mn) / (double)sc);   /* round half even */
-            c = r < 0 ? 0 : r > qmax ? qmax : (int)r;
-        }
-        codes[i] = (uint8_t)c;
+}
+
+/* (scale, min) as the coder uses them: sc = 0 codes everything as 0 (a constant or a NaN
+ * row / channel). */
+typedef struct { double sc, mn; } int_coder;
+static int_coder int_coder_of(const uint16_t par[2]) {
+    const float sc = lmk_half_to_float_sw(par[0]);
+    const int_coder k = {half_is_finite(par[0]) && sc > 0 ? sc : 0, lmk_half_to_float_sw(par[1])};
+    return k;
+}
+/* round-half-even((x − min)/scale) clamped to 0…qmax. */
+static int int_code(float x, int_coder k, int qmax) {
+    if (k.sc == 0) return 0;
+    const double r = rint(((double)x - k.mn) / k.sc);   /* round half even */
+    return r < 0 ? 0 : r > qmax ? qmax : (int)r;
+}
+
+/* Packs hd codes (0…2^(8/P) − 1) into hd/P bytes: byte i holds channel i + j·hd/P in
+ * bits j·8/P … (P = 1, 2, 4: the int8, int4, int2 row layouts). */
+static void pack_codes(const uint8_t *codes, int hd, int P, uint8_t *row) {
+    const int w = hd / P, bits = 8 / P;
+    for (int i = 0; i < w; i++) {
+        unsigned b = 0;
+        for (int j = 0; j < P; j++) b |= (unsigned)codes[i + j * w] << (j * bits);
+        row[i] = (uint8_t)b;
     }
 }
+
+/* Planes a byte of codes holds (1, 2, 4) and the top code, by integer scheme; 0 for a
+ * float scheme. */
+static int scheme_planes(int scheme) {
+    switch (scheme) {
+    case LMK_KV_INT8: case LMK_KV_INT8C: return 1;
+    case LMK_KV_INT4: case LMK_KV_INT4C: return 2;
+    case LMK_KV_INT2: case LMK_KV_INT2C: return 4;
+    default: return 0;
+    }
+}
+static int is_per_channel(int scheme) { return scheme == LMK_KV_INT8C || scheme == LMK_KV_INT4C || scheme == LMK_KV_INT2C; }
 
 void lmk_kv_store_row(int scheme, const float *x, void *page, int bs, int t, int hd) {
     uint8_t *pb = (uint8_t *)page;
@@ -149,23 +189,38 @@ void lmk_kv_store_row(int scheme, const float *x, void *page, int bs, int t, int
         }
         return;
     }
-    case LMK_KV_INT8: {
+    case LMK_KV_INT8: case LMK_KV_INT4: case LMK_KV_INT2: {
+        const int P = scheme_planes(scheme), qmax = (1 << (8 / P)) - 1;
         uint16_t par[2];
-        store_int_row(x, hd, 255, par, pb + 4 * (size_t)bs + (size_t)t * hd);
+        int_params(x, hd, 1, qmax, par);
         memcpy(pb + 4 * (size_t)t, par, 4);
-        return;
-    }
-    case LMK_KV_INT4: {
-        uint16_t par[2];
         uint8_t codes[hd > 0 ? hd : 1];
-        store_int_row(x, hd, 15, par, codes);
-        memcpy(pb + 4 * (size_t)t, par, 4);
-        const int h = hd / 2;
-        uint8_t *row = pb + 4 * (size_t)bs + (size_t)t * h;
-        for (int i = 0; i < h; i++) row[i] = (uint8_t)(codes[i] | (codes[i + h] << 4));
+        const int_coder k = int_coder_of(par);
+        for (int i = 0; i < hd; i++) codes[i] = (uint8_t)int_code(x[i], k, qmax);
+        pack_codes(codes, hd, P, pb + 4 * (size_t)bs + (size_t)t * (hd / P));
         return;
     }
-    default: return;
+    default: return;   /* unknown, or per channel (lmk_kv_store_block) */
+    }
+}
+
+void lmk_kv_store_block(int scheme, const float *rows, void *page, int bs, int hd) {
+    if (!is_per_channel(scheme)) {
+        for (int t = 0; t < bs; t++) lmk_kv_store_row(scheme, rows + (size_t)t * hd, page, bs, t, hd);
+        return;
+    }
+    uint8_t *pb = (uint8_t *)page, *codes = pb + 4 * (size_t)hd;
+    const int P = scheme_planes(scheme), qmax = (1 << (8 / P)) - 1, w = hd / P, bits = 8 / P;
+    memset(codes, 0, (size_t)bs * w);
+    for (int c = 0; c < hd; c++) {
+        uint16_t par[2];
+        int_params(rows + c, bs, (size_t)hd, qmax, par);
+        memcpy(pb + 2 * (size_t)c, &par[0], 2);
+        memcpy(pb + 2 * (size_t)hd + 2 * (size_t)c, &par[1], 2);
+        const int_coder k = int_coder_of(par);
+        const int i = c % w, shift = (c / w) * bits;
+        for (int t = 0; t < bs; t++)
+            codes[(size_t)t * w + i] |= (uint8_t)(int_code(rows[(size_t)t * hd + c], k, qmax) << shift);
     }
 }
 
@@ -308,6 +363,10 @@ LMK_TARGET_AVX2 static inline __attribute__((always_inline)) float lmk_h2f_1_f16
 
 /* Stores the first m (1 ≤ m ≤ 16) lanes of v at p. */
 #define lmk_storef_m(p, v, m) do { if ((m) == 16) { const v16f s_ = (v); memcpy((p), &s_, 64); } else lmk_storef_part((p), (v), (m)); } while (0)
+
+/* Plane j of 16 code bytes holding P planes (1, 2, 4: bits j·8/P …) as float lanes. */
+#define lmk_kv_plane(b, P, j) __builtin_convertvector(                                                     \
+    (P) == 1 ? (b) : ((b) >> (v16uc)(unsigned char)((j) * (8 / (P)))) & (v16uc)(unsigned char)((1 << (8 / (P))) - 1), v16f)
 
 /* ---------------------------------------------------------------------------------
  * Page kernels of one level. H2F: the lane-wise half → float of the level; H2F1 the
@@ -725,6 +784,172 @@ LMK_TARGET_AVX2 static inline __attribute__((always_inline)) float lmk_h2f_1_f16
             }                                                                                                 \
         }                                                                                                     \
     }                                                                                                         \
+    /* ---- int2 and the per-channel schemes (P code planes a byte: 1, 2, 4) ---- */                         \
+    /* S[r·ss + t] = Σ_c q_r[c]·code_tc for rows t < n of codes in the P-plane row layout (row t at t·hd/P):  \
+     * per plane, lane FMAs over 16-byte chunks (the last zero-padded); the planes added as                   \
+     * ((0 + 1) + (2 + 3)); the 16 lanes summed by TREEX. */                                                  \
+    TARGET LMK_KV_BODY void kv_dot_b_##SUFFIX(const int G, const int P, const float *q, int64_t qs, const uint8_t *codes, int n, int hd, float *S, int64_t ss) { \
+        const int w = hd / P, full = w & ~15, tail = w - full;                                                \
+        v16f qt[LMK_KV_GMAX][4];                                                                              \
+        for (int r = 0; r < G; r++)                                                                           \
+            for (int j = 0; j < P; j++) qt[r][j] = tail ? lmk_loadf_pad(q + r * qs + j * w + full, tail) : (v16f)0.0f; \
+        for (int t0 = 0; t0 < n; t0 += 16) {                                                                  \
+            const int m = n - t0 < 16 ? n - t0 : 16;                                                          \
+            v16f A[LMK_KV_GMAX][16];                                                                          \
+            for (int u = 0; u < 16; u++) {                                                                    \
+                v16f a[LMK_KV_GMAX][4];                                                                       \
+                for (int r = 0; r < G; r++)                                                                   \
+                    for (int j = 0; j < P; j++) a[r][j] = 0.0f;                                               \
+                if (u < m) {                                                                                  \
+                    const uint8_t *c = codes + (size_t)(t0 + u) * w;                                          \
+                    for (int i = 0; i < full; i += 16) {                                                      \
+                        const v16uc b = lmk_loadb(c + i);                                                     \
+                        v16f pl[4];                                                                           \
+                        for (int j = 0; j < P; j++) pl[j] = lmk_kv_plane(b, P, j);                            \
+                        for (int r = 0; r < G; r++)                                                           \
+                            for (int j = 0; j < P; j++)                                                       \
+                                a[r][j] = __builtin_elementwise_fma(lmk_loadf(q + r * qs + j * w + i), pl[j], a[r][j]); \
+                    }                                                                                         \
+                    if (tail) {                                                                               \
+                        const v16uc b = lmk_loadb_pad(c + full, tail);                                        \
+                        v16f pl[4];                                                                           \
+                        for (int j = 0; j < P; j++) pl[j] = lmk_kv_plane(b, P, j);                            \
+                        for (int r = 0; r < G; r++)                                                           \
+                            for (int j = 0; j < P; j++) a[r][j] = __builtin_elementwise_fma(qt[r][j], pl[j], a[r][j]); \
+                    }                                                                                         \
+                }                                                                                             \
+                for (int r = 0; r < G; r++)                                                                   \
+                    A[r][u] = P == 1 ? a[r][0] : P == 2 ? a[r][0] + a[r][1] : (a[r][0] + a[r][1]) + (a[r][2] + a[r][3]); \
+            }                                                                                                 \
+            for (int r = 0; r < G; r++) lmk_storef_m(S + r * ss + t0, TREEX(A[r]), m);                        \
+        }                                                                                                     \
+    }                                                                                                         \
+    /* int2 (per token): out[t] = (scale16_t·S_t + min16_t·Q)·scale, as int8 / int4. */                       \
+    TARGET LMK_KV_BODY void score_int2_b_##SUFFIX(const int G, const float *q, int64_t qs, const void *page, int bs, int n, int hd, float scale, float *out, int64_t os) { \
+        const uint8_t *pb = (const uint8_t *)page;                                                            \
+        kv_dot_b_##SUFFIX(G, 4, q, qs, pb + 4 * (size_t)bs, n, hd, out, os);                                  \
+        for (int r = 0; r < G; r++) {                                                                         \
+            const float Q = kv_qsum_##SUFFIX(q + r * qs, hd);                                                 \
+            float *o = out + r * os;                                                                          \
+            for (int t0 = 0; t0 < n; t0 += 16) {                                                              \
+                const int m = n - t0 < 16 ? n - t0 : 16;                                                      \
+                v16f scv, mnv;                                                                                \
+                lmk_kv_params16(pb, t0, m, H2F, scv, mnv);                                                    \
+                const v16f S = m == 16 ? lmk_loadf(o + t0) : lmk_loadf_pad(o + t0, m);                        \
+                lmk_storef_m(o + t0, (scv * S + mnv * Q) * scale, m);                                         \
+            }                                                                                                 \
+        }                                                                                                     \
+    }                                                                                                         \
+    /* int2 accum: as int4, NVOF(G) planes (1, 2 or 4) of a 16-byte chunk a pass; each channel's FMA chain    \
+     * over t is the same whatever the pass. */                                                               \
+    TARGET LMK_KV_BODY void accum_int2_b_##SUFFIX(const int G, const float *p, int64_t ps, const void *page, int bs, int n, int hd, float *acc, int64_t as) { \
+        const uint8_t *pb = (const uint8_t *)page, *codes = pb + 4 * (size_t)bs;                              \
+        const int w = hd / 4, NP = NVOF(G);                                                                   \
+        float wt[G * (n > 0 ? n : 1)], M[LMK_KV_GMAX];                                                        \
+        kv_weights_##SUFFIX(G, p, ps, pb, n, wt, M);                                                          \
+        for (int i = 0; i < w; i += 16) {                                                                     \
+            const int wd = w - i < 16 ? w - i : 16;                                                           \
+            for (int j0 = 0; j0 < 4; j0 += NP) {                                                              \
+                v16f a[LMK_KV_GMAX][4];                                                                       \
+                for (int r = 0; r < G; r++)                                                                   \
+                    for (int v = 0; v < NP; v++) a[r][v] = 0.0f;                                              \
+                for (int t = 0; t < n; t++) {                                                                 \
+                    const uint8_t *c = codes + (size_t)t * w + i;                                             \
+                    const v16uc b = wd == 16 ? lmk_loadb(c) : lmk_loadb_pad(c, wd);                           \
+                    v16f pl[4];                                                                               \
+                    for (int v = 0; v < NP; v++) pl[v] = lmk_kv_plane(b, 4, j0 + v);                          \
+                    for (int r = 0; r < G; r++) {                                                             \
+                        const v16f wv = wt[r * n + t];                                                        \
+                        for (int v = 0; v < NP; v++) a[r][v] = __builtin_elementwise_fma(wv, pl[v], a[r][v]); \
+                    }                                                                                         \
+                }                                                                                             \
+                for (int r = 0; r < G; r++)                                                                   \
+                    for (int v = 0; v < NP; v++) {                                                            \
+                        float *ar = acc + r * as + (j0 + v) * w + i;                                          \
+                        lmk_storef_m(ar, (wd == 16 ? lmk_loadf(ar) : lmk_loadf_pad(ar, wd)) + (a[r][v] + M[r]), wd); \
+                    }                                                                                         \
+            }                                                                                                 \
+        }                                                                                                     \
+    }                                                                                                         \
+    /* Per channel: q'_c = q_c·scale16_c and bias = Σ_c q_c·min16_c (lane FMAs over 16-channel chunks, the   \
+     * last zero-padded, tree sum), once a call; out[t] = (Σ_c q'_c·code_tc + bias)·scale. */                 \
+    TARGET LMK_KV_BODY void score_chan_b_##SUFFIX(const int G, const int P, const float *q, int64_t qs, const void *page, int n, int hd, float scale, float *out, int64_t os) { \
+        const uint8_t *pb = (const uint8_t *)page;                                                            \
+        float qp[G * (hd > 0 ? hd : 1)];                                                                      \
+        v16f bv[LMK_KV_GMAX];                                                                                 \
+        for (int r = 0; r < G; r++) bv[r] = 0.0f;                                                             \
+        for (int i = 0; i < hd; i += 16) {                                                                    \
+            const int wd = hd - i < 16 ? hd - i : 16;                                                         \
+            const uint8_t *ps_ = pb + 2 * (size_t)i, *pm_ = pb + 2 * (size_t)hd + 2 * (size_t)i;              \
+            const v16f sc = H2F(wd == 16 ? lmk_loadh(ps_) : lmk_loadh_pad(ps_, wd));                          \
+            const v16f mn = H2F(wd == 16 ? lmk_loadh(pm_) : lmk_loadh_pad(pm_, wd));                          \
+            for (int r = 0; r < G; r++) {                                                                     \
+                const float *qr = q + r * qs + i;                                                             \
+                const v16f qv = wd == 16 ? lmk_loadf(qr) : lmk_loadf_pad(qr, wd);                             \
+                bv[r] = __builtin_elementwise_fma(qv, mn, bv[r]);                                             \
+                lmk_storef_m(qp + r * hd + i, qv * sc, wd);                                                   \
+            }                                                                                                 \
+        }                                                                                                     \
+        kv_dot_b_##SUFFIX(G, P, qp, hd, pb + 4 * (size_t)hd, n, hd, out, os);                                 \
+        for (int r = 0; r < G; r++) {                                                                         \
+            const float bias = lmk_tree16(bv[r]);                                                             \
+            float *o = out + r * os;                                                                          \
+            for (int t0 = 0; t0 < n; t0 += 16) {                                                              \
+                const int m = n - t0 < 16 ? n - t0 : 16;                                                      \
+                const v16f S = m == 16 ? lmk_loadf(o + t0) : lmk_loadf_pad(o + t0, m);                        \
+                lmk_storef_m(o + t0, (S + bias) * scale, m);                                                  \
+            }                                                                                                 \
+        }                                                                                                     \
+    }                                                                                                         \
+    TARGET LMK_KV_BODY void score_int8c_b_##SUFFIX(const int G, const float *q, int64_t qs, const void *page, int bs, int n, int hd, float scale, float *out, int64_t os) { \
+        (void)bs; score_chan_b_##SUFFIX(G, 1, q, qs, page, n, hd, scale, out, os);                            \
+    }                                                                                                         \
+    TARGET LMK_KV_BODY void score_int4c_b_##SUFFIX(const int G, const float *q, int64_t qs, const void *page, int bs, int n, int hd, float scale, float *out, int64_t os) { \
+        (void)bs; score_chan_b_##SUFFIX(G, 2, q, qs, page, n, hd, scale, out, os);                            \
+    }                                                                                                         \
+    TARGET LMK_KV_BODY void score_int2c_b_##SUFFIX(const int G, const float *q, int64_t qs, const void *page, int bs, int n, int hd, float scale, float *out, int64_t os) { \
+        (void)bs; score_chan_b_##SUFFIX(G, 4, q, qs, page, n, hd, scale, out, os);                            \
+    }                                                                                                         \
+    /* Dequant of a P-plane page, per token (CHAN = 0) or per channel (CHAN = 1): min + scale·code, two       \
+     * roundings, no FMA. */                                                                                  \
+    TARGET LMK_KV_BODY void dequant_planes_b_##SUFFIX(const int P, const int CHAN, const void *page, int bs, int n, int hd, float *out) { \
+        const uint8_t *pb = (const uint8_t *)page, *codes = pb + 4 * (size_t)(CHAN ? hd : bs);                \
+        const int w = hd / P, bits = 8 / P, mask = (1 << bits) - 1;                                           \
+        float scf[CHAN && hd > 0 ? hd : 1], mnf[CHAN && hd > 0 ? hd : 1];                                     \
+        if (CHAN)                                                                                             \
+            for (int i = 0; i < hd; i += 16) {                                                                \
+                const int wd = hd - i < 16 ? hd - i : 16;                                                     \
+                const uint8_t *ps_ = pb + 2 * (size_t)i, *pm_ = pb + 2 * (size_t)hd + 2 * (size_t)i;          \
+                lmk_storef_m(scf + i, H2F(wd == 16 ? lmk_loadh(ps_) : lmk_loadh_pad(ps_, wd)), wd);           \
+                lmk_storef_m(mnf + i, H2F(wd == 16 ? lmk_loadh(pm_) : lmk_loadh_pad(pm_, wd)), wd);           \
+            }                                                                                                 \
+        for (int t = 0; t < n; t++) {                                                                         \
+            float sc = 0, mn = 0;                                                                             \
+            if (!CHAN) { uint16_t par[2]; memcpy(par, pb + 4 * (size_t)t, 4); sc = H2F1(par[0]); mn = H2F1(par[1]); } \
+            const uint8_t *c = codes + (size_t)t * w;                                                         \
+            float *o = out + (size_t)t * hd;                                                                  \
+            int i = 0;                                                                                        \
+            for (; i + 16 <= w; i += 16) {                                                                    \
+                const v16uc b = lmk_loadb(c + i);                                                             \
+                for (int j = 0; j < P; j++) {                                                                 \
+                    const int c0 = j * w + i;                                                                 \
+                    const v16f cv = lmk_kv_plane(b, P, j);                                                    \
+                    const v16f r = CHAN ? lmk_loadf(mnf + c0) + lmk_loadf(scf + c0) * cv : (v16f)mn + (v16f)sc * cv; \
+                    memcpy(o + c0, &r, 64);                                                                   \
+                }                                                                                             \
+            }                                                                                                 \
+            for (; i < w; i++)                                                                                \
+                for (int j = 0; j < P; j++) {                                                                 \
+                    const int c0 = j * w + i;                                                                 \
+                    const float code = (float)((c[i] >> (j * bits)) & mask);                                  \
+                    o[c0] = CHAN ? mnf[c0] + scf[c0] * code : mn + sc * code;                                 \
+                }                                                                                             \
+        }                                                                                                     \
+    }                                                                                                         \
+    TARGET static void dequant_int2_##SUFFIX(const void *page, int bs, int n, int hd, float *out) { dequant_planes_b_##SUFFIX(4, 0, page, bs, n, hd, out); } \
+    TARGET static void dequant_int8c_##SUFFIX(const void *page, int bs, int n, int hd, float *out) { dequant_planes_b_##SUFFIX(1, 1, page, bs, n, hd, out); } \
+    TARGET static void dequant_int4c_##SUFFIX(const void *page, int bs, int n, int hd, float *out) { dequant_planes_b_##SUFFIX(2, 1, page, bs, n, hd, out); } \
+    TARGET static void dequant_int2c_##SUFFIX(const void *page, int bs, int n, int hd, float *out) { dequant_planes_b_##SUFFIX(4, 1, page, bs, n, hd, out); } \
     /* ---- the one-row entry points (G = 1) and the table ---- */                                            \
     TARGET static void score_f32_##SUFFIX(const float *q, const void *page, int bs, int n, int hd, float scale, float *out) { score_f32_b_##SUFFIX(1, q, 0, page, bs, n, hd, scale, out, 0); } \
     TARGET static void accum_f32_##SUFFIX(const float *p, const void *page, int bs, int n, int hd, float *acc) { accum_f32_b_##SUFFIX(1, p, 0, page, bs, n, hd, acc, 0); } \
@@ -732,10 +957,19 @@ LMK_TARGET_AVX2 static inline __attribute__((always_inline)) float lmk_h2f_1_f16
     TARGET static void accum_int8_##SUFFIX(const float *p, const void *page, int bs, int n, int hd, float *acc) { accum_int8_b_##SUFFIX(1, p, 0, page, bs, n, hd, acc, 0); } \
     TARGET static void score_int4_##SUFFIX(const float *q, const void *page, int bs, int n, int hd, float scale, float *out) { score_int4_b_##SUFFIX(1, q, 0, page, bs, n, hd, scale, out, 0); } \
     TARGET static void accum_int4_##SUFFIX(const float *p, const void *page, int bs, int n, int hd, float *acc) { accum_int4_b_##SUFFIX(1, p, 0, page, bs, n, hd, acc, 0); } \
+    TARGET static void score_int2_##SUFFIX(const float *q, const void *page, int bs, int n, int hd, float scale, float *out) { score_int2_b_##SUFFIX(1, q, 0, page, bs, n, hd, scale, out, 0); } \
+    TARGET static void accum_int2_##SUFFIX(const float *p, const void *page, int bs, int n, int hd, float *acc) { accum_int2_b_##SUFFIX(1, p, 0, page, bs, n, hd, acc, 0); } \
+    TARGET static void score_int8c_##SUFFIX(const float *q, const void *page, int bs, int n, int hd, float scale, float *out) { score_int8c_b_##SUFFIX(1, q, 0, page, bs, n, hd, scale, out, 0); } \
+    TARGET static void score_int4c_##SUFFIX(const float *q, const void *page, int bs, int n, int hd, float scale, float *out) { score_int4c_b_##SUFFIX(1, q, 0, page, bs, n, hd, scale, out, 0); } \
+    TARGET static void score_int2c_##SUFFIX(const float *q, const void *page, int bs, int n, int hd, float scale, float *out) { score_int2c_b_##SUFFIX(1, q, 0, page, bs, n, hd, scale, out, 0); } \
+    /* accum is NULL for the per-channel schemes: they are for K only. */                                     \
     const lmk_kv_kernels lmk_kv_##SUFFIX = {                                                                  \
-        .score = {score_f32_##SUFFIX, score_f16_##SUFFIX, score_bf16_##SUFFIX, score_int8_##SUFFIX, score_int4_##SUFFIX}, \
-        .accum = {accum_f32_##SUFFIX, accum_f16_##SUFFIX, accum_bf16_##SUFFIX, accum_int8_##SUFFIX, accum_int4_##SUFFIX}, \
-        .dequant = {dequant_f32_##SUFFIX, dequant_f16_##SUFFIX, dequant_bf16_##SUFFIX, dequant_int8_##SUFFIX, dequant_int4_##SUFFIX}, \
+        .score = {score_f32_##SUFFIX, score_f16_##SUFFIX, score_bf16_##SUFFIX, score_int8_##SUFFIX, score_int4_##SUFFIX, \
+                  score_int2_##SUFFIX, score_int8c_##SUFFIX, score_int4c_##SUFFIX, score_int2c_##SUFFIX},    \
+        .accum = {accum_f32_##SUFFIX, accum_f16_##SUFFIX, accum_bf16_##SUFFIX, accum_int8_##SUFFIX, accum_int4_##SUFFIX, \
+                  accum_int2_##SUFFIX, NULL, NULL, NULL},                                                     \
+        .dequant = {dequant_f32_##SUFFIX, dequant_f16_##SUFFIX, dequant_bf16_##SUFFIX, dequant_int8_##SUFFIX, dequant_int4_##SUFFIX, \
+                    dequant_int2_##SUFFIX, dequant_int8c_##SUFFIX, dequant_int4c_##SUFFIX, dequant_int2c_##SUFFIX}, \
     };
 
 DEFINE_KV_KERNELS(generic, , LMK_KV_NV_GENERIC, lmk_tree16_each, lmk_sum16_each, lmk_h2f_bits, lmk_h2f_1_sw)
@@ -795,9 +1029,26 @@ typedef struct lmk_kv_group_kernels {
     TARGET static void gaccum_int4_##SUFFIX(const float *p, int64_t ps, int g, const void *page, int bs, int n, int hd, float *acc, int64_t as) { \
         LMK_KV_GSWITCH(accum_int4_b_##SUFFIX, p, ps, page, bs, n, hd, acc, as)                                \
     }                                                                                                         \
+    TARGET static void gscore_int2_##SUFFIX(const float *q, int64_t qs, int g, const void *page, int bs, int n, int hd, float scale, float *out, int64_t os) { \
+        LMK_KV_GSWITCH(score_int2_b_##SUFFIX, q, qs, page, bs, n, hd, scale, out, os)                         \
+    }                                                                                                         \
+    TARGET static void gaccum_int2_##SUFFIX(const float *p, int64_t ps, int g, const void *page, int bs, int n, int hd, float *acc, int64_t as) { \
+        LMK_KV_GSWITCH(accum_int2_b_##SUFFIX, p, ps, page, bs, n, hd, acc, as)                                \
+    }                                                                                                         \
+    TARGET static void gscore_int8c_##SUFFIX(const float *q, int64_t qs, int g, const void *page, int bs, int n, int hd, float scale, float *out, int64_t os) { \
+        LMK_KV_GSWITCH(score_int8c_b_##SUFFIX, q, qs, page, bs, n, hd, scale, out, os)                        \
+    }                                                                                                         \
+    TARGET static void gscore_int4c_##SUFFIX(const float *q, int64_t qs, int g, const void *page, int bs, int n, int hd, float scale, float *out, int64_t os) { \
+        LMK_KV_GSWITCH(score_int4c_b_##SUFFIX, q, qs, page, bs, n, hd, scale, out, os)                        \
+    }                                                                                                         \
+    TARGET static void gscore_int2c_##SUFFIX(const float *q, int64_t qs, int g, const void *page, int bs, int n, int hd, float scale, float *out, int64_t os) { \
+        LMK_KV_GSWITCH(score_int2c_b_##SUFFIX, q, qs, page, bs, n, hd, scale, out, os)                        \
+    }                                                                                                         \
     static const lmk_kv_group_kernels lmk_kvg_##SUFFIX = {                                                    \
-        .score = {gscore_f32_##SUFFIX, gscore_f16_##SUFFIX, gscore_bf16_##SUFFIX, gscore_int8_##SUFFIX, gscore_int4_##SUFFIX}, \
-        .accum = {gaccum_f32_##SUFFIX, gaccum_f16_##SUFFIX, gaccum_bf16_##SUFFIX, gaccum_int8_##SUFFIX, gaccum_int4_##SUFFIX}, \
+        .score = {gscore_f32_##SUFFIX, gscore_f16_##SUFFIX, gscore_bf16_##SUFFIX, gscore_int8_##SUFFIX, gscore_int4_##SUFFIX, \
+                  gscore_int2_##SUFFIX, gscore_int8c_##SUFFIX, gscore_int4c_##SUFFIX, gscore_int2c_##SUFFIX}, \
+        .accum = {gaccum_f32_##SUFFIX, gaccum_f16_##SUFFIX, gaccum_bf16_##SUFFIX, gaccum_int8_##SUFFIX, gaccum_int4_##SUFFIX, \
+                  gaccum_int2_##SUFFIX, NULL, NULL, NULL},                                                    \
     };
 
 DEFINE_KV_GROUP(avx2, LMK_TARGET_AVX2)
@@ -807,12 +1058,21 @@ DEFINE_KV_GROUP(avx512, LMK_TARGET_AVX512)
 /* ---------------------------------------------------------------------------------
  * Paged decode attention (the driver; the level's kernels do the work). */
 
+/* Block i ≥ kfull's K rows in the view's f32 tail. */
+static const void *kv_tail_page(const lmk_kv_view *view, int i, int hd) {
+    return view->ktail + ((int64_t)i - view->kfull) * view->bs * hd;
+}
+
 void lmk_attend_paged(const lmk_kernels *k, const float *q, const lmk_kv_view *view, int n, int hd, float *scores, float *out, float scale) {
     const lmk_kv_kernels *kv = k->kv;
     const int bs = view->bs;
     const int blocks = bs > 0 ? (n + bs - 1) / bs : 0;
     for (int i = 0; i < blocks; i++) {
         const int rows = n - i * bs < bs ? n - i * bs : bs;
+        if (i >= view->kfull) {   /* the K tail: f32 rows */
+            kv->score[LMK_KV_F32](q, kv_tail_page(view, i, hd), bs, rows, hd, scale, scores + (size_t)i * bs);
+            continue;
+        }
         const uint8_t *page = view->kbase + (int64_t)view->table[i] * view->stride;
         kv->score[view->kscheme](q, page, bs, rows, hd, scale, scores + (size_t)i * bs);
     }
@@ -847,13 +1107,14 @@ void lmk_attend_paged_group(const lmk_kernels *k, const float *q, int64_t q_stri
     /* Pass 1, page by page; within a page, chunk by chunk. */
     for (int i = 0; i < blocks; i++) {
         const int rows = n - i * bs < bs ? n - i * bs : bs;
-        const uint8_t *page = view->kbase + (int64_t)view->table[i] * view->stride;
+        const int tail = i >= view->kfull, ks = tail ? LMK_KV_F32 : view->kscheme;
+        const void *page = tail ? kv_tail_page(view, i, hd) : view->kbase + (int64_t)view->table[i] * view->stride;
         for (int c = 0, r0 = 0, gc; c < chunks; c++, r0 += gc) {
             gc = base + (c < extra);
             const float *qr = q + (int64_t)r0 * q_stride;
             float *sr = scores + (int64_t)r0 * n + (int64_t)i * bs;
-            if (gk) gk->score[view->kscheme](qr, q_stride, gc, page, bs, rows, hd, scale, sr, n);
-            else for (int r = 0; r < gc; r++) kv->score[view->kscheme](qr + r * q_stride, page, bs, rows, hd, scale, sr + (int64_t)r * n);
+            if (gk) gk->score[ks](qr, q_stride, gc, page, bs, rows, hd, scale, sr, n);
+            else for (int r = 0; r < gc; r++) kv->score[ks](qr + r * q_stride, page, bs, rows, hd, scale, sr + (int64_t)r * n);
         }
     }
     for (int r = 0; r < g; r++) {

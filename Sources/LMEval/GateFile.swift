@@ -178,8 +178,7 @@ public struct GateFile: Sendable {
                 if let kv = cj["recipe"]?["kv_cache"] {
                     let kk = ck + ".recipe.kv_cache"
                     do {
-                        let (k, v) = try KVCacheOptions.parseSchemes(try str(kv, kk), option: "kv_cache")
-                        cand.kvCache = KVCacheOptions(keys: k, values: v)
+                        cand.kvCache = try KVCacheOptions.parse(try str(kv, kk), option: "kv_cache")
                     } catch let e as RuntimeError { throw fail(kk, e.reason) }
                 }
                 cands.append(cand)

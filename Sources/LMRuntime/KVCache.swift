@@ -14,11 +14,20 @@ public struct KVCacheOptions: Sendable, Equatable, CustomStringConvertible {
     public var blockSize: Int
     /// The pool's size; nil: exactly what `sequences × capacity` positions need.
     public var budget: KVBudget?
+    /// `--kv-rotate`: a normalized Hadamard rotation per head before quantization (the
+    /// llama.cpp / ik_llama.cpp `-khad` comparison). Q and K are rotated when K has a
+    /// per-token integer scheme (q·k unchanged); V is rotated when V has an integer
+    /// scheme, and the attention output is rotated back.
+    public var rotate: Bool = false
+    /// Whether `rotate` applies to K / V under these schemes.
+    public var rotatesKeys: Bool { rotate && keys.isInteger && !keys.isPerChannel }
+    public var rotatesValues: Bool { rotate && values.isInteger }
 
     public static let defaultBlockSize = 32
 
-    public init(keys: KVScheme = .f32, values: KVScheme = .f32, blockSize: Int = KVCacheOptions.defaultBlockSize, budget: KVBudget? = nil) {
-        self.keys = keys; self.values = values; self.blockSize = blockSize; self.budget = budget
+    public init(keys: KVScheme = .f32, values: KVScheme = .f32, blockSize: Int = KVCacheOptions.defaultBlockSize, budget: KVBudget? = nil,
+                rotate: Bool = false) {
+        self.keys = keys; self.values = values; self.blockSize = blockSize; self.budget = budget; self.rotate = rotate
     }
 
     /// "k=int8,v=int4" (either key may be omitted: it stays f32), or one scheme for both ("int8").
@@ -42,6 +51,22 @@ public struct KVCacheOptions: Sendable, Equatable, CustomStringConvertible {
         return (k, v)
     }
 
+    /// The gate's `kv_cache` string: schemes as `parseSchemes`, plus optional parts
+    /// "rotate" and "block=N" ("k=int4c,v=int4,rotate").
+    public static func parse(_ s: String, option: String) throws -> KVCacheOptions {
+        var o = KVCacheOptions()
+        var rest: [String] = []
+        for part in s.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
+            if part == "rotate" { o.rotate = true }
+            else if part.hasPrefix("block=") {
+                guard let b = Int(part.dropFirst(6)), b >= 1 && b <= 1024 else { throw RuntimeError("\(option): block size must be in 1...1024, got '\(part)'") }
+                o.blockSize = b
+            } else { rest.append(part) }
+        }
+        (o.keys, o.values) = try parseSchemes(rest.joined(separator: ","), option: option)
+        return o
+    }
+
     /// LMDeploy's `quant_policy`: 0 (float cache), 8 (int8 K and V), 4 (int4 K and V).
     /// The float cache of policy 0 is f32 here (the runtime computes in f32).
     public static func quantPolicy(_ p: Int) throws -> (keys: KVScheme, values: KVScheme) {
@@ -53,14 +78,20 @@ public struct KVCacheOptions: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// "k=int8,v=int8" (the block size is added when it is not the default).
-    public var schemeDescription: String { "k=\(keys),v=\(values)" }
+    /// "k=int8,v=int8" (",rotated" with `rotate`; the block size is added when it is
+    /// not the default).
+    public var schemeDescription: String { "k=\(keys),v=\(values)" + (rotate ? ",rotated" : "") }
     public var description: String {
         schemeDescription + (blockSize == Self.defaultBlockSize ? "" : ",block=\(blockSize)")
     }
     /// True for the plain f32 cache at the default block size (the configuration every
     /// number measured before the paged cache used).
-    public var isDefault: Bool { keys == .f32 && values == .f32 && blockSize == Self.defaultBlockSize }
+    public var isDefault: Bool { keys == .f32 && values == .f32 && blockSize == Self.defaultBlockSize && !rotate }
+}
+
+extension KVScheme {
+    /// int8, int4, int2 and the per-channel schemes (codes with scale and min).
+    public var isInteger: Bool { rawValue >= KVScheme.int8.rawValue }
 }
 
 /// A KV pool size: bytes, or LMDeploy's `cache_max_entry_count` (a share of the memory
@@ -162,6 +193,14 @@ public final class KVCache {
 
     let pool: UnsafeMutableRawPointer
     let mappedBytes: Int
+    /// Per-channel K only: the newest, incomplete block of each (sequence, layer, KV
+    /// head) in float32, `[sequence][layer][kvHead][blockSize][headDim]`; a block is
+    /// quantized from here once its last row is stored.
+    let tails: UnsafeMutablePointer<Float>?
+    /// Bytes of `tails` (outside the pool, counted against a budget).
+    public let tailBytes: Int
+    /// Positions stored per sequence (visible or not).
+    private var stored: [Int]
     let maxBlocksPerSequence: Int
     /// `[sequence][maxBlocksPerSequence]` block ids.
     let tables: UnsafeMutablePointer<Int32>
@@ -186,18 +225,29 @@ public final class KVCache {
         for (side, s) in [("K", options.keys), ("V", options.values)] where s.pageBytes(blockSize: options.blockSize, headDim: headDim) < 0 {
             throw RuntimeError("--kv-cache: \(side) scheme \(s) cannot store head size \(headDim) (int4 packs two channels a byte: the head size must be even)")
         }
+        if options.rotate && !options.rotatesKeys && !options.rotatesValues {
+            throw RuntimeError("--kv-rotate: nothing to rotate under \(options.schemeDescription) (it rotates K under a per-token integer scheme and V under an integer scheme)")
+        }
+        if options.keys.isPerChannel && options.blockSize < 8 {
+            throw RuntimeError("--cache-block-seq-len \(options.blockSize): \(options.keys) keeps a float16 scale and min per channel per block, which below 8 tokens a block cost more than the codes they describe; use a block size of at least 8 (32 is the default)")
+        }
+        if options.values.isPerChannel {
+            throw RuntimeError("--kv-cache: \(options.values) quantizes per channel, which is for K only; V takes a per-token scheme (int8, int4, int2) or a float one")
+        }
         guard capacity >= 1, sequences >= 1 else { throw RuntimeError("KV cache: capacity (\(capacity)) and sequences (\(sequences)) must be at least 1") }
         self.layers = layers; self.kvHeads = kvHeads; self.headDim = headDim
         self.capacity = capacity; self.sequences = sequences; self.options = options
+        let tailFloats = options.keys.isPerChannel ? sequences * layers * kvHeads * options.blockSize * headDim : 0
+        tailBytes = tailFloats * 4
         keyPageBytes = Self.pad64(options.keys.pageBytes(blockSize: options.blockSize, headDim: headDim))
         valuePageBytes = Self.pad64(options.values.pageBytes(blockSize: options.blockSize, headDim: headDim))
         blockBytes = max(64, layers * kvHeads * (keyPageBytes + valuePageBytes))
         maxBlocksPerSequence = (capacity + options.blockSize - 1) / options.blockSize
         if let budget = options.budget {
-            let bytes = try budget.resolve()
-            let n = bytes / blockBytes
+            let bytes = try budget.resolve() - tailBytes
+            let n = max(0, bytes) / blockBytes
             guard n >= 1 else {
-                throw RuntimeError("KV cache budget \(bytes) bytes\(budget == .bytes(bytes) ? "" : " (\(budget))") is smaller than one block (\(blockBytes) bytes: \(options.blockSize) tokens × \(layers) layers × \(kvHeads) KV heads, \(options.schemeDescription)); raise --kv-cache-size or --cache-max-entry-count, or lower --cache-block-seq-len")
+                throw RuntimeError("KV cache budget \(bytes + tailBytes) bytes\(budget == .bytes(bytes) ? "" : " (\(budget))") is smaller than one block (\(blockBytes) bytes: \(options.blockSize) tokens × \(layers) layers × \(kvHeads) KV heads, \(options.schemeDescription)); raise --kv-cache-size or --cache-max-entry-count, or lower --cache-block-seq-len")
             }
             blocks = min(n, Int(Int32.max))
         } else {
@@ -211,10 +261,23 @@ public final class KVCache {
         tables = .allocate(capacity: max(1, sequences * maxBlocksPerSequence))
         tables.initialize(repeating: -1, count: max(1, sequences * maxBlocksPerSequence))
         counts = [Int](repeating: 0, count: sequences)
+        stored = [Int](repeating: 0, count: sequences)
         held = [Int](repeating: 0, count: sequences)
+        if tailFloats > 0 {
+            let t = UnsafeMutablePointer<Float>.allocate(capacity: tailFloats)
+            t.initialize(repeating: 0, count: tailFloats)
+            tails = t
+        } else { tails = nil }
         free = (0..<Int32(blocks)).reversed()
     }
-    deinit { munmap(pool, mappedBytes); tables.deallocate() }
+    deinit { munmap(pool, mappedBytes); tables.deallocate(); tails?.deallocate() }
+
+    /// The float32 tail block of (`sequence`, `layer`, `head`) (per-channel K only).
+    public func tailRows(layer: Int, sequence: Int, head: Int) -> UnsafeMutablePointer<Float>? {
+        tails.map { $0 + ((sequence * layers + layer) * kvHeads + head) * blockSize * headDim }
+    }
+    /// Complete (quantized) K blocks of `sequence` under a per-channel K scheme.
+    public func completeBlocks(_ sequence: Int) -> Int { stored[sequence] / blockSize }
 
     /// Positions stored in `sequence` and visible to attention.
     public func count(_ sequence: Int) -> Int { counts[sequence] }
@@ -236,15 +299,23 @@ public final class KVCache {
         try reserve(sequence: s, positions: start + tokens)
         let bs = blockSize, hd = headDim
         let table = tables + s * maxBlocksPerSequence
+        let perChannel = keyScheme.isPerChannel
         for h in 0..<kvHeads {
             let headOffset = (layer * kvHeads + h) * (keyPageBytes + valuePageBytes)
+            let tail = tailRows(layer: layer, sequence: s, head: h)
             for t in 0..<tokens {
                 let pos = start + t
                 let page = pool + Int(table[pos / bs]) * blockBytes + headOffset
-                keyScheme.storeRow(keys + t * stride + h * hd, page: page, blockSize: bs, row: pos % bs, headDim: hd)
+                if let tail, perChannel {
+                    (tail + (pos % bs) * hd).update(from: keys + t * stride + h * hd, count: hd)
+                    if pos % bs == bs - 1 { keyScheme.storeBlock(tail, page: page, blockSize: bs, headDim: hd) }
+                } else {
+                    keyScheme.storeRow(keys + t * stride + h * hd, page: page, blockSize: bs, row: pos % bs, headDim: hd)
+                }
                 valueScheme.storeRow(values + t * stride + h * hd, page: page + keyPageBytes, blockSize: bs, row: pos % bs, headDim: hd)
             }
         }
+        stored[s] = max(stored[s], start + tokens)
     }
 
     /// Single-sequence store at the end of sequence 0 (rows `kvHeads*headDim` apart).
@@ -272,6 +343,7 @@ public final class KVCache {
         let table = tables + sequence * maxBlocksPerSequence
         while held[sequence] > 0 { held[sequence] -= 1; free.append(table[held[sequence]]); table[held[sequence]] = -1 }
         counts[sequence] = 0
+        stored[sequence] = 0
     }
     /// Forgets every sequence.
     public func reset() { for s in 0..<sequences { reset(s) } }
@@ -280,8 +352,10 @@ public final class KVCache {
     /// until the sequence is reset or the cache freed.
     public func view(layer: Int, sequence: Int, head: Int) -> lmk_kv_view {
         let kbase = UnsafePointer((pool + (layer * kvHeads + head) * (keyPageBytes + valuePageBytes)).assumingMemoryBound(to: UInt8.self))
+        let tail = tailRows(layer: layer, sequence: sequence, head: head)
         return lmk_kv_view(kbase: kbase, vbase: kbase + keyPageBytes, table: UnsafePointer(tables + sequence * maxBlocksPerSequence),
-                           stride: Int64(blockBytes), bs: Int32(blockSize), kscheme: keyScheme.cID, vscheme: valueScheme.cID)
+                           stride: Int64(blockBytes), bs: Int32(blockSize), kscheme: keyScheme.cID, vscheme: valueScheme.cID,
+                           ktail: tail.map { UnsafePointer($0) }, kfull: tail == nil ? Int32.max : Int32(completeBlocks(sequence)))
     }
 
     /// Rows `0..<n` of (`sequence`, `layer`, `head`) dequantized into `out` (`[n, headDim]`):
@@ -290,6 +364,10 @@ public final class KVCache {
         let v = view(layer: layer, sequence: sequence, head: head)
         for i in 0..<blocksNeeded(positions: n) {
             let rows = min(blockSize, n - i * blockSize)
+            if keys, let tail = v.ktail, i >= Int(v.kfull) {
+                (out + i * blockSize * headDim).update(from: tail, count: rows * headDim)
+                continue
+            }
             let page = UnsafeRawPointer((keys ? v.kbase : v.vbase)!) + Int(v.table[i]) * blockBytes
             kernels.kvDequant(keys ? keyScheme : valueScheme, page: page, blockSize: blockSize, count: rows, headDim: headDim, out: out + i * blockSize * headDim)
         }
@@ -298,6 +376,7 @@ public final class KVCache {
     /// A one-line summary: schemes, block size, pool size, bytes per token, tokens held.
     public var summary: String {
         let mib = Double(poolBytes) / 1048576
-        return "KV cache: \(options.schemeDescription), blocks of \(blockSize) tokens, pool \(String(format: "%.1f", mib)) MiB = \(blocks) blocks = \(tokenCapacity) tokens, \(String(format: "%.1f", bytesPerToken)) bytes/token"
+        let tail = tailBytes > 0 ? String(format: " + %.2f MiB float32 tail blocks", Double(tailBytes) / 1048576) : ""
+        return "KV cache: \(options.schemeDescription), blocks of \(blockSize) tokens, pool \(String(format: "%.1f", mib)) MiB = \(blocks) blocks = \(tokenCapacity) tokens, \(String(format: "%.1f", bytesPerToken)) bytes/token" + tail
     }
 }

@@ -138,7 +138,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
 
     /// Buffers of one forward call (from the context's workspace).
     struct Buffers {
-        let x, xn, q, k, v, att, g, u, scores, kvScratch: UnsafeMutablePointer<Float>
+        let x, xn, q, k, v, att, g, u, scores, kvScratch, prefix: UnsafeMutablePointer<Float>
     }
 
     /// Checks `batch` against the vocabulary and `cache` (every build).
@@ -185,7 +185,8 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                         k: ws.buffer(3, T * kvDim), v: ws.buffer(4, T * kvDim), att: ws.buffer(5, T * qDim),
                         g: ws.buffer(6, T * F), u: ws.buffer(7, T * F),
                         scores: ws.buffer(8, context.threads * Self.scoreRows(min(maxSpan, Self.queryBlock), group: c.numHeads / c.numKVHeads) * S),
-                        kvScratch: ws.buffer(9, context.threads * cache.blockSize * c.headDim))
+                        kvScratch: ws.buffer(9, context.threads * cache.blockSize * c.headDim),
+                        prefix: ws.buffer(10, cache.keyScheme.isPerChannel ? batch.spans.count * c.numKVHeads * cache.blockSize * c.headDim : 1))
         embed(batch, into: b.x)
         let rope = self.rope.upTo(S)
         for li in 0..<layers.count {
@@ -237,11 +238,41 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                 rope.apply(kp.p + t * kvDim, heads: KVH, pos: positions[t])
             }
         }
+        let kvo = cache.options
+        if kvo.rotatesKeys || kvo.rotatesValues {
+            // --kv-rotate: Hadamard per head (q and k together keep q·k; v is rotated back below).
+            let vp = SendablePointer(b.v), rk = kvo.rotatesKeys, rv = kvo.rotatesValues
+            context.parallelFor(tokenSlices.count) { i in
+                for t in tokenSlices[i] {
+                    if rk {
+                        for h in 0..<H { Ops.hadamard(qp.p + t * qDim + h * hd, hd) }
+                        for h in 0..<KVH { Ops.hadamard(kp.p + t * kvDim + h * hd, hd) }
+                    }
+                    if rv { for h in 0..<KVH { Ops.hadamard(vp.p + t * kvDim + h * hd, hd) } }
+                }
+            }
+        }
+        if cache.keyScheme.isPerChannel {
+            // The float32 rows of each span's first block stored before this call: prefill
+            // reads a position's own (incomplete) block in full precision, as decode does.
+            let B = cache.blockSize
+            for (si, sp) in batch.spans.enumerated() where sp.count > 1 && sp.start % B > 0 {
+                for h in 0..<KVH {
+                    (b.prefix + (si * KVH + h) * B * hd).update(from: cache.tailRows(layer: li, sequence: sp.sequence, head: h)!, count: (sp.start % B) * hd)
+                }
+            }
+        }
         for sp in batch.spans {
             try cache.store(layer: li, sequence: sp.sequence, start: sp.start, keys: b.k + sp.first * kvDim, values: b.v + sp.first * kvDim,
                             tokens: sp.count, stride: kvDim)
         }
-        attention(layer: li, batch: batch, q: b.q, out: b.att, cache: cache, scores: b.scores, kvScratch: b.kvScratch, context: context)
+        attention(layer: li, batch: batch, q: b.q, k: b.k, prefix: b.prefix, out: b.att, cache: cache, scores: b.scores, kvScratch: b.kvScratch, context: context)
+        if kvo.rotatesValues {
+            let ap = SendablePointer(b.att)
+            context.parallelFor(tokenSlices.count) { i in
+                for t in tokenSlices[i] { for h in 0..<H { Ops.hadamard(ap.p + t * qDim + h * hd, hd) } }
+            }
+        }
         try hooks?.tap?(li, .oProjInput, b.att, T, qDim)
         L.o.apply(b.att, tokens: T, out: b.xn, ldOut: D, context: context)
         try hooks?.reduce?(li, .oProj, b.xn, T, D)
@@ -274,7 +305,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     /// use the fused paged kernel (scores and weighted sums on the stored codes);
     /// blocks of `queryBlock` rows use `sgemm` per page for QKᵀ and PV, each page read
     /// in place (f32) or dequantized into a one-page tile.
-    func attention(layer li: Int, batch: Batch, q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
+    func attention(layer li: Int, batch: Batch, q: UnsafeMutablePointer<Float>, k: UnsafePointer<Float>, prefix: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
                    cache: KVCache, scores: UnsafeMutablePointer<Float>, kvScratch: UnsafeMutablePointer<Float>, context: ComputeContext) {
         let c = config
         let H = c.numHeads, KVH = c.numKVHeads, hd = c.headDim, qDim = H * hd, group = H / KVH
@@ -296,6 +327,8 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         let cacheBox = UncheckedBox(cache)
         let kernels = context.kernels
         let bs = cache.blockSize, kScheme = cache.keyScheme, vScheme = cache.valueScheme
+        let perChannelK = kScheme.isPerChannel, kvDim = KVH * hd
+        let kb = SendablePointer(UnsafeMutablePointer(mutating: k)), pb = SendablePointer(UnsafeMutablePointer(mutating: prefix))
         let rowsPerWorker = Self.scoreRows(B, group: group)
         context.parallelFor(jobs.count) { j, w in
             let sc = sp.p + w * rowsPerWorker * S
@@ -315,9 +348,9 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                 kernels.kvDequant(scheme, page: p, blockSize: bs, count: n, headDim: hd, out: tile)
                 return UnsafePointer(tile)
             }
-            if span.count <= 3 {
+            if span.count <= 3 && (!perChannelK || span.count == 1) {
                 // Decode: the fused kernel reads each page (codes) once for the group's
-                // query heads.
+                // query heads. (Per-channel K: one row, whose own block is the tail.)
                 for r in 0..<rows {
                     let off = (row0 + r) * qDim + job.kvh * group * hd
                     kernels.attendPagedGroup(q: qp.p + off, qStride: hd, rows: group, view: &view, count: p0 + r + 1, headDim: hd,
@@ -330,9 +363,25 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                 let pages = (keys + bs - 1) / bs
                 for i in 0..<pages {
                     let n = min(bs, keys - i * bs)
-                    let K = page(view.kbase, kScheme, i, n)
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(n), Int32(hd),
-                                scale, qp.p + row0 * qDim + h * hd, Int32(qDim), K, Int32(hd), 0, sc + i * bs, Int32(keys))
+                    // Per-channel K: block i is complete (quantized) for a query at p only once
+                    // p ≥ (i+1)·B − 1; earlier rows read it in float32 (this call's K rows, and
+                    // the rows stored before it), exactly what decode reads from the tail.
+                    let rStar = perChannelK ? min(rows, max(0, (i + 1) * bs - 1 - p0)) : 0
+                    if rStar > 0 {
+                        for t in 0..<n {
+                            let pos = i * bs + t
+                            let src = pos >= span.start ? kb.p + (span.first + pos - span.start) * kvDim + job.kvh * hd
+                                                        : pb.p + (job.span * KVH + job.kvh) * bs * hd + (pos % bs) * hd
+                            (tile + t * hd).update(from: src, count: hd)
+                        }
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rStar), Int32(n), Int32(hd),
+                                    scale, qp.p + row0 * qDim + h * hd, Int32(qDim), tile, Int32(hd), 0, sc + i * bs, Int32(keys))
+                    }
+                    if rStar < rows {
+                        let K = page(view.kbase, kScheme, i, n)
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows - rStar), Int32(n), Int32(hd),
+                                    scale, qp.p + (row0 + rStar) * qDim + h * hd, Int32(qDim), K, Int32(hd), 0, sc + rStar * keys + i * bs, Int32(keys))
+                    }
                 }
                 for r in 0..<rows {
                     let row = sc + r * keys

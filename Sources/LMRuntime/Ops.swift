@@ -3,6 +3,35 @@ import Foundation
 /// Elementwise and per-row kernels of the Llama forward pass. Each has a simple
 /// scalar definition in its doc comment; the SIMD bodies implement exactly that.
 public enum Ops {
+    /// Size of the Walsh–Hadamard blocks `hadamard` uses for vectors of `n`: the largest
+    /// power of two dividing `n` (n itself when it is one; 2 for n = 6, 32 for n = 96).
+    public static func hadamardBlock(_ n: Int) -> Int { n & -n }
+
+    /// In-place normalized Walsh–Hadamard transform of `x[0..<n]` in blocks of
+    /// `hadamardBlock(n)` (block-diagonal for head sizes that are not a power of two):
+    /// fast butterflies, then × 1/√block. Orthogonal and its own inverse, so
+    /// (Hq)·(Hk) = q·k and H(Σ p·Hv) = Σ p·v.
+    public static func hadamard(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
+        let b = hadamardBlock(n)
+        guard b > 1 else { return }
+        let scale = 1 / Float(b).squareRoot()
+        var base = 0
+        while base < n {
+            let v = x + base
+            var h = 1
+            while h < b {
+                var i = 0
+                while i < b {
+                    for j in i..<(i + h) { let a = v[j], c = v[j + h]; v[j] = a + c; v[j + h] = a - c }
+                    i += 2 * h
+                }
+                h *= 2
+            }
+            for j in 0..<b { v[j] *= scale }
+            base += b
+        }
+    }
+
     /// `out[i] = x[i] / sqrt(mean(x²) + eps) * w[i]` for one row of `n`
     /// (sum of squares accumulated in Float, SIMD16 lanes).
     @inline(__always)

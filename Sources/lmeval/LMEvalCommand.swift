@@ -49,7 +49,7 @@ func printErr(_ s: String) { FileHandle.standardError.write((s + "\n").data(usin
 /// KV cache options shared by perplexity, generate and bench (formats/kv-cache.md).
 struct KVOptions: ParsableArguments {
     @Option(name: .customLong("kv-cache"),
-            help: "KV cache schemes: k=SCHEME,v=SCHEME, or one scheme for both. f32 (default), f16, bf16, int8, int4 (int: asymmetric per token and KV head).")
+            help: "KV cache schemes: k=SCHEME,v=SCHEME, or one scheme for both. f32 (default), f16, bf16, int8, int4, int2 (asymmetric per token and KV head); for K also int8c, int4c, int2c (per channel within each block, newest block in float32).")
     var kvCache: String?
     @Option(name: .customLong("quant-policy"), help: "LMDeploy's KV quantization: 0 (float), 8 (int8 K and V) or 4 (int4 K and V).")
     var quantPolicy: Int?
@@ -60,6 +60,9 @@ struct KVOptions: ParsableArguments {
     var maxEntryCount: Double?
     @Option(name: .customLong("kv-cache-size"), help: "KV pool size: bytes, or with a unit (64MiB, 512M, 2G).")
     var kvCacheSize: String?
+    @Flag(name: .customLong("kv-rotate"),
+          help: "Hadamard-rotate each head before quantizing: Q and K under a per-token integer K scheme, V under an integer V scheme (llama.cpp's -khad).")
+    var kvRotate = false
 
     func validate() throws {
         if kvCache != nil && quantPolicy != nil { throw ValidationError("give --kv-cache or --quant-policy, not both") }
@@ -75,6 +78,11 @@ struct KVOptions: ParsableArguments {
         var budget: KVBudget? = nil
         if let f = maxEntryCount { budget = .fraction(f) }
         if let s = kvCacheSize { budget = .bytes(try KVBudget.parseBytes(s)) }
-        return KVCacheOptions(keys: k, values: v, blockSize: blockSize, budget: budget)
+        let o = KVCacheOptions(keys: k, values: v, blockSize: blockSize, budget: budget, rotate: kvRotate)
+        if kvRotate && !o.rotatesKeys && !o.rotatesValues {
+            throw RuntimeError("--kv-rotate: nothing to rotate under \(o.schemeDescription) (it rotates K under a per-token integer scheme and V under an integer scheme)")
+        }
+        if v.isPerChannel { throw RuntimeError("--kv-cache: \(v) quantizes per channel, which is for K only; give V a per-token scheme, e.g. --kv-cache k=\(v),v=int4") }
+        return o
     }
 }

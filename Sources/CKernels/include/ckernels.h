@@ -45,49 +45,77 @@ typedef struct lmk_exp_kernels {
 } lmk_exp_kernels;
 
 /// KV-cache schemes of one page (K or V of `bs` token rows of one (layer, block, KV head)).
-/// Page layouts (formats/kv-cache.md), for a head dimension `hd` (even):
+/// Page layouts (formats/kv-cache.md), for a head dimension `hd`:
 /// - LMK_KV_F32: bs·hd floats, row t at t·hd.
 /// - LMK_KV_F16 / LMK_KV_BF16: bs·hd uint16 (IEEE half / bfloat16, round to nearest even).
 /// - LMK_KV_INT8: bs (scale, min) pairs as float16 (4 bytes a row, row t at 4t), then
 ///   bs·hd uint8 codes (row t at 4·bs + t·hd); x = min + scale·code, code 0..255.
-/// - LMK_KV_INT4: bs (scale, min) pairs as float16, then bs·hd/2 bytes (row t at
-///   4·bs + t·hd/2): byte i holds channel i in its low nibble and channel i + hd/2 in
+/// - LMK_KV_INT4 (hd even): bs (scale, min) pairs as float16, then bs·hd/2 bytes (row t
+///   at 4·bs + t·hd/2): byte i holds channel i in its low nibble and channel i + hd/2 in
 ///   its high nibble; x = min + scale·code, code 0..15.
-/// Integer rows are asymmetric per row: min is rounded down to float16 and scale =
+/// - LMK_KV_INT2 (hd % 4 == 0): bs (scale, min) pairs as float16, then bs·hd/4 bytes (row
+///   t at 4·bs + t·hd/4): byte i holds channel i + j·hd/4 in bits 2j, 2j + 1 (j = 0..3);
+///   x = min + scale·code, code 0..3.
+/// - LMK_KV_INT8C / LMK_KV_INT4C / LMK_KV_INT2C ("per channel", for K only): hd float16
+///   scales (byte 0), hd float16 mins (byte 2·hd), then bs rows of codes at 4·hd in
+///   exactly the INT8 / INT4 / INT2 row layout (row t at 4·hd + t·hd, t·hd/2, t·hd/4);
+///   x[t][c] = min_c + scale_c·code[t][c]. INT4C needs an even hd, INT2C hd % 4 == 0.
+/// Integer parameters are asymmetric, over one row (per-token schemes) or over one
+/// channel's bs rows (per-channel schemes): min is rounded down to float16 and scale =
 /// (max − min16)/qmax rounded up, so every value is within scale/2 of its code
-/// (code = round-half-even((x − min16)/scale16), all 0 for a constant row); a row
-/// holding NaN or ±Inf (or whose min or scale overflows float16) stores NaN scale and
-/// min (0x7E00), so everything read from it is NaN.
-enum { LMK_KV_F32 = 0, LMK_KV_F16 = 1, LMK_KV_BF16 = 2, LMK_KV_INT8 = 3, LMK_KV_INT4 = 4, LMK_KV_SCHEMES = 5 };
+/// (code = round-half-even((x − min16)/scale16), all 0 for a constant row / channel); a
+/// row / channel holding NaN or ±Inf (or whose min or scale overflows float16) stores
+/// NaN scale and min (0x7E00), so everything read from it is NaN (for a per-channel page:
+/// every score of the page).
+enum {
+    LMK_KV_F32 = 0, LMK_KV_F16 = 1, LMK_KV_BF16 = 2, LMK_KV_INT8 = 3, LMK_KV_INT4 = 4,
+    LMK_KV_INT2 = 5, LMK_KV_INT8C = 6, LMK_KV_INT4C = 7, LMK_KV_INT2C = 8,
+    LMK_KV_SCHEMES = 9
+};
 
 /// Bytes of one page of `scheme` (not padded); −1 for an unknown scheme, a negative
-/// size, or an odd `hd` with int4.
+/// size, an odd `hd` with int4 / int4c, or `hd % 4 != 0` with int2 / int2c.
 int64_t lmk_kv_page_bytes(int scheme, int bs, int hd);
 
-/// Writes row `t` (< bs) of a page from `hd` floats (quantizes on write). The same
-/// function at every level, so a cache's bytes do not depend on the CPU.
+/// Writes row `t` (< bs) of a page of a per-token scheme from `hd` floats (quantizes on
+/// write). The same function at every level, so a cache's bytes do not depend on the
+/// CPU. A no-op for the per-channel schemes (INT8C / INT4C / INT2C), whose parameters
+/// need the whole page: write those with lmk_kv_store_block.
 void lmk_kv_store_row(int scheme, const float *x, void *page, int bs, int t, int hd);
+
+/// Writes a whole page (all `bs` rows) from bs·hd floats, row-major (row t at t·hd).
+/// Per-channel schemes: each channel's (scale, min) over the bs rows, then the codes;
+/// per-token schemes: lmk_kv_store_row on each row. Plain C, the same bytes on every CPU.
+void lmk_kv_store_block(int scheme, const float *rows, void *page, int bs, int hd);
 
 /// Page kernels of one level, indexed by scheme (kernels_kv.c). Every level gives the
 /// same bits (one 16-lane source, explicit FMAs, no contraction). Rows t ≥ n of a page
 /// are never read. Arithmetic: f32 score is the dot of `attend` (lane FMAs, lanes summed
 /// in order, scalar tail) and f32 accum its FMA loop, so `lmk_attend_paged` over f32
-/// pages equals `attend`; f16/bf16 sum the 16 lanes by a halving tree; int score is
-/// (scale16_t·Σ q_c·code_tc + min16_t·Σ q_c)·scale and int accum
-/// acc_c += Σ_t (p_t·scale16_t)·code_tc + Σ_t p_t·min16_t (codes only, no float copy).
+/// pages equals `attend`; f16/bf16 sum the 16 lanes by a halving tree; per-token int
+/// score is (scale16_t·Σ q_c·code_tc + min16_t·Σ q_c)·scale and int accum
+/// acc_c += Σ_t (p_t·scale16_t)·code_tc + Σ_t p_t·min16_t (codes only, no float copy);
+/// per-channel score is (Σ_c q'_c·code_tc + bias)·scale with q'_c = q_c·scale16_c and
+/// bias = Σ_c q_c·min16_c computed once per call.
 typedef struct lmk_kv_kernels {
     /// out[t] = scale · (q · k_t) for rows t < n of the page.
     void (*score[LMK_KV_SCHEMES])(const float *q, const void *page, int bs, int n, int hd, float scale, float *out);
-    /// acc[c] += Σ_{t<n} p[t] · v_t[c] for c < hd.
+    /// acc[c] += Σ_{t<n} p[t] · v_t[c] for c < hd. NULL for the per-channel schemes
+    /// (INT8C / INT4C / INT2C are for K only: a V page of them is never read).
     void (*accum[LMK_KV_SCHEMES])(const float *p, const void *page, int bs, int n, int hd, float *acc);
     /// out[t·hd + c] = row t of the page as floats, t < n (the reference twin's input and
     /// prefill's tile): a copy (f32), exact (f16, bf16), min16 + scale16·code with two
-    /// roundings, no FMA (int8, int4).
+    /// roundings, no FMA (integer schemes; per row or per channel).
     void (*dequant[LMK_KV_SCHEMES])(const void *page, int bs, int n, int hd, float *out);
 } lmk_kv_kernels;
 
 /// A paged history of one (sequence, layer, KV head): block i's K page is at
 /// `kbase + table[i]·stride`, its V page at `vbase + table[i]·stride`.
+/// K pages i < kfull are read through `kscheme`; the K rows of blocks i ≥ kfull (the
+/// newest, incomplete block of a per-channel K cache) are float32 rows at `ktail`
+/// (row t = position kfull·bs + t, hd floats each), scored with the f32 kernel. V has no
+/// tail: every V page, the last one included, is read through `vscheme`, which must be a
+/// per-token scheme. A view without a tail sets kfull = INT32_MAX and ktail = NULL.
 typedef struct lmk_kv_view {
     const uint8_t *kbase;
     const uint8_t *vbase;
@@ -96,6 +124,8 @@ typedef struct lmk_kv_view {
     int bs;
     int kscheme;
     int vscheme;
+    const float *ktail;
+    int kfull;
 } lmk_kv_view;
 
 /// One level's kernels. Tables live in static const storage.
@@ -126,10 +156,11 @@ typedef struct lmk_kernels {
 } lmk_kernels;
 
 /// Decode attention of one query row over `n` positions of a paged history, with the
-/// kernels of `k`: scores[j] = scale · q·K_j (page by page), softmax over the n scores
-/// (`k->exp->softmax`), out = Σ_j scores[j]·V_j (page by page, `out` zeroed first).
-/// `scores` holds n floats. With f32 pages this is bit-identical to `k->exp->attend`
-/// on the same rows laid out contiguously.
+/// kernels of `k`: scores[j] = scale · q·K_j (page by page; the K tail of `view` with the
+/// f32 kernel), softmax over the n scores (`k->exp->softmax`), out = Σ_j scores[j]·V_j
+/// (page by page, `out` zeroed first). `scores` holds n floats. With f32 pages (and an
+/// f32 tail or none) this is bit-identical to `k->exp->attend` on the same rows laid out
+/// contiguously.
 void lmk_attend_paged(const lmk_kernels *k, const float *q, const lmk_kv_view *view, int n, int hd, float *scores, float *out, float scale);
 
 /// Decode attention of `g` query rows that share one KV head (grouped-query attention),
