@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL="${1:-.build/demo/smollm2-int4-g32.lmpk}"; ROUNDS="${2:-2}"
 for round in $(seq 1 "$ROUNDS"); do
-  for kv in f32 f16 int8 k=int8,v=int4 int4; do
+  for kv in f32 f16 int8 k=int8,v=int4 int4 k=int4c,v=int4 k=int4c,v=int8; do
     j=$(mktemp)
     .build/release/lmeval bench -m "$MODEL" --prefill 64 --decode 64 --depth 2048 --repetitions 3 --kv-cache "$kv" --json "$j" > /dev/null
     python3 - "$j" "$kv" "$round" <<'PY'
