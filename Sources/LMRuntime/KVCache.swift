@@ -51,6 +51,24 @@ public struct KVCacheOptions: Sendable, Equatable, CustomStringConvertible {
         return (k, v)
     }
 
+    /// Checks what does not depend on the model's shape: block size, per-channel V,
+    /// rotation with nothing to rotate, per-channel K blocks under 8 tokens.
+    /// - Throws: `RuntimeError` naming the option (`option` is the flag or gate key).
+    public func validate(option: String = "--kv-cache") throws {
+        guard blockSize >= 1 && blockSize <= 1024 else {
+            throw RuntimeError("\(option): block size (--cache-block-seq-len) must be in 1...1024, got \(blockSize)")
+        }
+        if values.isPerChannel {
+            throw RuntimeError("\(option): \(values) quantizes per channel, which is for K only; give V a per-token scheme, e.g. k=\(values),v=int4")
+        }
+        if keys.isPerChannel && blockSize < 8 {
+            throw RuntimeError("\(option): block size \(blockSize) is too small for \(keys) (a float16 scale and min per channel per block cost more than the codes below 8 tokens a block); use at least 8 (32 is the default)")
+        }
+        if rotate && !rotatesKeys && !rotatesValues {
+            throw RuntimeError("\(option): rotation has nothing to rotate under \(schemeDescription) (it rotates K under a per-token integer scheme and V under an integer scheme)")
+        }
+    }
+
     /// The gate's `kv_cache` string: schemes as `parseSchemes`, plus optional parts
     /// "rotate" and "block=N" ("k=int4c,v=int4,rotate").
     public static func parse(_ s: String, option: String) throws -> KVCacheOptions {
@@ -64,6 +82,7 @@ public struct KVCacheOptions: Sendable, Equatable, CustomStringConvertible {
             } else { rest.append(part) }
         }
         (o.keys, o.values) = try parseSchemes(rest.joined(separator: ","), option: option)
+        try o.validate(option: option)
         return o
     }
 
@@ -219,20 +238,9 @@ public final class KVCache {
     /// - Throws: `RuntimeError` for a block size outside 1...1024, an int4 scheme with an
     ///   odd head size, a budget that does not hold one block, or a pool that cannot be mapped.
     public init(layers: Int, kvHeads: Int, headDim: Int, capacity: Int, sequences: Int = 1, options: KVCacheOptions = KVCacheOptions()) throws {
-        guard options.blockSize >= 1 && options.blockSize <= 1024 else {
-            throw RuntimeError("--cache-block-seq-len: block size must be in 1...1024, got \(options.blockSize)")
-        }
+        try options.validate()
         for (side, s) in [("K", options.keys), ("V", options.values)] where s.pageBytes(blockSize: options.blockSize, headDim: headDim) < 0 {
             throw RuntimeError("--kv-cache: \(side) scheme \(s) cannot store head size \(headDim) (int4 packs two channels a byte: the head size must be even)")
-        }
-        if options.rotate && !options.rotatesKeys && !options.rotatesValues {
-            throw RuntimeError("--kv-rotate: nothing to rotate under \(options.schemeDescription) (it rotates K under a per-token integer scheme and V under an integer scheme)")
-        }
-        if options.keys.isPerChannel && options.blockSize < 8 {
-            throw RuntimeError("--cache-block-seq-len \(options.blockSize): \(options.keys) keeps a float16 scale and min per channel per block, which below 8 tokens a block cost more than the codes they describe; use a block size of at least 8 (32 is the default)")
-        }
-        if options.values.isPerChannel {
-            throw RuntimeError("--kv-cache: \(options.values) quantizes per channel, which is for K only; V takes a per-token scheme (int8, int4, int2) or a float one")
         }
         guard capacity >= 1, sequences >= 1 else { throw RuntimeError("KV cache: capacity (\(capacity)) and sequences (\(sequences)) must be at least 1") }
         self.layers = layers; self.kvHeads = kvHeads; self.headDim = headDim
@@ -296,6 +304,9 @@ public final class KVCache {
         guard s >= 0 && s < sequences, layer >= 0 && layer < layers, tokens >= 0, start >= 0, start + tokens <= capacity else {
             throw RuntimeError("KV cache overflow: sequence \(s) of \(sequences), layer \(layer) of \(layers), positions \(start)..<\(start + tokens) > capacity \(capacity)")
         }
+        guard start <= stored[s] else {
+            throw RuntimeError("KV cache: sequence \(s) stores positions from \(start) but holds \(stored[s]); positions must arrive in order, without gaps")
+        }
         try reserve(sequence: s, positions: start + tokens)
         let bs = blockSize, hd = headDim
         let table = tables + s * maxBlocksPerSequence
@@ -326,6 +337,9 @@ public final class KVCache {
     /// Takes blocks from the pool until `sequence` can hold `positions` positions.
     /// - Throws: `RuntimeError` when the pool runs out.
     public func reserve(sequence s: Int, positions: Int) throws {
+        guard s >= 0 && s < sequences, positions >= 0 && positions <= capacity else {
+            throw RuntimeError("KV cache: cannot reserve \(positions) positions for sequence \(s) (\(sequences) slots, capacity \(capacity))")
+        }
         let need = blocksNeeded(positions: positions)
         guard need > held[s] else { return }
         guard need - held[s] <= free.count else {
@@ -333,6 +347,11 @@ public final class KVCache {
         }
         let table = tables + s * maxBlocksPerSequence
         while held[s] < need { table[held[s]] = free.removeLast(); held[s] += 1 }
+    }
+
+    /// Blocks beyond those already held that `positions[i]` positions of `sequences[i]` need.
+    public func blocksMissing(_ spans: [(sequence: Int, positions: Int)]) -> Int {
+        spans.reduce(0) { $0 + max(0, blocksNeeded(positions: $1.positions) - held[$1.sequence]) }
     }
 
     /// Makes `tokens` more positions of `sequence` visible.

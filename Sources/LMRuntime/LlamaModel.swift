@@ -152,6 +152,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
             guard sp.sequence >= 0 && sp.sequence < cache.sequences else {
                 throw RuntimeError("sequence slot \(sp.sequence) is outside the cache's \(cache.sequences) slots")
             }
+            guard sp.count > 0 else { throw RuntimeError("sequence \(sp.sequence): empty span") }
             guard seen.insert(sp.sequence).inserted else { throw RuntimeError("sequence \(sp.sequence) appears twice in one batch") }
             guard sp.start == cache.count(sp.sequence) else {
                 throw RuntimeError("sequence \(sp.sequence): batch starts at position \(sp.start) but the cache holds \(cache.count(sp.sequence))")
@@ -160,7 +161,12 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                 throw RuntimeError("context overflow: sequence \(sp.sequence) has \(sp.start) cached + \(sp.count) new positions > the cache's capacity \(cache.capacity)")
             }
         }
-        // Blocks for every span before any work, so a full pool fails the call cleanly.
+        // Blocks for every span before any work, all or none, so a full pool fails the
+        // call cleanly and leaves the pool as it was.
+        let missing = cache.blocksMissing(batch.spans.map { ($0.sequence, $0.start + $0.count) })
+        guard missing <= cache.freeBlocks else {
+            throw RuntimeError("KV cache full: this batch needs \(missing) more blocks but \(cache.freeBlocks) of the pool's \(cache.blocks) are free (\(cache.tokenCapacity) tokens at \(Int(cache.bytesPerToken)) bytes/token, \(cache.options.schemeDescription)); raise --kv-cache-size or --cache-max-entry-count, or run fewer sequences")
+        }
         for sp in batch.spans { try cache.reserve(sequence: sp.sequence, positions: sp.start + sp.count) }
     }
 
@@ -169,8 +175,8 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     /// - Throws: `RuntimeError` for an empty batch, a token id outside the vocabulary, a
     ///   bad sequence slot or start, or positions beyond the cache's capacity.
     public func forward(_ batch: Batch, cache: KVCache, logits: Logits, context: ComputeContext, hooks: ForwardHooks?) throws -> [Float] {
-        if case let .rows(r) = logits, !r.allSatisfy({ $0 >= 0 && $0 < batch.count }) {
-            throw RuntimeError("logits row outside the batch's \(batch.count) tokens")
+        if case let .rows(r) = logits, r.count > batch.count || !r.allSatisfy({ $0 >= 0 && $0 < batch.count }) {
+            throw RuntimeError("logits rows: at most \(batch.count) rows, each inside the batch's \(batch.count) tokens")
         }
         try validate(batch, cache: cache)
         let c = config
@@ -189,8 +195,16 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                         prefix: ws.buffer(10, cache.keyScheme.isPerChannel ? batch.spans.count * c.numKVHeads * cache.blockSize * c.headDim : 1))
         embed(batch, into: b.x)
         let rope = self.rope.upTo(S)
-        for li in 0..<layers.count {
-            try layer(li, batch: batch, buffers: b, rope: rope, cache: cache, context: context, hooks: hooks)
+        do {
+            for li in 0..<layers.count {
+                try layer(li, batch: batch, buffers: b, rope: rope, cache: cache, context: context, hooks: hooks)
+            }
+        } catch {
+            // A hook threw after some layers stored this batch's K/V. Per-token schemes
+            // overwrite those rows on a retry; per-channel K may have quantized a block
+            // from them, so its sequences are forgotten (the caller re-runs them).
+            if cache.keyScheme.isPerChannel { for sp in batch.spans { cache.reset(sp.sequence) } }
+            throw error
         }
         for sp in batch.spans { cache.advance(sp.sequence, by: sp.count) }
         let rows: [Int]

@@ -36,7 +36,11 @@ struct GenerateCommand: ParsableCommand {
     func run() throws {
         let context = try modelOptions.context()
         let (model, tok) = try modelOptions.load()
+        let kvOptions = try kv.options()
         let promptIds = tok.encode(prompt)
+        if !kvOptions.isDefault || kvOptions.budget != nil {
+            printErr(try model.makeCache(capacity: max(1, promptIds.count + maxTokens), sequences: 1, options: kvOptions).summary)
+        }
         var eos = Set(model.config.eosTokenIds)
         if eos.isEmpty, let e = tok.vocab["</s>"] ?? tok.vocab["<|endoftext|>"] { eos.insert(e) }
         var shown = ""
@@ -45,7 +49,7 @@ struct GenerateCommand: ParsableCommand {
         var all = promptIds
         let r = try Generation.run(model: model, prompt: promptIds, maxTokens: maxTokens,
                                    sampling: SamplingOptions(temperature: temperature, topP: topP, seed: seed),
-                                   eos: eos, stopAtEOS: !ignoreEOS, kvCache: try kv.options(), context: context) { id in
+                                   eos: eos, stopAtEOS: !ignoreEOS, kvCache: kvOptions, context: context) { id in
             all.append(id)
             if ids { print(id, terminator: " ") } else {
                 let text = tok.decode(all)

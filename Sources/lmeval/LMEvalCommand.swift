@@ -79,10 +79,7 @@ struct KVOptions: ParsableArguments {
         if let f = maxEntryCount { budget = .fraction(f) }
         if let s = kvCacheSize { budget = .bytes(try KVBudget.parseBytes(s)) }
         let o = KVCacheOptions(keys: k, values: v, blockSize: blockSize, budget: budget, rotate: kvRotate)
-        if kvRotate && !o.rotatesKeys && !o.rotatesValues {
-            throw RuntimeError("--kv-rotate: nothing to rotate under \(o.schemeDescription) (it rotates K under a per-token integer scheme and V under an integer scheme)")
-        }
-        if v.isPerChannel { throw RuntimeError("--kv-cache: \(v) quantizes per channel, which is for K only; give V a per-token scheme, e.g. --kv-cache k=\(v),v=int4") }
+        try o.validate()
         return o
     }
 }

@@ -215,6 +215,39 @@ struct PagedKVCacheTests {
         #expect(err <= bound, "int4c error \(err)")
     }
 
+    @Test("review fixes: reservations are all or none; empty spans, gaps, too many logits rows are errors; a failed per-channel forward forgets its sequences")
+    func robustness() throws {
+        let (m, dir) = try model("paged-robust")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ctx = ComputeContext(threads: 2)
+        let bb = KVCache.blockBytes(layers: m.config.numLayers, kvHeads: m.config.numKVHeads, headDim: m.config.headDim, options: KVCacheOptions())
+        let c = try m.makeCache(capacity: 128, sequences: 2, options: KVCacheOptions(budget: .bytes(4 * bb)))
+        var both = Batch(Array(repeating: 3, count: 40), sequence: 0, start: 0)   // 2 blocks
+        both.append(Array(repeating: 4, count: 70), sequence: 1, start: 0)          // 3 blocks
+        #expect(throws: RuntimeError.self) { try m.forward(both, cache: c, logits: .none, context: ctx, hooks: nil) }
+        #expect(c.freeBlocks == 4, "a refused batch takes no blocks")
+        _ = try m.forward(Batch(Array(repeating: 4, count: 70), sequence: 1, start: 0), cache: c, logits: .none, context: ctx, hooks: nil)
+        #expect(c.count(1) == 70)
+        var empty = Batch([5], sequence: 0, start: 0); empty.append([], sequence: 1, start: 70)
+        #expect(throws: RuntimeError.self) { try m.forward(empty, cache: c, logits: .last, context: ctx, hooks: nil) }
+        #expect(throws: RuntimeError.self) { try m.forward(Batch([1], sequence: 0, start: 0), cache: c, logits: .rows([0, 0]), context: ctx, hooks: nil) }
+        #expect(throws: RuntimeError.self) { try c.reserve(sequence: 0, positions: 129) }
+        let row = [Float](repeating: 1, count: m.config.numKVHeads * m.config.headDim)
+        #expect(throws: RuntimeError.self) { try row.withUnsafeBufferPointer { try c.store(layer: 0, sequence: 0, start: 5, keys: $0.baseAddress!, values: $0.baseAddress!, tokens: 1, stride: row.count) } }
+        // A hook that throws mid-forward: a per-channel K sequence is forgotten, not left half-written.
+        let pc = try m.makeCache(capacity: 64, sequences: 1, options: KVCacheOptions(keys: .int4c, values: .int4))
+        _ = try m.forward(Array(0..<10), cache: pc, logits: .none, context: ctx)
+        struct Boom: Error {}
+        let hooks = ForwardHooks(tap: { layer, _, _, _, _ in if layer == 1 { throw Boom() } })
+        #expect(throws: Boom.self) { try m.forward(Batch(Array(10..<41), sequence: 0, start: 10), cache: pc, logits: .none, context: ctx, hooks: hooks) }
+        #expect(pc.count(0) == 0 && pc.freeBlocks == pc.blocks)
+        // Gate strings are checked when the gate file is read, naming the key.
+        #expect(throws: RuntimeError.self) { try KVCacheOptions.parse("k=int4,v=int4c", option: "kv_cache") }
+        #expect(throws: RuntimeError.self) { try KVCacheOptions.parse("k=f16,v=f32,rotate", option: "kv_cache") }
+        #expect(throws: RuntimeError.self) { try KVCacheOptions.parse("k=int4c,v=int4,block=4", option: "kv_cache") }
+        #expect(try KVCacheOptions.parse("k=int4c,v=int4,rotate", option: "kv_cache").rotatesValues)
+    }
+
     @Test("a NaN in a stored K row surfaces as NaN logits with an int8 cache (never a plausible code)")
     func nanSurfaces() throws {
         let c = try KVCache(layers: 1, kvHeads: 1, headDim: 8, capacity: 4, options: KVCacheOptions(keys: .int8, values: .int4))
