@@ -73,9 +73,19 @@ public enum GGUFImporter {
             maxPositionEmbeddings: g.metadata["\(arch).context_length"]?.int ?? 2048,
             bosTokenId: bos, eosTokenIds: eos.map { [$0] } ?? [])
 
+        // Every tensor of the file must be one this importer maps: an unexpected one means
+        // a feature the runtime would silently ignore.
+        if let rf = g["rope_freqs.weight"] {
+            throw fail("tensor '\(rf.name)' carries Llama 3.1-style RoPE frequency factors (rope scaling), which are not supported; importing without them would give wrong positions")
+        }
+        if arch == "llama", let b = g.tensors.first(where: { $0.name.hasPrefix("blk.") && $0.name.hasSuffix(".bias") }) {
+            throw fail("tensor '\(b.name)': llama-architecture GGUFs with attention or MLP biases are not supported (Hugging Face's LlamaConfig.attention_bias would also bias o_proj); convert from the original model")
+        }
         var plan: [PendingTensor] = []
+        var used = Set<String>()
         func add(_ ggufName: String, _ hfName: String, permuteHeads: Int? = nil) throws {
             guard let t = g[ggufName] else { throw fail("tensor '\(ggufName)' is missing") }
+            used.insert(ggufName)
             let shape = t.shape
             plan.append(PendingTensor(name: hfName, shape: shape, release: { g.mapping.release(t.bytes) }) {
                 let v = t.dequantize()
@@ -95,6 +105,9 @@ public enum GGUFImporter {
         }
         try add("output_norm.weight", "model.norm.weight")
         if !tied { try add("output.weight", "lm_head.weight") }
+        if let extra = g.tensors.first(where: { !used.contains($0.name) }) {
+            throw fail("tensor '\(extra.name)' is not one this importer knows for '\(arch)' (\(g.tensors.count - used.count) unexpected in all); refusing to import a model it would run without it")
+        }
         // Check shapes against the config before anything is written.
         let expected = Dictionary(config.expectedTensors(), uniquingKeysWith: { a, _ in a })
         for p in plan { if let e = expected[p.name], e != p.shape { throw ModelError.shapeMismatch(tensor: p.name, expected: e, found: p.shape) } }

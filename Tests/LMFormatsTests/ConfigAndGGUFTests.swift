@@ -161,3 +161,44 @@ struct KQuantTests {
         }
     }
 }
+
+@Suite("GGUF import refuses what it would silently ignore")
+struct GGUFUnexpectedTensorTests {
+    /// A complete tiny llama GGUF (hidden 8, 2 heads, 1 layer, FFN 16, vocab 4), all F32,
+    /// plus `extra` tensors.
+    func write(_ p: String, extra: [(String, [Int])] = []) throws {
+        func u64(_ v: UInt64) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+        func u32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+        func str(_ s: String) -> [UInt8] { u64(UInt64(s.utf8.count)) + Array(s.utf8) }
+        let meta: [(String, UInt32, [UInt8])] = [
+            ("general.architecture", 8, str("llama")), ("llama.embedding_length", 4, u32(8)), ("llama.attention.head_count", 4, u32(2)),
+            ("llama.block_count", 4, u32(1)), ("llama.feed_forward_length", 4, u32(16)), ("llama.context_length", 4, u32(64)),
+        ]
+        func f32(_ dims: [Int]) -> [UInt8] {
+            let n = dims.reduce(1, *)
+            return (0..<n).flatMap { i in withUnsafeBytes(of: Float(sin(Double(i))).bitPattern.littleEndian) { Array($0) } }
+        }
+        var ts: [(String, [Int])] = [("token_embd.weight", [8, 4]), ("blk.0.attn_norm.weight", [8]), ("blk.0.attn_q.weight", [8, 8]),
+                                     ("blk.0.attn_k.weight", [8, 8]), ("blk.0.attn_v.weight", [8, 8]), ("blk.0.attn_output.weight", [8, 8]),
+                                     ("blk.0.ffn_norm.weight", [8]), ("blk.0.ffn_gate.weight", [8, 16]), ("blk.0.ffn_up.weight", [8, 16]),
+                                     ("blk.0.ffn_down.weight", [16, 8]), ("output_norm.weight", [8])]
+        ts += extra
+        try writeGGUF(path: p, metadata: meta, tensors: ts.map { ($0.0, $0.1, 0, f32($0.1)) })
+    }
+
+    @Test("rope_freqs.weight, llama q/k biases and unknown tensors are errors naming the tensor; the plain file imports")
+    func unexpected() throws {
+        let p = tempPath("gguf-extra")
+        defer { try? FileManager.default.removeItem(atPath: p) }
+        try write(p)
+        let ok = try GGUFImporter.load(GGUFFile(path: p))
+        #expect(ok.config.numLayers == 1 && ok.tensors.count == 11)
+        for (extra, want) in [([("rope_freqs.weight", [4])], "rope_freqs.weight"), ([("blk.0.attn_q.bias", [8])], "blk.0.attn_q.bias"),
+                              ([("blk.0.ffn_gate_exps.weight", [8, 16])], "blk.0.ffn_gate_exps.weight")] {
+            try write(p, extra: extra)
+            do { _ = try GGUFImporter.load(GGUFFile(path: p)); Issue.record("\(want) accepted") } catch {
+                #expect("\(error)".contains("'\(want)'") && "\(error)".contains(p), "\(error)")
+            }
+        }
+    }
+}
