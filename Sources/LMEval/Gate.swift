@@ -73,7 +73,7 @@ public enum Gate {
             case let .recipe(spec): baseDigest = try ModelSource.digest(spec.source) + "|tok:" + tokenizerDigest(spec.source, spec.tokenizer) + "|" + spec.canonicalString()
             }
             let keyText = [baseDigest, sha, opts.proto.rawValue, "\(opts.ctx)", "\(opts.limit ?? 0)", "\(opts.stride ?? 0)",
-                           opts.separator, "\(g.threads)", context.kernels.name, "lmgb1"].joined(separator: "|")
+                           opts.separator, "\(g.threads)", context.kernels.name, "lmgb2"].joined(separator: "|")
             Array(keyText.utf8).withUnsafeBytes { keyHash.update($0) }
             let key = keyHash.finalizeHex()
             let cachePath = g.cacheDir + "/baseline-\(key.prefix(32)).bin"
@@ -88,6 +88,9 @@ public enum Gate {
                 let r = try Perplexity.run(model: bm, tokenizer: btok, textPath: suite.data.text, options: opts, progress: nil, context: context) { logits, vocab, rows, targets in
                     for (j, row) in rows.enumerated() { rec.append(row: logits + row * vocab, target: targets[j]) }
                 }
+                // The baseline's NLL from the same arithmetic as every candidate's (the
+                // kernel set's log-sum-exp), so a model gated against itself has ratio 1 exactly.
+                rec.nll = r.tokenNLL
                 rec.tokensPerSecond = r.tokensPerSecond
                 try rec.write(to: cachePath)
                 base = rec

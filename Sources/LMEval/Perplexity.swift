@@ -5,9 +5,10 @@ import LMTokenizer
 
 /// A named, pinned perplexity protocol. Numbers are only comparable under the same one.
 public enum PerplexityProtocol: String, Sendable, CaseIterable {
-    /// llama.cpp `llama-perplexity`: the whole text tokenized once, cut into
-    /// non-overlapping `ctx`-token chunks (partial last chunk dropped); when the
-    /// tokenizer adds a BOS, each chunk's first token is replaced by BOS; only the
+    /// llama.cpp `llama-perplexity`: the whole text tokenized once (with a leading BOS
+    /// when the tokenizer adds one), cut into non-overlapping `ctx`-token chunks
+    /// (partial last chunk dropped); when the tokenizer adds a BOS, each chunk's first
+    /// token is then overwritten by BOS; only the
     /// second half of each chunk is scored (positions ctx/2 … ctx−2 predict the next).
     case chunks
     /// Hugging Face's perplexity guide: windows of `ctx` tokens every `stride`
@@ -200,7 +201,9 @@ public enum Perplexity {
         switch options.proto {
         case .chunks:
             unit = "chunks"
-            let ids = tokenizer.encode(text, addBOS: false)
+            // As llama-perplexity: the whole text tokenized with the tokenizer's BOS (when
+            // it adds one), then each chunk's first token overwritten by BOS.
+            let ids = tokenizer.encode(text, addBOS: bos != nil)
             let n = options.ctx
             var count = ids.count / n
             guard count > 0 else { throw EvalError("\(textPath): \(ids.count) tokens, fewer than one chunk of --ctx \(n)") }

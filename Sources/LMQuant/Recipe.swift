@@ -101,6 +101,7 @@ public enum Quantizer {
                 }
                 let rows = t.shape.count == 2 ? t.shape[0] : 1, cols = t.shape.count == 2 ? t.shape[1] : t.shape[0]
                 let q = RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: s, clip: recipe.clip)
+                try RoundToNearest.checkRepresentable(q, values: v, tensor: t.name)
                 try w.write(sections: q.sections.map { $0.bytes })
                 t.release()
                 params += v.count

@@ -54,5 +54,43 @@ public enum RoundToNearest {
     }
 }
 
+/// A tensor a scheme cannot store (e.g. a range beyond its float16 scales).
+public struct QuantizeError: Error, CustomStringConvertible {
+    public let tensor: String, reason: String
+    public var description: String { "tensor '\(tensor)': \(reason)" }
+}
+
+extension RoundToNearest {
+    /// Largest |value| for which no float16 field of any scheme can overflow (a scale is
+    /// at most 2·amax per level, a min at most amax): below it the check is skipped.
+    static let float16SafeMagnitude: Float = 4096
+
+    /// Throws when `q` decodes to a non-finite value although `values` were finite: a
+    /// float16 scale, min or value overflowed (65504). Checked only for tensors whose
+    /// magnitude could overflow, with the reference decoder.
+    public static func checkRepresentable(_ q: QuantizedTensor, values: [Float], tensor: String) throws {
+        var amax: Float = 0
+        for x in values { amax = max(amax, abs(x)) }
+        guard amax > float16SafeMagnitude else { return }
+        let back = q.sections.map { $0.bytes }
+        let decoded: [Float] = back.withUnsafeBufferPointers { dequantize(scheme: q.scheme, rows: q.rows, cols: q.cols, sections: $0) }
+        if let bad = decoded.firstIndex(where: { !$0.isFinite }) {
+            throw QuantizeError(tensor: tensor, reason: "values up to \(amax) overflow the float16 fields of scheme \(q.scheme.name) (row \(bad / max(q.cols, 1)), column \(bad % max(q.cols, 1)) decodes to \(decoded[bad])); store this tensor as int8 (per-channel float32 scales), bf16 or f32, e.g. --override '\(NSRegularExpression.escapedPattern(for: tensor))=bf16'")
+        }
+    }
+}
+
+extension Array where Element == [UInt8] {
+    /// Calls `body` with raw views of every buffer.
+    func withUnsafeBufferPointers<R>(_ body: ([UnsafeRawBufferPointer]) throws -> R) rethrows -> R {
+        var ptrs: [UnsafeRawBufferPointer] = []
+        func go(_ i: Int) throws -> R {
+            if i == count { return try body(ptrs) }
+            return try self[i].withUnsafeBytes { p in ptrs.append(p); return try go(i + 1) }
+        }
+        return try go(0)
+    }
+}
+
 struct UnsafeSendableRaw: @unchecked Sendable { let p: UnsafeMutableRawPointer; init(_ p: UnsafeMutableRawPointer) { self.p = p } }
 struct UnsafeSendableFloat: @unchecked Sendable { let p: UnsafePointer<Float>; init(_ p: UnsafePointer<Float>) { self.p = p } }

@@ -173,3 +173,35 @@ struct KVPerplexityTests {
         print("measured: --parallel 1 PPL \(one.perplexity), --parallel 8 \(eight.perplexity) (max |Δ NLL| \(worst)); int8 cache \(int8.perplexity)")
     }
 }
+
+@Suite("chunks protocol matches llama-perplexity for BOS tokenizers (shared data)", .serialized)
+struct ChunksBOSTests {
+    @Test("the text is tokenized with BOS, then each chunk's first token is overwritten by BOS")
+    func chunksBOS() throws {
+        guard let root = sharedRoot("chunks protocol with BOS") else { return }
+        let folder = root + "/models/stories260k"
+        let m = try LlamaModel.load(folder: folder), tok = try Tokenizer(path: folder)
+        let text = root + "/text/tinystories_v2_valid_first100.txt"
+        let ctx = ComputeContext(threads: 2)
+        let r = try Perplexity.run(model: m, tokenizer: tok, textPath: text, options: PerplexityOptions(proto: .chunks, ctx: 64, limit: 3),
+                                   progress: false, context: ctx)
+        let bos = try #require(tok.bosId)
+        let ids = tok.encode(try String(contentsOfFile: text, encoding: .utf8), addBOS: true)
+        #expect(ids[0] == bos)
+        let V = m.config.vocabSize
+        var want: [Double] = []
+        for c in 0..<3 {
+            var w = Array(ids[(c * 64)..<((c + 1) * 64)])
+            w[0] = bos
+            let l = try m.forward(w, cache: m.makeCache(capacity: 64), logits: .all, context: ctx)
+            for row in 32..<63 {
+                let x = l[(row * V)..<((row + 1) * V)]
+                let mx = x.max()!
+                want.append(Double(mx) + log(x.reduce(0.0) { $0 + exp(Double($1 - mx)) }) - Double(l[row * V + w[row + 1]]))
+            }
+        }
+        #expect(r.tokenNLL.count == want.count)
+        let worst = zip(r.tokenNLL, want).map { abs($0 - $1) }.max() ?? 1
+        #expect(worst < 1e-5, "per-token NLL vs the llama-perplexity construction: \(worst)")
+    }
+}

@@ -161,3 +161,27 @@ struct CodecTests {
     }
 }
 
+
+@Suite("Float16 fields that would overflow are errors naming the tensor")
+struct Float16OverflowTests {
+    @Test("int4 / int8-g / f16 of values beyond float16 range fail; int8 per channel, bf16 and ordinary ranges pass")
+    func overflow() throws {
+        let cols = 64, rows = 2
+        func check(_ scheme: String, _ v: [Float]) throws {
+            let q = RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: try QuantScheme(parsing: scheme))
+            try RoundToNearest.checkRepresentable(q, values: v, tensor: "model.layers.0.mlp.down_proj.weight")
+        }
+        var big = (0..<(rows * cols)).map { Float(sin(Double($0))) }
+        big[5] = 1e7      // int8-g scale 1e7/127 and int4 scale 1e7/15 > 65504; f16 value > 65504
+        big[70] = -9e4    // a float16 min below −65504
+        for s in ["int4-g32", "int4s-g32", "int8-g32", "f16"] {
+            do { try check(s, big); Issue.record("\(s) accepted an overflowing range") } catch let e as QuantizeError {
+                #expect(e.description.contains("down_proj") && e.description.contains("--override"), "\(e)")
+            }
+        }
+        try check("int8", big)    // per-channel float32 scales
+        try check("bf16", big)
+        var ok = big; ok[5] = 3000; ok[70] = -3000
+        for s in ["int4-g32", "int8-g32", "f16"] { try check(s, ok) }
+    }
+}
