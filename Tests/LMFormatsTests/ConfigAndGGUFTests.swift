@@ -112,6 +112,13 @@ struct GGUFTests {
             perm[(h * hd + 2 * i + j) * cols + c] = w[(h * hd + j * hd / 2 + i) * cols + c]
         } } } }
         #expect(unpermuteRotaryRows(perm, heads: heads, rows: rows, cols: cols) == w)
+        // Independent fixture, by hand from convert_hf_to_gguf.py's permute
+        // (reshape(n_head, 2, rows/n_head/2).swapaxes(1, 2)): 2 heads of 4 rows, 1 column
+        // → stored row order 0 2 1 3 | 4 6 5 7.
+        let stored: [Float] = [0, 2, 1, 3, 4, 6, 5, 7]
+        #expect(unpermuteRotaryRows(stored, heads: 2, rows: 8, cols: 1) == [0, 1, 2, 3, 4, 5, 6, 7])
+        // 1 head of 8 rows: 0 4 1 5 2 6 3 7.
+        #expect(unpermuteRotaryRows([0, 4, 1, 5, 2, 6, 3, 7], heads: 1, rows: 8, cols: 1) == [0, 1, 2, 3, 4, 5, 6, 7])
     }
 }
 

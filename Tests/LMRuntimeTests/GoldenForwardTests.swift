@@ -19,7 +19,9 @@ func compareLogits(_ got: [Float], _ want: [Float], vocab: Int) -> (argmaxMismat
 
 @Suite("Float runtime vs reference logits (shared data)", .serialized)
 struct GoldenForwardTests {
-    @Test("stories260K: same argmax everywhere, max |Δlogit| ≤ 1e-3 (batched prefill and token-by-token)")
+    // Tolerances ~3–4× the measured error (2026-12-02): stories260K max |Δ| 2.6e-5 prefill;
+    // SmolLM2 max |Δ| ≤ 1.4e-4, mean ≤ 1.1e-5 over the 3 prompts.
+    @Test("stories260K: same argmax everywhere, max |Δlogit| ≤ 1e-4 (batched prefill and token-by-token)")
     func stories260k() throws {
         guard let root = sharedRoot("stories260K forward") else { return }
         let ctx = ComputeContext(threads: 2)
@@ -32,17 +34,18 @@ struct GoldenForwardTests {
         let r = compareLogits(got, want, vocab: 512)
         print("stories260K prefill: argmax mismatches \(r.argmaxMismatches), max |Δ| \(r.maxAbs), mean |Δ| \(r.meanAbs)")
         #expect(r.argmaxMismatches == 0)
-        #expect(r.maxAbs <= 1e-3)
+        #expect(r.maxAbs <= 1e-4)
         // Decode path: one token at a time through the cache.
         let cache2 = try model.makeCache(capacity: 256)
         var stepwise: [Float] = []
         for id in ids { stepwise += try model.forward([id], cache: cache2, logits: .last, context: ctx) }
         let r2 = compareLogits(stepwise, want, vocab: 512)
+        print("stories260K decode: argmax mismatches \(r2.argmaxMismatches), max |Δ| \(r2.maxAbs), mean |Δ| \(r2.meanAbs)")
         #expect(r2.argmaxMismatches == 0)
-        #expect(r2.maxAbs <= 1e-3)
+        #expect(r2.maxAbs <= 1e-4)
     }
 
-    @Test("SmolLM2 (imported from GGUF): same argmax, max |Δ| ≤ 1e-2, mean |Δ| ≤ 1e-3 on 3 prompts")
+    @Test("SmolLM2 (imported from GGUF): same argmax, max |Δ| ≤ 4e-4, mean |Δ| ≤ 3e-5 on 3 prompts")
     func smol() throws {
         guard sharedRoot("SmolLM2 forward") != nil, let folder = ImportedSmolLM2.folder else {
             if SharedData.locate() != nil { Issue.record("SmolLM2 import failed") }
@@ -59,8 +62,8 @@ struct GoldenForwardTests {
             let r = compareLogits(got, want, vocab: 49152)
             print("SmolLM2 prompt \(n): argmax mismatches \(r.argmaxMismatches), max |Δ| \(r.maxAbs), mean |Δ| \(r.meanAbs)")
             #expect(r.argmaxMismatches == 0)
-            #expect(r.maxAbs <= 1e-2)
-            #expect(r.meanAbs <= 1e-3)
+            #expect(r.maxAbs <= 4e-4)
+            #expect(r.meanAbs <= 3e-5)
         }
     }
 }
