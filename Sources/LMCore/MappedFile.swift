@@ -67,13 +67,17 @@ public final class AtomicFileWriter {
     public let path: String
     let tmpPath: String
     private var handle: UnsafeMutablePointer<FILE>?
+    /// Its slot in `InterruptCleanup` while the temporary file exists.
+    private var cleanupSlot: Int?
     /// Bytes written so far.
     public private(set) var offset: Int = 0
 
     public init(path: String) throws {
         self.path = path
         self.tmpPath = path + ".tmp-\(getpid())"
+        cleanupSlot = InterruptCleanup.register(tmpPath)
         guard let h = fopen(tmpPath, "wb") else {
+            InterruptCleanup.unregister(cleanupSlot)
             throw IOError(path: path, reason: "cannot create temporary file \(tmpPath): \(String(cString: strerror(errno)))")
         }
         handle = h
@@ -107,20 +111,28 @@ public final class AtomicFileWriter {
     public func commit() throws {
         guard let h = handle else { return }
         handle = nil
+        defer { InterruptCleanup.unregister(cleanupSlot); cleanupSlot = nil }
         guard fflush(h) == 0, fsync(fileno(h)) == 0 else {
+            let e = String(cString: strerror(errno))
             fclose(h); unlink(tmpPath)
-            throw IOError(path: path, reason: "flush failed: \(String(cString: strerror(errno)))")
+            throw IOError(path: path, reason: "flush failed: \(e)")
         }
-        fclose(h)
-        guard rename(tmpPath, path) == 0 else {
+        guard fclose(h) == 0 else {
+            let e = String(cString: strerror(errno))
             unlink(tmpPath)
-            throw IOError(path: path, reason: "rename failed: \(String(cString: strerror(errno)))")
+            throw IOError(path: path, reason: "close failed: \(e)")
+        }
+        guard rename(tmpPath, path) == 0 else {
+            let e = String(cString: strerror(errno))
+            unlink(tmpPath)
+            throw IOError(path: path, reason: "rename failed: \(e)")
         }
     }
 
     /// Abandons the write and removes the temporary file.
     public func abort() {
         if let h = handle { fclose(h); handle = nil; unlink(tmpPath) }
+        InterruptCleanup.unregister(cleanupSlot); cleanupSlot = nil
     }
 
     deinit { abort() }

@@ -35,6 +35,7 @@ struct ImportCommand: ParsableCommand {
     }
 
     func run() throws {
+        InterruptCleanup.install()
         let started = Date()
         let model = try ModelSource.open(input, llama2cTokenizer: tokenizer)
         if model.tokenizer == nil {

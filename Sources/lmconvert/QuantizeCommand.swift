@@ -54,6 +54,7 @@ struct QuantizeCommand: ParsableCommand {
     }
 
     func run() throws {
+        InterruptCleanup.install()
         let s = try spec.build(output: output) { ProgressReporter(label: "quantize", total: $0, unit: " tensors") }
         if json {
             print(JSON.object([("output", .string(output)), ("tensors", .int(Int64(s.tensors))), ("parameters", .int(Int64(s.parameters))),
