@@ -38,7 +38,7 @@ let package = Package(
         .target(name: "LMSchemes", dependencies: ["LMCore", "COpenBLAS", "CKernels"], swiftSettings: fastFlags),
         .target(name: "LMFormats", dependencies: ["LMCore", "LMSchemes"], swiftSettings: kernelFlags),
         .target(name: "LMTokenizer", dependencies: ["LMCore"]),
-        .target(name: "LMQuant", dependencies: ["LMCore", "LMFormats"], swiftSettings: fastFlags),
+        .target(name: "LMQuant", dependencies: ["LMCore", "LMFormats", "LMTokenizer"], swiftSettings: fastFlags),
         .target(name: "LMRuntime", dependencies: ["LMCore", "LMSchemes", "LMFormats", "COpenBLAS", "CKernels"], swiftSettings: fastFlags),
         .target(name: "LMFixtures", dependencies: ["LMCore", "LMFormats"]),
         .target(name: "LMTestSupport", dependencies: ["LMCore", "LMFormats"]),

@@ -1,6 +1,7 @@
 import Foundation
 import LMCore
 import LMFormats
+import LMTokenizer
 
 /// Which scheme each tensor gets.
 ///
@@ -85,6 +86,10 @@ public enum Quantizer {
         let start = Date()
         guard let tok = model.tokenizer else {
             throw RecipeError("the input has no tokenizer (tokenizer.json); an .lmpk embeds it to be self-contained")
+        }
+        // Whatever the runtime would refuse is refused here, before a byte is written.
+        do { _ = try Tokenizer(json: tok, source: "tokenizer.json") } catch {
+            throw RecipeError("the input's tokenizer cannot be used: \(error)")
         }
         let schemes = try recipe.assign(model.tensors.map { ($0.name, $0.shape) })
         let specs = zip(model.tensors, schemes).map { LMPKTensorSpec(name: $0.name, shape: $0.shape, scheme: $1) }

@@ -51,3 +51,21 @@ struct InterruptTests {
     }
 }
 
+
+@Suite("Conversion refuses what the runtime would refuse", .serialized)
+struct ConversionRefusalTests {
+    @Test("a tokenizer.json with an unknown model type fails `lmconvert quantize` before any byte is written")
+    func unknownTokenizerModel() throws {
+        let dir = scratch("tokmodel")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try SyntheticModel.write(SyntheticModelSpec(), to: dir + "/m")
+        let tj = dir + "/m/tokenizer.json"
+        let text = try String(contentsOfFile: tj, encoding: .utf8)
+        guard let r = text.range(of: "\"type\":\"BPE\"") ?? text.range(of: "\"type\": \"BPE\"") else { throw CLIError("fixture tokenizer has no BPE model type") }
+        try text.replacingCharacters(in: r, with: "\"type\":\"WordPiece\"").write(toFile: tj, atomically: true, encoding: .utf8)
+        let res = try run("lmconvert", ["quantize", "-i", dir + "/m", "-o", dir + "/out.lmpk", "--scheme", "int8"])
+        #expect(res.status == 1 && res.stderr.contains("tokenizer") && res.stderr.contains("WordPiece"), "\(res.status): \(res.stderr)")
+        let left = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasPrefix("out.lmpk") }
+        #expect(left.isEmpty, "left \(left)")
+    }
+}
