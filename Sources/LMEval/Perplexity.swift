@@ -258,6 +258,18 @@ public enum Perplexity {
 
         // The pool must hold `P` windows at once: say so before running.
         let longest = windows.map(\.tokens.count).max()!
+        // So must memory: the scored logits of P windows (twice with a baseline) and the
+        // forward's activations for P × longest tokens.
+        let c = model.config
+        let rowsPerGroup = P * windows.map(\.rows.count).max()!
+        let tokensPerGroup = P * longest
+        let activationFloats = tokensPerGroup * (3 * c.hiddenSize + 3 * c.numHeads * c.headDim + 2 * c.numKVHeads * c.headDim + 2 * c.intermediateSize)
+        let needBytes = 4 * (rowsPerGroup * V * (baseline == nil ? 1 : 2) + activationFloats)
+        let available = SystemMemory.availableBytes()
+        if available > 0 && needBytes > available {
+            throw EvalError(String(format: "--parallel %d × %d tokens needs about %.2f GiB for logits and activations, %.2f GiB is available; lower --parallel or --ctx",
+                                   P, longest, Double(needBytes) / 1073741824, Double(available) / 1073741824))
+        }
         let cache = try model.makeCache(capacity: options.ctx, sequences: P, options: options.kvCache)
         let need = P * cache.blocksNeeded(positions: longest)
         guard need <= cache.blocks else {

@@ -156,7 +156,10 @@ public enum KVBudget: Sendable, Equatable, CustomStringConvertible {
 /// Memory the process may still take: MemAvailable, or the cgroup limit minus usage
 /// when that is smaller.
 public enum SystemMemory {
+    /// `LMKIT_AVAILABLE_MEMORY` (bytes) overrides the measurement (tests of the
+    /// "does not fit" paths use it).
     public static func availableBytes() -> Int {
+        if let s = ProcessInfo.processInfo.environment["LMKIT_AVAILABLE_MEMORY"], let v = Int(s), v > 0 { return v }
         var avail = Int.max
         if let s = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
            let line = s.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),

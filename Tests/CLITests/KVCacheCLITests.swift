@@ -39,3 +39,22 @@ struct KVCacheCLITests {
         #expect(ok.stderr.contains("KV cache: k=int8,v=int4") && ok.stdout.contains("kv cache   k=int8,v=int4, 2 windows at once"), "\(ok.stdout)\(ok.stderr)")
     }
 }
+
+@Suite("Runs that would not fit in memory are refused before allocating", .serialized)
+struct MemoryRefusalTests {
+    @Test("perplexity --parallel beyond available memory: a clear error naming the flags (memory pinned by LMKIT_AVAILABLE_MEMORY)")
+    func perplexityMemory() throws {
+        let dir = scratch("memlimit")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try SyntheticModel.write(SyntheticModelSpec(), to: dir + "/m")
+        let text = dir + "/t.txt"
+        try String(repeating: "one two three four five six seven eight nine ten. ", count: 30).write(toFile: text, atomically: true, encoding: .utf8)
+        guard let bin = binary("lmeval") else { throw CLIError("lmeval not built") }
+        let args = ["perplexity", "-m", dir + "/m", "--text", text, "--ctx", "64", "--parallel", "4"]
+        let r = try runProcess(bin, args, env: ["LMKIT_AVAILABLE_MEMORY": "100000"])
+        #expect(r.status == 1 && r.stderr.contains("GiB is available") && r.stderr.contains("--parallel"), "\(r.status): \(r.stderr)")
+        #expect(!r.stdout.contains("PPL"))
+        let ok = try runProcess(bin, args, env: ["LMKIT_AVAILABLE_MEMORY": "1000000000"])
+        #expect(ok.status == 0, "\(ok.stderr)")
+    }
+}
