@@ -12,6 +12,9 @@ let kernelFlags: [SwiftSetting] = [.unsafeFlags(native ? ["-target-cpu", "native
 // -Ounchecked where a benchmark showed it matters (the runtime's and quantizers' inner
 // loops); every memory-protecting check there is an explicit error, not a precondition.
 let fastFlags: [SwiftSetting] = kernelFlags + (ProcessInfo.processInfo.environment["LMKIT_CHECKED"] == "1" ? [] : [.unsafeFlags(["-Ounchecked"])])
+// LMKIT_FUZZ=1 adds the libFuzzer driver `lmfuzz` (Fuzz/Driver; libFuzzer supplies main, so it
+// only links under --sanitize=fuzzer). scripts/fuzz.sh sets it; a normal `swift build` never sees it.
+let fuzz = ProcessInfo.processInfo.environment["LMKIT_FUZZ"] == "1"
 
 let package = Package(
     name: "lmkit",
@@ -48,12 +51,15 @@ let package = Package(
             "LMCore", "LMFormats", "LMTokenizer", "LMRuntime", "LMEval",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // The per-target fuzz entry points (one function per reader of untrusted bytes) and the
+        // seed-corpus generator: called by the libFuzzer driver and replayed by FuzzRegressionTests.
+        .target(name: "LMFuzzTargets", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "LMQuant", "LMEval", "LMFixtures"], path: "Fuzz/Targets"),
         .testTarget(name: "LMCoreTests", dependencies: ["LMCore"]),
         .testTarget(name: "LMQuantTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMQuant"]),
-        .testTarget(name: "LMFormatsTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMTokenizer", "LMFixtures"]),
+        .testTarget(name: "LMFormatsTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMTokenizer", "LMFixtures", "LMFuzzTargets"]),
         .testTarget(name: "LMTokenizerTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMTokenizer"]),
         .testTarget(name: "LMRuntimeTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMFixtures", "LMQuant"]),
         .testTarget(name: "LMEvalTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMEval", "LMFixtures", "LMQuant"]),
         .testTarget(name: "CLITests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMFixtures", "LMQuant", "LMEval"]),
-    ]
+    ] + (fuzz ? [.executableTarget(name: "lmfuzz", dependencies: ["LMFuzzTargets"], path: "Fuzz/Driver")] : [])
 )

@@ -44,22 +44,36 @@ public enum GGUFImporter {
         guard arch == "llama" || arch == "qwen2" else {
             throw fail("architecture '\(arch)' is not supported (llama and qwen2 are)")
         }
-        func int(_ k: String) throws -> Int {
-            guard let v = g.metadata["\(arch).\(k)"]?.int, v > 0 else { throw fail("metadata '\(arch).\(k)' missing or not a positive integer") }
+        // Sizes are bounded as config.json's are (ModelConfig.limits) before anything uses them.
+        func bounded(_ k: String, _ v: Int, _ hf: String) throws -> Int {
+            guard v > 0 else { throw fail("metadata '\(arch).\(k)' must be a positive integer, got \(v)") }
+            if let cap = ModelConfig.limits[hf], v > cap { throw fail("metadata '\(arch).\(k)' = \(v) exceeds the supported maximum \(cap)") }
             return v
         }
+        let hfName = ["embedding_length": "hidden_size", "attention.head_count": "num_attention_heads", "attention.head_count_kv": "num_key_value_heads",
+                      "attention.key_length": "head_dim", "vocab_size": "vocab_size", "feed_forward_length": "intermediate_size",
+                      "block_count": "num_hidden_layers", "context_length": "max_position_embeddings"]
+        func int(_ k: String) throws -> Int {
+            guard let v = g.metadata["\(arch).\(k)"]?.int else { throw fail("metadata '\(arch).\(k)' missing or not a positive integer") }
+            return try bounded(k, v, hfName[k] ?? k)
+        }
+        func optInt(_ k: String) throws -> Int? { try g.metadata["\(arch).\(k)"]?.int.map { try bounded(k, $0, hfName[k] ?? k) } }
         if let st = g.metadata["\(arch).rope.scaling.type"]?.string, st != "none" {
             throw fail("rope scaling '\(st)' is not supported")
         }
         let hidden = try int("embedding_length"), heads = try int("attention.head_count")
-        let kvHeads = g.metadata["\(arch).attention.head_count_kv"]?.int ?? heads
-        let headDim = g.metadata["\(arch).attention.key_length"]?.int ?? hidden / heads
+        let kvHeads = try optInt("attention.head_count_kv") ?? heads
+        let headDim = try optInt("attention.key_length") ?? hidden / heads
+        guard headDim > 0, kvHeads <= heads, heads % kvHeads == 0 else {
+            throw fail("attention shape: \(heads) heads, \(kvHeads) KV heads, head size \(headDim) (KV heads must divide heads)")
+        }
         if let rd = g.metadata["\(arch).rope.dimension_count"]?.int, rd != headDim {
             throw fail("partial rotary embeddings (rope.dimension_count \(rd) ≠ head dim \(headDim)) are not supported")
         }
         let tokens = g.metadata["tokenizer.ggml.tokens"]?.array?.compactMap { $0.string }
         guard let emb = g["token_embd.weight"] else { throw fail("tensor 'token_embd.weight' is missing") }
-        let vocab = g.metadata["\(arch).vocab_size"]?.int ?? emb.dims[1]
+        guard emb.dims.count == 2 else { throw fail("tensor 'token_embd.weight' must be 2-D [hidden, vocab], has dims \(emb.dims)") }
+        let vocab = try optInt("vocab_size") ?? bounded("token_embd.weight rows", emb.dims[1], "vocab_size")
         let tied = g["output.weight"] == nil
         let bos = g.metadata["tokenizer.ggml.bos_token_id"]?.int
         let eos = g.metadata["tokenizer.ggml.eos_token_id"]?.int
@@ -70,7 +84,7 @@ public enum GGUFImporter {
             rmsNormEps: Float(g.metadata["\(arch).attention.layer_norm_rms_epsilon"]?.double ?? 1e-5),
             ropeTheta: Float(g.metadata["\(arch).rope.freq_base"]?.double ?? 10000),
             tieWordEmbeddings: tied, attentionBias: arch == "qwen2",
-            maxPositionEmbeddings: g.metadata["\(arch).context_length"]?.int ?? 2048,
+            maxPositionEmbeddings: try optInt("context_length") ?? 2048,
             bosTokenId: bos, eosTokenIds: eos.map { [$0] } ?? [])
 
         // Every tensor of the file must be one this importer maps: an unexpected one means

@@ -207,9 +207,14 @@ public final class LMPKFile: @unchecked Sendable {
             guard idx[name] == nil else { throw fail("tensor '\(name)' appears twice") }
             guard let shapeJ = t["shape"]?.array, !shapeJ.isEmpty, shapeJ.count <= 2 else { throw fail("tensor '\(name)': shape must have 1 or 2 dimensions") }
             let shape = shapeJ.compactMap { $0.int }
-            guard shape.count == shapeJ.count, shape.allSatisfy({ $0 > 0 }), Checked.product(shape) != nil else { throw fail("tensor '\(name)': bad shape") }
+            guard shape.count == shapeJ.count, shape.allSatisfy({ $0 > 0 }), let count = Checked.product(shape) else { throw fail("tensor '\(name)': bad shape") }
+            // Every scheme stores at least 4 bits per element: a shape the file cannot hold is
+            // refused before the section sizes are computed from it (they would overflow).
+            guard count <= 8 * size else { throw fail("tensor '\(name)': shape \(shape) has more elements than a file of \(size) bytes can hold") }
             let scheme: QuantScheme
-            do { scheme = try QuantScheme(parsing: t["scheme"]?.string ?? "?") } catch { throw fail("tensor '\(name)': \(error)") }
+            let schemeName = t["scheme"]?.string ?? "?"
+            guard !schemeName.lowercased().split(separator: "-g", maxSplits: 1).isEmpty else { throw fail("tensor '\(name)': scheme '\(schemeName)' is not a scheme name") }
+            do { scheme = try QuantScheme(parsing: schemeName) } catch { throw fail("tensor '\(name)': \(error)") }
             let rows = shape.count == 2 ? shape[0] : 1, cols = shape.count == 2 ? shape[1] : shape[0]
             let expected = scheme.sections(rows: rows, cols: cols)
             guard let secJ = t["sections"]?.array, secJ.count == expected.count else {

@@ -33,6 +33,13 @@ public struct ModelConfig: Equatable, Sendable {
         self.maxPositionEmbeddings = maxPositionEmbeddings; self.bosTokenId = bosTokenId; self.eosTokenIds = eosTokenIds
     }
 
+    /// Upper bounds on the sizes `parse` accepts (each well above any released model:
+    /// products of two stay far from overflow, the tensor table stays small).
+    public static let limits: [String: Int] = [
+        "hidden_size": 1 << 20, "intermediate_size": 1 << 22, "num_hidden_layers": 1 << 12, "num_attention_heads": 1 << 14,
+        "num_key_value_heads": 1 << 14, "head_dim": 1 << 16, "vocab_size": 1 << 24, "max_position_embeddings": 1 << 32,
+    ]
+
     /// Reads and validates `config.json` (a file or the folder holding it).
     /// - Throws: `ModelError.unsupportedArchitecture` / `.badConfig` saying what is supported.
     public static func load(path: String) throws -> ModelConfig {
@@ -53,11 +60,16 @@ public struct ModelConfig: Equatable, Sendable {
         }
         func int(_ k: String) throws -> Int {
             guard let v = j[k], let i = v.int, i > 0 else { throw bad(k, j[k] == nil ? "missing" : "must be a positive integer") }
-            return i
+            return try capped(k, i)
         }
         func optInt(_ k: String) throws -> Int? {
             guard let v = j[k], !v.isNull else { return nil }
             guard let i = v.int, i > 0 else { throw bad(k, "must be a positive integer") }
+            return try capped(k, i)
+        }
+        // Sizes drive allocations and tensor-table loops: bounded before anything uses them.
+        func capped(_ k: String, _ i: Int) throws -> Int {
+            if let cap = ModelConfig.limits[k], i > cap { throw bad(k, "\(i) exceeds the supported maximum \(cap)") }
             return i
         }
         let hidden = try int("hidden_size")
@@ -124,7 +136,10 @@ public struct ModelConfig: Equatable, Sendable {
     /// The HF tensor names and shapes this config implies, in a canonical order.
     public func expectedTensors() -> [(String, [Int])] {
         var out: [(String, [Int])] = [("model.embed_tokens.weight", [vocabSize, hiddenSize])]
-        let q = numHeads * headDim, kv = numKVHeads * headDim
+        // Saturating: a config built from unvalidated sizes (an importer's metadata) gets shapes
+        // that match no tensor (a shape error) instead of an overflow trap.
+        func product(_ a: Int, _ b: Int) -> Int { let (p, o) = a.multipliedReportingOverflow(by: b); return o ? .max : p }
+        let q = product(numHeads, headDim), kv = product(numKVHeads, headDim)
         for l in 0..<numLayers {
             let p = "model.layers.\(l)."
             out.append((p + "input_layernorm.weight", [hiddenSize]))

@@ -6,7 +6,9 @@ public enum TokenizerJSON {
     /// `merges` are derived from the vocabulary as `transformers`' SentencePieceExtractor
     /// does: every split of a piece into two vocabulary pieces, ordered by the piece's
     /// score (descending), ties by the ids of the two halves.
+    /// Ids outside `tokens` (from an untrusted file) are ignored; a missing score is 0.
     public static func sentencePiece(tokens: [String], scores: [Float], types: [Int]?, bos: Int?, eos: Int?, unk: Int?) -> JSON {
+        let bos = valid(bos, tokens), eos = valid(eos, tokens), unk = valid(unk, tokens)
         var vocab: [String: Int] = [:]
         for (i, t) in tokens.enumerated() where vocab[t] == nil { vocab[t] = i }
         var merges: [(String, String, Float, Int)] = []
@@ -17,7 +19,7 @@ public enum TokenizerJSON {
             var local: [(String, String, Float, Int)] = []
             for k in 1..<chars.count {
                 let l = String(chars[..<k]), r = String(chars[k...])
-                if vocab[l] != nil && vocab[r] != nil { local.append((l, r, scores[i], i)) }
+                if vocab[l] != nil && vocab[r] != nil { local.append((l, r, i < scores.count ? scores[i] : 0, i)) }
             }
             local.sort { (vocab[$0.0]!, vocab[$0.1]!) < (vocab[$1.0]!, vocab[$1.1]!) }
             merges.append(contentsOf: local)
@@ -54,7 +56,9 @@ public enum TokenizerJSON {
 
     /// A byte-level (GPT-2 style) BPE. `digits` adds the individual-digits split
     /// that SmolLM2's pre-tokenizer ("smollm" in llama.cpp) applies first.
+    /// A `bos` outside `tokens` is ignored.
     public static func byteLevel(tokens: [String], types: [Int]?, merges: [String], bos: Int?, addBOS: Bool, digits: Bool) -> JSON {
+        let bos = valid(bos, tokens)
         var added: [JSON] = []
         if let types {
             for (i, t) in tokens.enumerated() where i < types.count && (types[i] == 3 || types[i] == 4) { added.append(addedToken(i, t, special: types[i] == 3)) }
@@ -79,6 +83,9 @@ public enum TokenizerJSON {
             ])),
         ])
     }
+
+    /// `id` when it names one of `tokens`, else nil.
+    static func valid(_ id: Int?, _ tokens: [String]) -> Int? { id.flatMap { tokens.indices.contains($0) ? $0 : nil } }
 
     static func vocabPairs(_ tokens: [String]) -> [(String, JSON)] {
         var seen = Set<String>()

@@ -28,6 +28,8 @@ public final class Tokenizer: @unchecked Sendable {
     /// Id prepended by the post-processor, if any.
     public let bosId: Int?
     public let unkId: Int?
+    /// Largest accepted id + 1 (16× the largest real vocabularies; ids are stored as Int32).
+    public static let maxVocabulary = 1 << 22
 
     let merger: BPEMerger
     // Sentencepiece style.
@@ -77,13 +79,18 @@ public final class Tokenizer: @unchecked Sendable {
             added.append((c, id, a["special"]?.bool ?? false))
             maxId = max(maxId, id)
         }
+        // The id table is allocated from the largest id: bound it before trusting it.
+        guard maxId < Tokenizer.maxVocabulary else {
+            throw fail("token id \(maxId) is beyond the largest supported vocabulary (\(Tokenizer.maxVocabulary) tokens; model.vocab / added_tokens)")
+        }
         var toks = [String](repeating: "", count: maxId + 1)
         for (k, id) in vocab { toks[id] = k }
         for (c, id, _) in added { toks[id] = c; if vocab[c] == nil { vocab[c] = id } }
         tokens = toks
         self.vocab = vocab
         // Longest first so that overlapping added tokens match greedily.
-        addedTokens = added.sorted { $0.0.utf8.count > $1.0.utf8.count }.map { (content: $0.0, id: $0.1, special: $0.2) }
+        // An empty added token matches nowhere (and would stall the matcher).
+        addedTokens = added.filter { !$0.0.isEmpty }.sorted { $0.0.utf8.count > $1.0.utf8.count }.map { (content: $0.0, id: $0.1, special: $0.2) }
         specialIds = Set(added.filter { $0.2 }.map { $0.1 })
         byteFallback = model["byte_fallback"]?.bool ?? false
         unkId = model["unk_token"]?.string.flatMap { vocab[$0] }
@@ -148,7 +155,7 @@ public final class Tokenizer: @unchecked Sendable {
         for (rank, m) in mergesJ.enumerated() {
             var a: String, b: String
             if let s = m.string {
-                guard let sp = s.firstIndex(of: " ", from: s.index(after: s.startIndex)) else { throw fail("merge '\(s)' is not 'a b'") }
+                guard !s.isEmpty, let sp = s.firstIndex(of: " ", from: s.index(after: s.startIndex)) else { throw fail("merge '\(s)' is not 'a b'") }
                 a = String(s[..<sp]); b = String(s[s.index(after: sp)...])
             } else if let p = m.array, p.count == 2, let x = p[0].string, let y = p[1].string { a = x; b = y }
             else { throw fail("merge #\(rank) is neither 'a b' nor [a, b]") }
@@ -199,7 +206,7 @@ public final class Tokenizer: @unchecked Sendable {
                 if let (c, id) = matched {
                     if start < i { segs.append(.text(text[start..<i])) }
                     segs.append(.added(id))
-                    i = text.index(i, offsetBy: c.count)
+                    i = text.index(i, offsetBy: c.count, limitedBy: text.endIndex) ?? text.endIndex
                     start = i
                     continue
                 }

@@ -185,3 +185,11 @@ struct Float16OverflowTests {
         for s in ["int4-g32", "int8-g32", "f16"] { try check(s, ok) }
     }
 }
+
+@Suite("Scheme names from untrusted text")
+struct SchemeNameTests {
+    @Test("empty and '-g' scheme names are errors, not traps (found by fuzzing)")
+    func emptyNames() {
+        for s in ["", "-g", "-g32", "G"] { #expect(throws: (any Error).self) { try QuantScheme(parsing: s) } }
+    }
+}
