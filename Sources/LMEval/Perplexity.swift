@@ -245,7 +245,9 @@ public enum Perplexity {
                 ids = Array(ids.prefix(options.ctx))
                 guard ids.count >= 2 else { continue }
                 let scored = Array(ids[1...])
-                bytes += tokenizer.decode(scored).utf8.count
+                // The bytes the scored tokens stand for (a character cut by the truncation
+                // counts its real bytes, not the 3 of U+FFFD).
+                bytes += tokenizer.decodeBytes(scored).count
                 windows.append(Window(tokens: ids, rows: Array(0..<(ids.count - 1)), targets: scored))
             }
             r.bytes = bytes

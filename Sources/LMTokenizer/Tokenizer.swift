@@ -303,8 +303,14 @@ public final class Tokenizer: @unchecked Sendable {
     // MARK: decoding
 
     /// Text of `ids`. Special tokens (BOS/EOS, added special tokens) are skipped
-    /// unless `skipSpecial` is false.
+    /// unless `skipSpecial` is false. Bytes that are not valid UTF-8 (a multi-byte
+    /// character cut by a truncation) become U+FFFD; `decodeBytes` gives the bytes.
     public func decode(_ ids: [Int], skipSpecial: Bool = true) -> String {
+        String(decoding: decodeBytes(ids, skipSpecial: skipSpecial), as: UTF8.self)
+    }
+
+    /// The UTF-8 bytes `ids` stand for (as `decode`, without replacing invalid sequences).
+    public func decodeBytes(_ ids: [Int], skipSpecial: Bool = true) -> [UInt8] {
         var bytes: [UInt8] = []
         for id in ids {
             guard id >= 0 && id < tokens.count else { continue }
@@ -326,12 +332,12 @@ public final class Tokenizer: @unchecked Sendable {
                 }
             }
         }
-        var s = String(decoding: bytes, as: UTF8.self)
         if family == .sentencePiece {
-            var n = stripLeading
-            while n > 0 && s.first == " " { s.removeFirst(); n -= 1 }
+            var n = stripLeading, k = 0
+            while n > 0 && k < bytes.count && bytes[k] == 0x20 { k += 1; n -= 1 }
+            if k > 0 { bytes.removeFirst(k) }
         }
-        return s
+        return bytes
     }
 
     /// The text of one token for display.

@@ -207,3 +207,21 @@ struct ChunksBOSTests {
         #expect(worst < 1e-5, "per-token NLL vs the llama-perplexity construction: \(worst)")
     }
 }
+
+@Suite("decodeBytes: the bytes, not U+FFFD")
+struct DecodeBytesTests {
+    @Test("a multi-byte character cut in two decodes to its real bytes (bits per byte counts them); decode is decodeBytes as UTF-8")
+    func cutCharacter() throws {
+        let tok = try Tokenizer(json: SyntheticModel.byteLevelTokenizer(vocab: 300), source: "synthetic")
+        let ids = tok.encode("aé€", addBOS: false)
+        #expect(tok.decodeBytes(ids) == Array("aé€".utf8))
+        // Every prefix: decodeBytes gives a prefix of the text's bytes; decode may add U+FFFD.
+        for n in 0...ids.count {
+            let b = tok.decodeBytes(Array(ids.prefix(n)))
+            #expect(Array("aé€".utf8).starts(with: b), "prefix \(n)")
+            #expect(tok.decode(Array(ids.prefix(n))) == String(decoding: b, as: UTF8.self))
+        }
+        let cut = (0...ids.count).first { n in String(decoding: tok.decodeBytes(Array(ids.prefix(n))), as: UTF8.self).utf8.count != tok.decodeBytes(Array(ids.prefix(n))).count }
+        #expect(cut != nil, "the fixture should cut a character somewhere")
+    }
+}

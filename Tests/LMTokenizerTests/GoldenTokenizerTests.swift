@@ -107,3 +107,4 @@ struct TokenizerErrorTests {
         }
     }
 }
+
