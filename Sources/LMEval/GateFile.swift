@@ -93,10 +93,6 @@ public struct GateFile: Sendable {
             guard let i = j.int, i > 0 else { throw fail(key, "must be a positive integer") }
             return i
         }
-        // A scheme name with nothing before its "-g" (or empty) is refused here, with its key.
-        func schemeName(_ s: String, _ key: String) throws {
-            if s.lowercased().split(separator: "-g", maxSplits: 1).isEmpty { throw fail(key, "'\(s)' is not a scheme name") }
-        }
         func source(_ cj: JSON, _ ck: String) throws -> GateCandidateSource {
             switch (cj["model"], cj["recipe"]) {
             case let (m?, nil): return .artifact(try expand(try str(m, ck + ".model"), ck + ".model"))
@@ -116,12 +112,9 @@ public struct GateFile: Sendable {
                 if let o = r["overrides"] {
                     guard let a = o.array else { throw fail(rk + ".overrides", "must be an array of 'REGEX=SCHEME' strings") }
                     for (k, x) in a.enumerated() {
-                        let s = try str(x, rk + ".overrides[\(k)]")
-                        if let eq = s.lastIndex(of: "=") { try schemeName(String(s[s.index(after: eq)...]), rk + ".overrides[\(k)]") }
-                        ov.append(s)
+                        ov.append(try str(x, rk + ".overrides[\(k)]"))
                     }
                 }
-                try schemeName(try str(r["scheme"], rk + ".scheme"), rk + ".scheme")
                 let tokenizer = try r["tokenizer"].map { try expand(try str($0, rk + ".tokenizer"), rk + ".tokenizer") }
                 let spec = BuildSpec(source: source, scheme: try str(r["scheme"], rk + ".scheme"), groupSize: try optInt(r["group_size"], rk + ".group_size"),
                                      clip: clip, overrides: ov, tokenizer: tokenizer)

@@ -212,9 +212,7 @@ public final class LMPKFile: @unchecked Sendable {
             // refused before the section sizes are computed from it (they would overflow).
             guard count <= 8 * size else { throw fail("tensor '\(name)': shape \(shape) has more elements than a file of \(size) bytes can hold") }
             let scheme: QuantScheme
-            let schemeName = t["scheme"]?.string ?? "?"
-            guard !schemeName.lowercased().split(separator: "-g", maxSplits: 1).isEmpty else { throw fail("tensor '\(name)': scheme '\(schemeName)' is not a scheme name") }
-            do { scheme = try QuantScheme(parsing: schemeName) } catch { throw fail("tensor '\(name)': \(error)") }
+            do { scheme = try QuantScheme(parsing: t["scheme"]?.string ?? "?") } catch { throw fail("tensor '\(name)': \(error)") }
             let rows = shape.count == 2 ? shape[0] : 1, cols = shape.count == 2 ? shape[1] : shape[0]
             let expected = scheme.sections(rows: rows, cols: cols)
             guard let secJ = t["sections"]?.array, secJ.count == expected.count else {

@@ -27,7 +27,10 @@ public struct QuantScheme: Hashable, Sendable, CustomStringConvertible {
     /// decides the group (`int4`/`int4s` without one take `defaultGroup`, 32 unless given).
     public init(parsing s: String, defaultGroup: Int? = nil) throws {
         let parts = s.lowercased().split(separator: "-g", maxSplits: 1).map(String.init)
-        guard let family = parts.first, let codec = SchemeRegistry.codec(family) else {
+        guard let family = parts.first else {
+            throw QuantSchemeError("'\(s)' is not a scheme name; supported: \(QuantScheme.allNames.joined(separator: ", "))")
+        }
+        guard let codec = SchemeRegistry.codec(family) else {
             throw QuantSchemeError("unknown scheme '\(s)'; supported: \(QuantScheme.allNames.joined(separator: ", "))")
         }
         var named: Int? = nil
