@@ -12,10 +12,18 @@ public struct TokenizerError: Error, CustomStringConvertible {
 /// A BPE tokenizer loaded from Hugging Face `tokenizer.json`.
 ///
 /// Two families are supported, as `tokenizers` runs them:
-/// - sentencepiece style: Metaspace pre-tokenizer (`▁`), byte fallback, BOS from a
+/// - sentencepiece style: Metaspace pre-tokenizer (`▁`), or none with Llama's
+///   `Prepend ▁` + `Replace ' '→▁` normalizer; byte fallback, BOS from a
 ///   `TemplateProcessing` post-processor (Llama 2, stories260K);
 /// - byte-level GPT-2 style: optional `Digits` split, `ByteLevel` with the GPT-2
 ///   regex, bytes mapped to printable characters (GPT-2, SmolLM2, Qwen2).
+///
+/// Encoding follows `tokenizers`' pipeline: added tokens that are not `normalized` are
+/// found in the raw text (on code points, leftmost-longest, with their `lstrip`, `rstrip`
+/// and `single_word` flags); each piece between them is normalized (`Normalizer`:
+/// NFC/NFD/NFKC/NFKD, Prepend, Replace) and searched for the `normalized` added tokens;
+/// what remains is pre-tokenized and merged. Unsupported normalizers, pre-tokenizers and
+/// models are refused at load with a `TokenizerError`.
 public final class Tokenizer: @unchecked Sendable {
     public enum Family: Sendable { case sentencePiece, byteLevel }
 
@@ -23,7 +31,7 @@ public final class Tokenizer: @unchecked Sendable {
     /// Token strings by id.
     public let tokens: [String]
     public let vocab: [String: Int]
-    /// Added tokens matched verbatim in text before pre-tokenization.
+    /// Added tokens (longest first), matched in text before pre-tokenization.
     public let addedTokens: [(content: String, id: Int, special: Bool)]
     /// Id prepended by the post-processor, if any.
     public let bosId: Int?
@@ -32,8 +40,15 @@ public final class Tokenizer: @unchecked Sendable {
     public static let maxVocabulary = 1 << 22
 
     let merger: BPEMerger
+    let normalizer: Normalizer
+    /// Added tokens matched in the raw text (`normalized: false`) and in the normalized text.
+    let rawAdded: AddedTokenMatcher
+    let normalizedAdded: AddedTokenMatcher
+    let addedIds: Set<Int>
     // Sentencepiece style.
     let replacement: Unicode.Scalar = "▁"
+    /// A Metaspace pre-tokenizer is present (else the normalizer wrote the `▁`s).
+    let metaspace: Bool
     let prependAlways: Bool
     let prependFirstOnly: Bool
     let metaspaceSplit: Bool
@@ -73,10 +88,14 @@ public final class Tokenizer: @unchecked Sendable {
             guard let id = v.int, id >= 0 else { throw fail("model.vocab['\(k)'] is not a non-negative id") }
             vocab[k] = id; maxId = max(maxId, id)
         }
-        var added: [(String, Int, Bool)] = []
+        // A missing flag defaults as in `AddedToken::from(content, special)`.
+        var added: [AddedToken] = []
         for a in j["added_tokens"]?.array ?? [] {
             guard let c = a["content"]?.string, let id = a["id"]?.int else { throw fail("added_tokens entry without content/id") }
-            added.append((c, id, a["special"]?.bool ?? false))
+            let special = a["special"]?.bool ?? false
+            added.append(AddedToken(content: c, id: id, special: special, normalized: a["normalized"]?.bool ?? !special,
+                                    lstrip: a["lstrip"]?.bool ?? false, rstrip: a["rstrip"]?.bool ?? false,
+                                    singleWord: a["single_word"]?.bool ?? false))
             maxId = max(maxId, id)
         }
         // The id table is allocated from the largest id: bound it before trusting it.
@@ -85,13 +104,14 @@ public final class Tokenizer: @unchecked Sendable {
         }
         var toks = [String](repeating: "", count: maxId + 1)
         for (k, id) in vocab { toks[id] = k }
-        for (c, id, _) in added { toks[id] = c; if vocab[c] == nil { vocab[c] = id } }
+        for a in added { toks[a.id] = a.content; if vocab[a.content] == nil { vocab[a.content] = a.id } }
         tokens = toks
         self.vocab = vocab
-        // Longest first so that overlapping added tokens match greedily.
-        // An empty added token matches nowhere (and would stall the matcher).
-        addedTokens = added.filter { !$0.0.isEmpty }.sorted { $0.0.utf8.count > $1.0.utf8.count }.map { (content: $0.0, id: $0.1, special: $0.2) }
-        specialIds = Set(added.filter { $0.2 }.map { $0.1 })
+        // An empty added token matches nowhere.
+        added.removeAll { $0.content.isEmpty }
+        addedTokens = added.sorted { $0.content.utf8.count > $1.content.utf8.count }.map { (content: $0.content, id: $0.id, special: $0.special) }
+        addedIds = Set(added.map(\.id))
+        specialIds = Set(added.filter(\.special).map(\.id))
         byteFallback = model["byte_fallback"]?.bool ?? false
         unkId = model["unk_token"]?.string.flatMap { vocab[$0] }
 
@@ -101,11 +121,11 @@ public final class Tokenizer: @unchecked Sendable {
             if p["type"]?.string == "Sequence" { pres = p["pretokenizers"]?.array ?? [] } else { pres = [p] }
         }
         var fam: Family? = nil
-        var prependAlways = false, prependFirst = false, split = false, digits = false, regex = true, prefix = false
+        var prependAlways = false, prependFirst = false, split = false, digits = false, regex = true, prefix = false, metaspace = false
         for p in pres {
             switch p["type"]?.string ?? "" {
             case "Metaspace":
-                fam = .sentencePiece
+                fam = .sentencePiece; metaspace = true
                 if let r = p["replacement"]?.string, r != "▁" { throw fail("Metaspace replacement '\(r)' is not supported") }
                 let scheme = p["prepend_scheme"]?.string ?? ((p["add_prefix_space"]?.bool ?? true) ? "always" : "never")
                 prependAlways = scheme == "always"; prependFirst = scheme == "first"
@@ -115,21 +135,30 @@ public final class Tokenizer: @unchecked Sendable {
                 regex = p["use_regex"]?.bool ?? true
                 prefix = p["add_prefix_space"]?.bool ?? false
             case "Digits":
+                // After ByteLevel it would split the byte symbols (`²` stands for byte 0xB2).
+                if fam == .byteLevel { throw fail("pre_tokenizer Digits after ByteLevel is not supported (only before it)") }
                 digits = p["individual_digits"]?.bool ?? false
                 if !digits { throw fail("pre_tokenizer Digits with individual_digits=false is not supported") }
             case let t: throw fail("pre_tokenizer '\(t)' is not supported (Metaspace, ByteLevel, Digits are)")
             }
         }
+        let normalizer = try Normalizer(json: j["normalizer"], fail: fail)
         if fam == nil {
-            // Llama-style files may use a normalizer (Prepend ▁ + Replace ' '→'▁') instead of a pre-tokenizer.
-            if let n = j["normalizer"], !n.isNull, n.serialized().contains("▁") { fam = .sentencePiece; prependAlways = true; split = false }
+            // Llama-style files use a normalizer (Prepend ▁ + Replace ' '→'▁') instead of a
+            // pre-tokenizer: the model then sees each normalized piece whole.
+            if normalizer.inserts("▁") { fam = .sentencePiece; split = false }
             else if j["decoder"]?["type"]?.string == "ByteLevel" { fam = .byteLevel }
         }
         guard let family = fam else { throw fail("cannot tell the tokenizer family: need a Metaspace or ByteLevel pre-tokenizer") }
-        if family == .byteLevel, let n = j["normalizer"], !n.isNull, n["type"]?.string != "NFC" {
-            throw fail("normalizer '\(n["type"]?.string ?? "?")' is not supported for byte-level tokenizers")
-        }
+        if family == .sentencePiece && digits { throw fail("pre_tokenizer Digits with Metaspace is not supported (only with ByteLevel)") }
         self.family = family
+        self.normalizer = normalizer
+        // As `tokenizers`: special tokens first, then the others; normalized ones match their normalized content.
+        let ordered = added.filter(\.special) + added.filter { !$0.special }
+        let raw = ordered.filter { !$0.normalized }, norm = ordered.filter(\.normalized)
+        rawAdded = AddedTokenMatcher(tokens: raw, patterns: raw.map(\.content))
+        normalizedAdded = AddedTokenMatcher(tokens: norm, patterns: norm.map { normalizer.apply($0.content) })
+        self.metaspace = metaspace
         self.prependAlways = prependAlways; self.prependFirstOnly = prependFirst; self.metaspaceSplit = split
         splitDigits = digits; useRegex = regex; addPrefixSpace = prefix
         var strip = 0
@@ -166,9 +195,15 @@ public final class Tokenizer: @unchecked Sendable {
         self.merger = merger
         for (k, id) in vocab where k.unicodeScalars.count == 1 { charToId[k.unicodeScalars.first!] = Int32(id) }
         for b in 0..<256 {
-            byteTokenIds[b] = Int32(vocab[String(format: "<0x%02X>", b)] ?? -1)
+            byteTokenIds[b] = Int32(vocab[Tokenizer.byteTokenNames[b]] ?? -1)
             byteLevelIds[b] = Int32(vocab[String(ByteLevelAlphabet.scalar(for: UInt8(b)))] ?? -1)
         }
+    }
+
+    /// `<0x00>` … `<0xFF>`, the byte-fallback token names (built once: `String(format:)` is slow).
+    static let byteTokenNames: [String] = (0..<256).map { b in
+        let hex = Array("0123456789ABCDEF")
+        return "<0x" + String(hex[b >> 4]) + String(hex[b & 15]) + ">"
     }
 
     // MARK: encoding
@@ -177,59 +212,50 @@ public final class Tokenizer: @unchecked Sendable {
     public func encode(_ text: String, addBOS: Bool? = nil) -> [Int] {
         var out: [Int] = []
         if addBOS ?? (bosId != nil), let b = bosId { out.append(b) }
-        var first = true
-        for seg in splitAdded(text) {
-            switch seg {
-            case let .added(id): out.append(id)
-            case let .text(s):
-                encodeSegment(s, first: first, into: &out)
+        let scalars = Array(text.unicodeScalars)
+        for piece in rawAdded.split(scalars[...]) {
+            switch piece {
+            case let .token(id): out.append(id)
+            case let .text(r): encodeNormalized(scalars[r], atStart: r.lowerBound == 0, into: &out)
             }
-            first = false
         }
         return out
     }
 
-    enum Segment { case text(Substring), added(Int) }
-
-    /// Splits on added tokens (matched verbatim, longest first).
-    func splitAdded(_ text: String) -> [Segment] {
-        if addedTokens.isEmpty { return [.text(Substring(text))] }
-        var segs: [Segment] = []
-        var start = text.startIndex
-        var i = text.startIndex
-        let firstBytes = Set(addedTokens.compactMap { $0.content.utf8.first })
-        let utf8 = text.utf8
-        while i < text.endIndex {
-            if firstBytes.contains(utf8[i]) {
-                var matched: (String, Int)? = nil
-                for a in addedTokens where text[i...].hasPrefix(a.content) { matched = (a.content, a.id); break }
-                if let (c, id) = matched {
-                    if start < i { segs.append(.text(text[start..<i])) }
-                    segs.append(.added(id))
-                    i = text.index(i, offsetBy: c.count, limitedBy: text.endIndex) ?? text.endIndex
-                    start = i
-                    continue
-                }
-            }
-            i = text.index(after: i)
+    /// A piece between raw added tokens: normalized, split on the normalized added tokens,
+    /// the rest pre-tokenized and merged. `atStart`: the piece starts the text.
+    private func encodeNormalized(_ s: ArraySlice<Unicode.Scalar>, atStart: Bool, into out: inout [Int]) {
+        var text = s
+        if !normalizer.isIdentity {
+            var v = String.UnicodeScalarView()
+            v.append(contentsOf: s)
+            text = Array(normalizer.apply(String(v)).unicodeScalars)[...]
         }
-        if start < text.endIndex { segs.append(.text(text[start...])) }
-        return segs
+        for piece in normalizedAdded.split(text) {
+            switch piece {
+            case let .token(id): out.append(id)
+            case let .text(r): encodeSegment(text[r], first: atStart && r.lowerBound == text.startIndex, into: &out)
+            }
+        }
     }
 
-    func encodeSegment(_ s: Substring, first: Bool, into out: inout [Int]) {
+    func encodeSegment(_ s: ArraySlice<Unicode.Scalar>, first: Bool, into out: inout [Int]) {
         switch family {
         case .sentencePiece: encodeMetaspace(s, first: first, into: &out)
         case .byteLevel: encodeByteLevel(s, into: &out)
         }
     }
 
-    private func encodeMetaspace(_ s: Substring, first: Bool, into out: inout [Int]) {
+    private func encodeMetaspace(_ s: ArraySlice<Unicode.Scalar>, first: Bool, into out: inout [Int]) {
         if s.isEmpty { return }
         var scalars: [Unicode.Scalar] = []
-        scalars.reserveCapacity(s.unicodeScalars.count + 1)
-        for u in s.unicodeScalars { scalars.append(u == " " ? replacement : u) }
-        if (prependAlways || (prependFirstOnly && first)) && scalars.first != replacement { scalars.insert(replacement, at: 0) }
+        scalars.reserveCapacity(s.count + 1)
+        if metaspace {
+            for u in s { scalars.append(u == " " ? replacement : u) }
+            if (prependAlways || (prependFirstOnly && first)) && scalars.first != replacement { scalars.insert(replacement, at: 0) }
+        } else {
+            scalars.append(contentsOf: s)
+        }
         if !metaspaceSplit {
             out.append(contentsOf: bpeScalars(scalars[...]).map(Int.init))
             return
@@ -265,30 +291,38 @@ public final class Tokenizer: @unchecked Sendable {
     private var cache: [Substring: [Int32]] = [:]
     private let cacheLock = NSLock()
 
-    private func encodeByteLevel(_ s: Substring, into out: inout [Int]) {
-        var text = s
-        var prefixed = ""
-        if addPrefixSpace && !(s.first?.isWhitespace ?? true) { prefixed = " " + s; text = prefixed[...] }
-        let scalars = Array(text.unicodeScalars)
+    /// Byte-level: the `Digits` splits (each digit alone) first, then on each split what
+    /// `ByteLevel` does: a space in front unless it starts with U+0020 (`add_prefix_space`),
+    /// the GPT-2 regex, the bytes as symbols, the merges.
+    private func encodeByteLevel(_ s: ArraySlice<Unicode.Scalar>, into out: inout [Int]) {
+        if s.isEmpty { return }
+        let scalars = Array(s)
         let cls = scalars.map(classify)
-        var pieces: [(Int, Int)] = []
-        func regexSplit(_ lo: Int, _ hi: Int) {
-            if useRegex { gpt2Split(scalars, cls, lo, hi) { pieces.append(($0, $1)) } } else if lo < hi { pieces.append((lo, hi)) }
+        var pieces: [Substring] = []
+        func piece(_ sc: [Unicode.Scalar], _ lo: Int, _ hi: Int) {
+            var str = String.UnicodeScalarView()
+            str.append(contentsOf: sc[lo..<hi])
+            pieces.append(Substring(String(str)))
+        }
+        func byteLevelSplit(_ lo: Int, _ hi: Int) {
+            guard lo < hi else { return }
+            var sc = scalars, cl = cls, lo = lo, hi = hi
+            if addPrefixSpace && scalars[lo] != " " {
+                sc = [" "] + scalars[lo..<hi]; cl = sc.map(classify); lo = 0; hi = sc.count
+            }
+            if useRegex { gpt2Split(sc, cl, lo, hi) { piece(sc, $0, $1) } } else { piece(sc, lo, hi) }
         }
         if splitDigits {
             var start = 0
             for i in 0..<scalars.count where cls[i] == .number {
-                regexSplit(start, i); pieces.append((i, i + 1)); start = i + 1
+                byteLevelSplit(start, i); byteLevelSplit(i, i + 1); start = i + 1
             }
-            regexSplit(start, scalars.count)
+            byteLevelSplit(start, scalars.count)
         } else {
-            regexSplit(0, scalars.count)
+            byteLevelSplit(0, scalars.count)
         }
         cacheLock.lock(); defer { cacheLock.unlock() }
-        for (lo, hi) in pieces {
-            var str = String.UnicodeScalarView()
-            str.append(contentsOf: scalars[lo..<hi])
-            let key = Substring(String(str))
+        for key in pieces {
             if let hit = cache[key] { for t in hit { out.append(Int(t)) }; continue }
             var syms: [Int32] = []
             // A byte whose symbol is missing from the vocabulary is dropped, as `tokenizers`
@@ -326,7 +360,7 @@ public final class Tokenizer: @unchecked Sendable {
                     }
                 }
             case .byteLevel:
-                if specialIds.contains(id) || addedTokens.contains(where: { $0.id == id }) { bytes.append(contentsOf: t.utf8); continue }
+                if addedIds.contains(id) { bytes.append(contentsOf: t.utf8); continue }
                 for u in t.unicodeScalars {
                     if let b = ByteLevelAlphabet.byte(for: u) { bytes.append(b) } else { bytes.append(contentsOf: String(u).utf8) }
                 }
