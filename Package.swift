@@ -30,6 +30,8 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["libz-dev"])]),
         .systemLibrary(name: "CJSONC", pkgConfig: "json-c", providers: [.apt(["libjson-c-dev"])]),
+        // Open MPI, linked only by LMMPI (and so only by lmeval), for one rank per process.
+        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
         .target(name: "CKernels", cSettings: [.unsafeFlags(native ? ["-O3", "-march=native"] : ["-O3"])]),
         // LMCore links CKernels so every binary carries its CPU-baseline check (a constructor).
         .target(name: "LMCore", dependencies: ["CZlib", "CJSONC", "CKernels"], swiftSettings: kernelFlags),
@@ -40,15 +42,19 @@ let package = Package(
         .target(name: "LMTokenizer", dependencies: ["LMCore"]),
         .target(name: "LMQuant", dependencies: ["LMCore", "LMFormats", "LMTokenizer"], swiftSettings: fastFlags),
         .target(name: "LMRuntime", dependencies: ["LMCore", "LMSchemes", "LMFormats", "COpenBLAS", "CKernels"], swiftSettings: fastFlags),
+        // Tensor-parallel sharding: the plan and the rank files (`lmconvert shard`).
+        .target(name: "LMShard", dependencies: ["LMCore", "LMFormats"], swiftSettings: kernelFlags),
+        // The MPI communicator (`mpirun -np N lmeval … --shards DIR`).
+        .target(name: "LMMPI", dependencies: ["CMPI", "LMRuntime"]),
         .target(name: "LMFixtures", dependencies: ["LMCore", "LMFormats"]),
         .target(name: "LMTestSupport", dependencies: ["LMCore", "LMFormats"]),
-        .target(name: "LMEval", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "LMRuntime", "LMQuant"], swiftSettings: kernelFlags),
+        .target(name: "LMEval", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "LMRuntime", "LMQuant", "LMShard"], swiftSettings: kernelFlags),
         .executableTarget(name: "lmconvert", dependencies: [
-            "LMCore", "LMFormats", "LMTokenizer", "LMQuant",
+            "LMCore", "LMFormats", "LMTokenizer", "LMQuant", "LMShard",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "lmeval", dependencies: [
-            "LMCore", "LMFormats", "LMTokenizer", "LMRuntime", "LMEval",
+            "LMCore", "LMFormats", "LMTokenizer", "LMRuntime", "LMEval", "LMMPI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // The per-target fuzz entry points (one function per reader of untrusted bytes) and the
@@ -59,6 +65,7 @@ let package = Package(
         .testTarget(name: "LMFormatsTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMTokenizer", "LMFixtures", "LMFuzzTargets"]),
         .testTarget(name: "LMTokenizerTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMTokenizer"]),
         .testTarget(name: "LMRuntimeTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMFixtures", "LMQuant"]),
+        .testTarget(name: "LMShardTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMShard", "LMRuntime", "LMQuant", "LMFixtures", "LMTokenizer", "LMEval"]),
         .testTarget(name: "LMEvalTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMEval", "LMFixtures", "LMQuant"]),
         .testTarget(name: "CLITests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMFixtures", "LMQuant", "LMEval"]),
     ] + (fuzz ? [.executableTarget(name: "lmfuzz", dependencies: ["LMFuzzTargets"], path: "Fuzz/Driver")] : [])

@@ -17,8 +17,10 @@ set -euo pipefail
 #   libopenblas-dev  sgemm for prefill, LAPACK (Cholesky) for calibrated quantization
 #   libjson-c-dev    JSON reading (safetensors headers, config.json, tokenizer.json, gates)
 #   zlib1g-dev       zlib's CRC32 (Debian's libz-dev is a virtual name for it)
-#   pkg-config       SwiftPM finds the three libraries through it
-PACKAGES=${LMKIT_SETUP_PACKAGES:-"libopenblas-dev libjson-c-dev zlib1g-dev pkg-config"}
+#   libopenmpi-dev   MPI for multi-process tensor parallelism (the CMPI target; mpi.h, libmpi)
+#   openmpi-bin      mpirun, to run one rank per process
+#   pkg-config       SwiftPM finds the libraries through it
+PACKAGES=${LMKIT_SETUP_PACKAGES:-"libopenblas-dev libjson-c-dev zlib1g-dev libopenmpi-dev openmpi-bin pkg-config"}
 
 check_only=0
 case "${1:-}" in
@@ -40,11 +42,11 @@ installed() {  # installed PACKAGE → exit 0 when installed
 
 if [ -z "${LMKIT_SETUP_INSTALLED:-}" ] && ! command -v dpkg-query >/dev/null 2>&1; then
   # Not Debian: check the libraries themselves and say what they are on Debian.
-  if command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openblas json-c zlib; then
-    echo "setup: not a Debian system; openblas, json-c and zlib found through pkg-config"
+  if command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openblas json-c zlib ompi-c; then
+    echo "setup: not a Debian system; openblas, json-c, zlib and Open MPI found through pkg-config"
     exit 0
   fi
-  echo "setup: not a Debian system; install the equivalents of: $PACKAGES (pkg-config must find openblas, json-c, zlib)" >&2
+  echo "setup: not a Debian system; install the equivalents of: $PACKAGES (pkg-config must find openblas, json-c, zlib, ompi-c)" >&2
   exit 2
 fi
 

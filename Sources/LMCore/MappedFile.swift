@@ -41,6 +41,17 @@ public final class MappedFile: @unchecked Sendable {
         if let base { munmap(base, bytes.count) }
     }
 
+    /// Bytes of the mapping resident in memory now (`mincore`): what of the file this
+    /// process has touched and the kernel still holds.
+    public func residentBytes() -> Int {
+        guard let base, bytes.count > 0 else { return 0 }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let pages = (bytes.count + page - 1) / page
+        var vec = [UInt8](repeating: 0, count: pages)
+        guard mincore(base, bytes.count, &vec) == 0 else { return 0 }
+        return vec.reduce(0) { $0 + Int($1 & 1) } * page
+    }
+
     /// Drops the resident pages of `range` (a read-only private mapping re-reads them
     /// from the file if touched again). Streaming conversions call this after each
     /// tensor so that resident memory stays bounded by one tensor, not the file.

@@ -3,6 +3,7 @@ import LMCore
 import LMFormats
 import LMQuant
 import LMRuntime
+import LMShard
 import LMTokenizer
 
 /// One checked metric of one candidate.
@@ -56,10 +57,10 @@ public enum Gate {
                 throw GateFileError(file: g.path, key: dk + ".sha256", reason: "the text's SHA-256 is \(sha), the gate pins \(suite.data.sha256): data changed (update the gate deliberately, with new thresholds)")
             }
             // The baseline model is built only when needed (cache miss, speed limits).
-            var baseLoaded: (LlamaModel, Tokenizer, String?)? = nil
-            func baseModel() throws -> (LlamaModel, Tokenizer) {
+            var baseLoaded: (any CausalLM, Tokenizer, String?)? = nil
+            func baseModel() throws -> (any CausalLM, Tokenizer) {
                 if let b = baseLoaded { return (b.0, b.1) }
-                let b = try model(suite.baseline, name: "baseline", gate: g, key: "suites[\(si)].baseline")
+                let b = try model(suite.baseline, name: "baseline", gate: g, key: "suites[\(si)].baseline", kernels: context.kernels)
                 baseLoaded = b
                 return (b.0, b.1)
             }
@@ -98,7 +99,7 @@ public enum Gate {
             let basePPL = exp(base.nllSum / Double(max(base.rows, 1)))
             for c in suite.candidates {
                 let t0 = Date()
-                let (cand, tok, tmp) = try model(c.source, name: c.name, gate: g, key: "suites[\(si)].candidates '\(c.name)'")
+                let (cand, tok, tmp) = try model(c.source, name: c.name, gate: g, key: "suites[\(si)].candidates '\(c.name)'", kernels: context.kernels)
                 defer { if let tmp { try? FileManager.default.removeItem(atPath: tmp) } }
                 var j = 0
                 var klSum = 0.0, agree = 0
@@ -178,8 +179,9 @@ public enum Gate {
     }
 
     /// Loads an artifact (CRC-verified when .lmpk), or builds a recipe into a temporary
-    /// .lmpk (returned for removal). The tokenizer is the model's own.
-    static func model(_ source: GateCandidateSource, name: String, gate g: GateFile, key: String) throws -> (LlamaModel, Tokenizer, String?) {
+    /// .lmpk — and, with `shard`, a temporary shard folder run in-process on `g.threads`
+    /// threads — (returned for removal). The tokenizer is the model's own.
+    static func model(_ source: GateCandidateSource, name: String, gate g: GateFile, key: String, kernels: KernelSet) throws -> (any CausalLM, Tokenizer, String?) {
         switch source {
         case let .artifact(path):
             do {
@@ -195,6 +197,19 @@ public enum Gate {
             do {
                 try FileManager.default.createDirectory(atPath: g.cacheDir, withIntermediateDirectories: true)
                 _ = try spec.build(output: tmp)
+                if let s = spec.shard {
+                    let dir = tmp + ".shards"
+                    defer { try? FileManager.default.removeItem(atPath: tmp) }
+                    do {
+                        let f = try LMPKFile(path: tmp)
+                        _ = try Sharder.write(plan: try ShardPlan(source: f, tp: s.tp, vocabParallel: s.vocabParallel), source: f, output: dir)
+                        let (m, t) = try ModelLoader.load(shards: dir, threads: g.threads, kernels: kernels)
+                        return (m, t, dir)
+                    } catch {
+                        try? FileManager.default.removeItem(atPath: dir)
+                        throw error
+                    }
+                }
                 let (m, t) = try ModelLoader.load(tmp)
                 return (m, t, tmp)
             } catch {

@@ -99,7 +99,7 @@ public struct GateFile: Sendable {
             case let (nil, r?):
                 let rk = ck + ".recipe"
                 let ro = try object(r, rk, allowed: ["source", "scheme", "group_size", "clip", "overrides", "prune", "shard", "kv_cache", "tokenizer"])
-                for reserved in ["prune", "shard"] where ro.contains(where: { $0.0 == reserved }) {
+                for reserved in ["prune"] where ro.contains(where: { $0.0 == reserved }) {
                     throw fail(rk + "." + reserved, "reserved for a later release: this lmkit cannot build '\(reserved)' candidates yet")
                 }
                 let source = try expand(try str(r["source"], rk + ".source"), rk + ".source")
@@ -116,8 +116,19 @@ public struct GateFile: Sendable {
                     }
                 }
                 let tokenizer = try r["tokenizer"].map { try expand(try str($0, rk + ".tokenizer"), rk + ".tokenizer") }
-                let spec = BuildSpec(source: source, scheme: try str(r["scheme"], rk + ".scheme"), groupSize: try optInt(r["group_size"], rk + ".group_size"),
+                var spec = BuildSpec(source: source, scheme: try str(r["scheme"], rk + ".scheme"), groupSize: try optInt(r["group_size"], rk + ".group_size"),
                                      clip: clip, overrides: ov, tokenizer: tokenizer)
+                if let sj = r["shard"] {
+                    let so = try object(sj, rk + ".shard", allowed: ["tp", "vocab_parallel"])
+                    _ = so
+                    guard let tp = try optInt(sj["tp"], rk + ".shard.tp") else { throw fail(rk + ".shard.tp", "missing (the world size, ≥ 1)") }
+                    var vp = false
+                    if let v = sj["vocab_parallel"] {
+                        guard let b = v.bool else { throw fail(rk + ".shard.vocab_parallel", "must be true or false") }
+                        vp = b
+                    }
+                    spec.shard = ShardOptions(tp: tp, vocabParallel: vp)
+                }
                 do { _ = try spec.recipe() } catch let e as BuildSpecError { throw fail(rk + "." + e.option, e.reason) }
                 return .recipe(spec)
             case (_?, _?): throw fail(ck, "give either 'model' or 'recipe', not both")

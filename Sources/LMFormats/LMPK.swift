@@ -17,6 +17,8 @@ public struct LMPKTensor: @unchecked Sendable {
     /// Sections in scheme order (`q`, then `scales`, then `mins`).
     public let sections: [UnsafeRawBufferPointer]
     public let crc32: UInt32
+    /// For a tensor-parallel rank: the part of the full tensor this one holds (nil: whole).
+    public let split: TensorSplit?
     /// The whole byte range (first section start … last section end).
     public let range: Range<Int>
     public var rows: Int { shape.count == 2 ? shape[0] : 1 }
@@ -26,15 +28,20 @@ public struct LMPKTensor: @unchecked Sendable {
     /// The tensor's sections as the kernels take them (the mapping must stay alive).
     public var packed: PackedTensor { PackedTensor(rows: rows, cols: cols, scheme: scheme, sections: sections) }
 
-    init(name: String, shape: [Int], scheme: QuantScheme, sections: [UnsafeRawBufferPointer], crc32: UInt32, range: Range<Int>) {
-        self.name = name; self.shape = shape; self.scheme = scheme; self.sections = sections; self.crc32 = crc32; self.range = range
+    init(name: String, shape: [Int], scheme: QuantScheme, sections: [UnsafeRawBufferPointer], crc32: UInt32, split: TensorSplit?, range: Range<Int>) {
+        self.name = name; self.shape = shape; self.scheme = scheme; self.sections = sections; self.crc32 = crc32; self.split = split; self.range = range
     }
 }
 
 /// The `.lmpk` format (formats/lmpk.md): constants and the header layout.
 public enum LMPK {
     public static let magic: [UInt8] = Array("LMPK".utf8)
-    public static let version: UInt32 = 1
+    /// The newest version this tool reads and writes: 2 for tensor-parallel rank files
+    /// (`split` ranges, `tensor_parallel` with the rank's ranges); whole-model files
+    /// stay version 1, byte for byte.
+    public static let version: UInt32 = 2
+    /// Version of a whole-model file.
+    public static let wholeModelVersion: UInt32 = 1
     public static let alignment = 64
     public static let fixedHeaderBytes = 24
     public static let maxHeaderBytes = 256 << 20
@@ -46,7 +53,11 @@ public struct LMPKTensorSpec: Sendable {
     public let name: String
     public let shape: [Int]
     public let scheme: QuantScheme
-    public init(name: String, shape: [Int], scheme: QuantScheme) { self.name = name; self.shape = shape; self.scheme = scheme }
+    /// The part of the full tensor a rank file holds (nil: the whole tensor).
+    public let split: TensorSplit?
+    public init(name: String, shape: [Int], scheme: QuantScheme, split: TensorSplit? = nil) {
+        self.name = name; self.shape = shape; self.scheme = scheme; self.split = split
+    }
     var rows: Int { shape.count == 2 ? shape[0] : 1 }
     var cols: Int { shape.count == 2 ? shape[1] : shape.reduce(1, *) }
 }
@@ -65,12 +76,16 @@ public final class LMPKWriter {
     var next = 0
     var headerLength = 0
     let dataStart: Int
+    let version: UInt32
 
-    /// - Parameters: `meta` holds `config`, `recipe`, `provenance` objects (written as given).
+    /// - Parameters: `meta` holds `config`, `recipe`, `provenance` objects (written as
+    ///   given); files with split tensors are written as version 2, others as version 1.
     public init(path: String, config: ModelConfig, tokenizerJSON: [UInt8], meta: [(String, JSON)], tensors: [LMPKTensorSpec]) throws {
         specs = tensors
+        version = tensors.contains { $0.split != nil } || meta.contains { $0.0 == "tensor_parallel" && $0.1["sharding"] != nil }
+            ? LMPK.version : LMPK.wholeModelVersion
         crcs = Array(repeating: 0, count: tensors.count)
-        headerObject = [("format", .string("lmpk")), ("version", .int(Int64(LMPK.version))), ("config", config.toJSON())] + meta
+        headerObject = [("format", .string("lmpk")), ("version", .int(Int64(version))), ("config", config.toJSON())] + meta
         // Lay out until the header length is stable (offsets depend on it).
         var start = LMPK.align(LMPK.fixedHeaderBytes + 4096)
         var tokRange = (0, 0)
@@ -104,7 +119,7 @@ public final class LMPKWriter {
 
     func fixedHeader(_ header: [UInt8]) -> [UInt8] {
         var b = LMPK.magic
-        withUnsafeBytes(of: LMPK.version.littleEndian) { b += $0 }
+        withUnsafeBytes(of: version.littleEndian) { b += $0 }
         withUnsafeBytes(of: UInt64(header.count).littleEndian) { b += $0 }
         withUnsafeBytes(of: header.withUnsafeBytes { crc32($0) }.littleEndian) { b += $0 }
         withUnsafeBytes(of: UInt32(0)) { b += $0 }
@@ -119,7 +134,7 @@ public final class LMPKWriter {
         o.append(("tokenizer", .object([("offset", .int(Int64(tokenizer.0))), ("bytes", .int(Int64(tokenizer.1))), ("crc32", .string(hex(tokenizerCRC)))])))
         o.append(("tensors", .array(zip(specs, zip(layout, crcs)).map { s, lc in
             .object([("name", .string(s.name)), ("shape", .array(s.shape.map { .int(Int64($0)) })), ("scheme", .string(s.scheme.name)),
-                     ("split", .null),
+                     ("split", s.split?.json ?? .null),
                      ("sections", .array(lc.0.map { .object([("role", .string($0.role)), ("offset", .int(Int64($0.offset))), ("bytes", .int(Int64($0.bytes)))]) })),
                      ("crc32", .string(hex(lc.1)))])
         })))
@@ -159,6 +174,10 @@ public final class LMPKFile: @unchecked Sendable {
     public let config: ModelConfig
     public let header: JSON
     public let tensors: [LMPKTensor]
+    /// The format version read from the file.
+    public let version: UInt32
+    /// For a rank file of a tensor-parallel sharding: its rank, world and ranges (nil for a whole model).
+    public let shard: ShardInfo?
     let mapping: MappedFile
     private let byName: [String: Int]
     let tokenizerSlice: UnsafeRawBufferPointer
@@ -172,7 +191,7 @@ public final class LMPKFile: @unchecked Sendable {
         let size = m.bytes.count
         guard size >= LMPK.fixedHeaderBytes, Array(m.bytes[0..<4]) == LMPK.magic else { throw fail("not an .lmpk file (bad magic or too small)") }
         var r = ByteReader(m.bytes, source: path, offset: 4)
-        let version = try r.read(UInt32.self, "version")
+        version = try r.read(UInt32.self, "version")
         guard version <= LMPK.version, version >= 1 else {
             throw fail(".lmpk version \(version) is not supported by this tool (it reads version \(LMPK.version)); upgrade lmkit")
         }
@@ -188,6 +207,10 @@ public final class LMPKFile: @unchecked Sendable {
         guard h["format"]?.string == "lmpk" else { throw fail("header 'format' is not 'lmpk'") }
         guard let cj = h["config"] else { throw fail("header has no 'config'") }
         config = try ModelConfig.parse(cj, source: path + " (config)")
+        let shardInfo: ShardInfo?
+        do { shardInfo = try ShardInfo.parse(h["tensor_parallel"], config: config) } catch { throw fail("\(error)") }
+        if shardInfo != nil && version < 2 { throw fail("a tensor-parallel rank file must be version 2 (this one says \(version))") }
+        shard = shardInfo
         let headerEnd = LMPK.fixedHeaderBytes + Int(hlen)
         var ranges: [(Range<Int>, String)] = []
         func section(_ off: Int?, _ n: Int?, _ what: String) throws -> UnsafeRawBufferPointer {
@@ -231,8 +254,10 @@ public final class LMPKFile: @unchecked Sendable {
                 secs.append(b)
             }
             guard let crcS = t["crc32"]?.string, let crc = UInt32(crcS, radix: 16) else { throw fail("tensor '\(name)': missing crc32") }
+            let split: TensorSplit?
+            do { split = try TensorSplit.parse(t["split"]) } catch { throw fail("tensor '\(name)': \(error)") }
             idx[name] = ts.count
-            ts.append(LMPKTensor(name: name, shape: shape, scheme: scheme, sections: secs, crc32: crc, range: lo..<hi))
+            ts.append(LMPKTensor(name: name, shape: shape, scheme: scheme, sections: secs, crc32: crc, split: split, range: lo..<hi))
         }
         ranges.sort { $0.0.lowerBound < $1.0.lowerBound }
         for k in ranges.indices.dropFirst() where ranges[k].0.lowerBound < ranges[k - 1].0.upperBound {
@@ -240,10 +265,18 @@ public final class LMPKFile: @unchecked Sendable {
         }
         tensors = ts
         byName = idx
-        // Every tensor the config needs, with its shape.
-        for (n, shape) in config.expectedTensors() {
+        // Every tensor the config needs, with its shape (a rank's: its part, as its ranges say).
+        let expected = shardInfo.map { ShardLayout(config: config, ranges: $0.ranges).tensors } ?? config.expectedTensors().map { ($0.0, $0.1, nil) }
+        for (n, shape, split) in expected {
             guard let t = idx[n].map({ ts[$0] }) else { throw fail("tensor '\(n)' is missing") }
-            guard t.shape == shape else { throw fail("tensor '\(n)': shape \(t.shape), the config implies \(shape)") }
+            guard t.shape == shape else { throw fail("tensor '\(n)': shape \(t.shape), the config\(shardInfo == nil ? "" : " and the rank's ranges") imply \(shape)") }
+            guard t.split == split else {
+                throw fail("tensor '\(n)': split \(t.split?.json.serialized() ?? "null"), the rank's ranges imply \(split?.json.serialized() ?? "null")")
+            }
+        }
+        if shardInfo != nil, ts.count != expected.count {
+            let known = Set(expected.map(\.0))
+            throw fail("tensor '\(ts.first { !known.contains($0.name) }!.name)' is not part of this rank's plan")
         }
     }
 
@@ -253,6 +286,12 @@ public final class LMPKFile: @unchecked Sendable {
     public func tokenizerJSON() throws -> JSON {
         guard crc32(tokenizerSlice) == tokenizerCRC else { throw LMPKError(file: path, reason: "tokenizer CRC mismatch (corrupt file)") }
         return try JSON.parse(tokenizerSlice, source: path + " (tokenizer)")
+    }
+
+    /// The embedded `tokenizer.json` bytes, as stored (CRC-checked).
+    public func tokenizerBytes() throws -> [UInt8] {
+        guard crc32(tokenizerSlice) == tokenizerCRC else { throw LMPKError(file: path, reason: "tokenizer CRC mismatch (corrupt file)") }
+        return Array(tokenizerSlice)
     }
 
     /// Checks every tensor's CRC; returns the first bad tensor's name, or nil.
@@ -268,4 +307,6 @@ public final class LMPKFile: @unchecked Sendable {
 
     /// File size in bytes.
     public var fileBytes: Int { mapping.bytes.count }
+    /// Bytes of the file resident in memory now.
+    public var residentBytes: Int { mapping.residentBytes() }
 }

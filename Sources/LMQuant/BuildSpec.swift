@@ -21,6 +21,8 @@ public struct BuildSpec: Sendable, Equatable {
     public var overrides: [String]
     /// Tokenizer for llama2.c input.
     public var tokenizer: String?
+    /// Tensor-parallel sharding of the result (`lmconvert shard`; gate recipes' `shard`).
+    public var shard: ShardOptions?
 
     public init(source: String, scheme: String = "int4-g32", groupSize: Int? = nil, clip: ClipMethod = .minmax,
                 overrides: [String] = [], tokenizer: String? = nil) {
@@ -52,7 +54,7 @@ public struct BuildSpec: Sendable, Equatable {
             ("clip", .string(r.clip.rawValue)),
             ("overrides", .array(r.overrides.map { .string($0.pattern + "=" + $0.scheme.name) })),
             ("spec_version", .int(1)),
-        ])
+        ] + (shard.map { [("shard", .object([("tp", .int(Int64($0.tp))), ("vocab_parallel", .bool($0.vocabParallel))]))] } ?? []))
     }
 
     /// The canonical form as one string (for cache keys).
@@ -73,6 +75,15 @@ public struct BuildSpec: Sendable, Equatable {
         return try Quantizer.run(model: model, recipe: r, overrideStrings: r.overrides.map { $0.pattern + "=" + $0.scheme.name },
                                  output: output, provenance: provenance, progress: progress?(model.tensors.count))
     }
+}
+
+/// How a build is split for tensor parallelism (formats/lmpk.md, "Tensor-parallel shards").
+public struct ShardOptions: Sendable, Equatable {
+    /// World size (`--tp`).
+    public var tp: Int
+    /// Split the embedding by vocabulary rows (`--vocab-parallel`).
+    public var vocabParallel: Bool
+    public init(tp: Int, vocabParallel: Bool = false) { self.tp = tp; self.vocabParallel = vocabParallel }
 }
 
 /// An invalid build option; `option` names it as the gate file and the CLI know it.

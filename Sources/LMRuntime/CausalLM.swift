@@ -57,8 +57,9 @@ public enum TapPoint: String, Sendable, CaseIterable {
 }
 
 /// Outputs of row-parallel projections, where a tensor-parallel communicator
-/// all-reduces (`oProj`, `downProj`) or all-gathers (`head`). With one rank: no-op.
-public enum ReducePoint: String, Sendable, CaseIterable { case oProj, downProj, head }
+/// all-reduces (`oProj`, `downProj`, and `embed` for a vocab-parallel embedding) or
+/// all-gathers (`head`). With one rank: no-op (`embed` is not called).
+public enum ReducePoint: String, Sendable, CaseIterable { case embed, oProj, downProj, head }
 
 /// Observers and communicator hooks of a forward pass. Matrices are `[tokens, width]`
 /// row-major.

@@ -212,6 +212,10 @@ public final class KVCache {
     public var tokenCapacity: Int { blocks * blockSize }
     /// Blocks not held by any sequence.
     public var freeBlocks: Int { free.count }
+    /// A tensor-parallel model's cache: one cache per local rank, each holding only
+    /// that rank's KV heads (empty for an ordinary cache). This cache then keeps the
+    /// sequences' bookkeeping, which its ranks mirror block for block; it has no pages.
+    public let ranks: [KVCache]
 
     let pool: UnsafeMutableRawPointer
     let mappedBytes: Int
@@ -248,6 +252,7 @@ public final class KVCache {
         guard capacity >= 1, sequences >= 1 else { throw RuntimeError("KV cache: capacity (\(capacity)) and sequences (\(sequences)) must be at least 1") }
         self.layers = layers; self.kvHeads = kvHeads; self.headDim = headDim
         self.capacity = capacity; self.sequences = sequences; self.options = options
+        ranks = []
         let tailFloats = options.keys.isPerChannel ? sequences * layers * kvHeads * options.blockSize * headDim : 0
         tailBytes = tailFloats * 4
         keyPageBytes = Self.pad64(options.keys.pageBytes(blockSize: options.blockSize, headDim: headDim))
@@ -283,6 +288,33 @@ public final class KVCache {
     }
     deinit { munmap(pool, mappedBytes); tables.deallocate(); tails?.deallocate() }
 
+    /// The cache of a tensor-parallel model over its ranks' caches (same layers, head
+    /// size, slots, capacity, options and block count; `kvHeads` is the ranks' total).
+    /// Reserving and resetting go to every rank; attention reads the ranks' own pages.
+    /// - Throws: `RuntimeError` when the ranks' caches disagree.
+    public init(ranks: [KVCache]) throws {
+        guard let r0 = ranks.first, ranks.allSatisfy({ $0.ranks.isEmpty && $0.layers == r0.layers && $0.headDim == r0.headDim && $0.sequences == r0.sequences
+                && $0.capacity == r0.capacity && $0.options.keys == r0.options.keys && $0.options.values == r0.options.values
+                && $0.options.blockSize == r0.options.blockSize && $0.options.rotate == r0.options.rotate && $0.blocks == r0.blocks }) else {
+            throw RuntimeError("KV cache: the ranks' caches must agree in layers, head size, slots, capacity, options and blocks")
+        }
+        self.ranks = ranks
+        layers = r0.layers; kvHeads = ranks.reduce(0) { $0 + $1.kvHeads }; headDim = r0.headDim
+        sequences = r0.sequences; capacity = r0.capacity; options = r0.options; blocks = r0.blocks
+        keyPageBytes = r0.keyPageBytes; valuePageBytes = r0.valuePageBytes
+        blockBytes = ranks.reduce(0) { $0 + $1.blockBytes }
+        tailBytes = ranks.reduce(0) { $0 + $1.tailBytes }
+        maxBlocksPerSequence = r0.maxBlocksPerSequence
+        guard let p = mmap(nil, 64, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else { throw RuntimeError("KV cache: mmap failed") }
+        pool = p; mappedBytes = 64; tails = nil
+        tables = .allocate(capacity: max(1, sequences * maxBlocksPerSequence))
+        tables.initialize(repeating: -1, count: max(1, sequences * maxBlocksPerSequence))
+        counts = [Int](repeating: 0, count: sequences)
+        stored = [Int](repeating: 0, count: sequences)
+        held = [Int](repeating: 0, count: sequences)
+        free = (0..<Int32(blocks)).reversed()
+    }
+
     /// The float32 tail block of (`sequence`, `layer`, `head`) (per-channel K only).
     public func tailRows(layer: Int, sequence: Int, head: Int) -> UnsafeMutablePointer<Float>? {
         tails.map { $0 + ((sequence * layers + layer) * kvHeads + head) * blockSize * headDim }
@@ -304,6 +336,7 @@ public final class KVCache {
     /// - Throws: `RuntimeError` for a slot, layer or position out of range, or a pool
     ///   with no free block (naming the pool's size and what to raise).
     public func store(layer: Int, sequence s: Int, start: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, tokens: Int, stride: Int) throws {
+        guard ranks.isEmpty else { throw RuntimeError("KV cache: a tensor-parallel cache stores through its ranks' caches") }
         guard s >= 0 && s < sequences, layer >= 0 && layer < layers, tokens >= 0, start >= 0, start + tokens <= capacity else {
             throw RuntimeError("KV cache overflow: sequence \(s) of \(sequences), layer \(layer) of \(layers), positions \(start)..<\(start + tokens) > capacity \(capacity)")
         }
@@ -348,8 +381,12 @@ public final class KVCache {
         guard need - held[s] <= free.count else {
             throw RuntimeError("KV cache full: sequence \(s) needs \(need) blocks for \(positions) positions but \(free.count) of the pool's \(blocks) blocks are free (\(blocks * blockSize) tokens at \(Int(bytesPerToken)) bytes/token, \(options.schemeDescription)); raise --kv-cache-size or --cache-max-entry-count, or run fewer sequences")
         }
+        for r in ranks where r.blocksMissing([(s, positions)]) > r.freeBlocks {
+            throw RuntimeError("KV cache: a rank's pool (\(r.freeBlocks) free blocks) is out of step with the model's cache")
+        }
         let table = tables + s * maxBlocksPerSequence
         while held[s] < need { table[held[s]] = free.removeLast(); held[s] += 1 }
+        for r in ranks { try r.reserve(sequence: s, positions: positions) }
     }
 
     /// Blocks beyond those already held that `positions[i]` positions of `sequences[i]` need.
@@ -362,6 +399,7 @@ public final class KVCache {
 
     /// Forgets `sequence` and returns its blocks to the pool.
     public func reset(_ sequence: Int) {
+        for r in ranks { r.reset(sequence) }
         let table = tables + sequence * maxBlocksPerSequence
         while held[sequence] > 0 { held[sequence] -= 1; free.append(table[held[sequence]]); table[held[sequence]] = -1 }
         counts[sequence] = 0
@@ -373,6 +411,7 @@ public final class KVCache {
     /// The pages of (`sequence`, `layer`, KV `head`) for the attention kernels; valid
     /// until the sequence is reset or the cache freed.
     public func view(layer: Int, sequence: Int, head: Int) -> lmk_kv_view {
+        if !ranks.isEmpty { fatalError("KVCache.view: a tensor-parallel cache has no pages of its own; view its ranks' caches") }
         let kbase = UnsafePointer((pool + (layer * kvHeads + head) * (keyPageBytes + valuePageBytes)).assumingMemoryBound(to: UInt8.self))
         let tail = tailRows(layer: layer, sequence: sequence, head: head)
         return lmk_kv_view(kbase: kbase, vbase: kbase + keyPageBytes, table: UnsafePointer(tables + sequence * maxBlocksPerSequence),

@@ -23,15 +23,30 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     public let embedding: LinearWeight
     public let lmHead: LinearWeight
     public let finalNorm: [Float]
+    /// Token ids whose embedding rows this model holds: all of them, or a tensor-parallel
+    /// rank's vocabulary range (the other rows are zero here and summed in by `.embed`).
+    public let embeddingRows: Range<Int>
+    /// The head is a row range of the embedding's memory (a tied head of a rank whose
+    /// embedding is replicated): its bytes are not counted twice.
+    let headViewsEmbedding: Bool
     let rope: RotaryTable
     /// Keeps the source mappings alive.
     let sources: [AnyObject]
 
-    public init(config: ModelConfig, layers: [LlamaLayer], embedding: LinearWeight, lmHead: LinearWeight?, finalNorm: [Float], sources: [AnyObject] = []) {
-        self.config = config; self.layers = layers; self.embedding = embedding
-        self.lmHead = lmHead ?? embedding; self.finalNorm = finalNorm; self.sources = sources
+    public convenience init(config: ModelConfig, layers: [LlamaLayer], embedding: LinearWeight, lmHead: LinearWeight?, finalNorm: [Float], sources: [AnyObject] = []) {
+        self.init(config: config, layers: layers, embedding: embedding, embeddingRows: 0..<config.vocabSize, lmHead: lmHead,
+                  headViewsEmbedding: false, finalNorm: finalNorm, sources: sources)
+    }
+
+    init(config: ModelConfig, layers: [LlamaLayer], embedding: LinearWeight, embeddingRows: Range<Int>, lmHead: LinearWeight?,
+         headViewsEmbedding: Bool, finalNorm: [Float], sources: [AnyObject]) {
+        self.config = config; self.layers = layers; self.embedding = embedding; self.embeddingRows = embeddingRows
+        self.lmHead = lmHead ?? embedding; self.headViewsEmbedding = headViewsEmbedding; self.finalNorm = finalNorm; self.sources = sources
         rope = RotaryTable(headDim: config.headDim, theta: config.ropeTheta)
     }
+
+    /// Logits per token: the vocabulary, or a tensor-parallel rank's rows of it.
+    public var headRows: Int { lmHead.rows }
 
     /// Loads an HF folder (config.json + safetensors). F32 tensors are used in
     /// place from the mapping; F16/BF16 are widened to F32 once at load.
@@ -69,7 +84,32 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     /// stored scheme (no copies, no transforms); vectors (norms, biases) are widened
     /// to float (a few KiB).
     public static func load(lmpk f: LMPKFile) throws -> LlamaModel {
-        let c = f.config
+        if let s = f.shard {
+            throw LMPKError(file: f.path, reason: "this is rank \(s.rank) of a \(s.worldSize)-way tensor-parallel sharding, not a whole model; run the set: --shards \((f.path as NSString).deletingLastPathComponent)")
+        }
+        return try load(lmpk: f, config: f.config)
+    }
+
+    /// Rank `f.shard.rank`'s part of a tensor-parallel model (its local heads, FFN
+    /// columns and vocabulary rows; a tied head is a row range of the embedding). Its
+    /// `forward` computes partial sums that a communicator completes (`ForwardHooks.reduce`).
+    public static func load(rank f: LMPKFile) throws -> LlamaModel {
+        guard let s = f.shard else { throw LMPKError(file: f.path, reason: "not a tensor-parallel rank file") }
+        let lc = ShardLayout(config: f.config, ranges: s.ranges).localConfig
+        let base = try load(lmpk: f, config: lc)
+        let vocab = s.ranges.vocab
+        var head = base.lmHead, view = false
+        if f.config.tieWordEmbeddings && !s.ranges.vocabParallel {
+            guard let e = f["model.embed_tokens.weight"] else { throw LMPKError(file: f.path, reason: "tensor 'model.embed_tokens.weight' is missing") }
+            head = PackedLinear.make(e.packed.rowSlice(vocab.lowerBound, vocab.upperBound), owner: f)
+            view = true
+        }
+        return LlamaModel(config: lc, layers: base.layers, embedding: base.embedding,
+                          embeddingRows: s.ranges.vocabParallel ? vocab : 0..<lc.vocabSize, lmHead: head === base.embedding && !f.config.tieWordEmbeddings ? nil : head,
+                          headViewsEmbedding: view, finalNorm: base.finalNorm, sources: [f])
+    }
+
+    static func load(lmpk f: LMPKFile, config c: ModelConfig) throws -> LlamaModel {
         func t(_ n: String) throws -> LMPKTensor {
             guard let t = f[n] else { throw LMPKError(file: f.path, reason: "tensor '\(n)' is missing") }
             return t
@@ -100,7 +140,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
 
     /// Bytes of all matrices (embedding counted once when tied).
     public var weightBytes: Int {
-        var n = embedding.storageBytes + (lmHead === embedding ? 0 : lmHead.storageBytes)
+        var n = embedding.storageBytes + (lmHead === embedding || headViewsEmbedding ? 0 : lmHead.storageBytes)
         for l in layers { n += [l.q, l.k, l.v, l.o, l.gate, l.up, l.down].reduce(0) { $0 + $1.storageBytes } }
         return n
     }
@@ -129,7 +169,9 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
 
     /// Bytes one decode step streams: every matrix, except an untied embedding (only the
     /// looked-up rows are read, which is negligible).
-    public var decodeStreamBytes: Int { weightBytes - (lmHead === embedding ? 0 : embedding.storageBytes) }
+    public var decodeStreamBytes: Int {
+        lmHead === embedding ? weightBytes : weightBytes - embedding.storageBytes + (headViewsEmbedding ? lmHead.storageBytes : 0)
+    }
 
     /// A float KV cache for `sequences` sequences of up to `capacity` positions.
     public func makeCache(capacity: Int, sequences: Int, options: KVCacheOptions) throws -> KVCache {
@@ -143,9 +185,21 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
 
     /// Checks `batch` against the vocabulary and `cache` (every build).
     func validate(_ batch: Batch, cache: KVCache) throws {
+        guard cache.ranks.isEmpty, cache.layers == config.numLayers, cache.kvHeads == config.numKVHeads, cache.headDim == config.headDim else {
+            throw RuntimeError("this KV cache (\(cache.layers) layers × \(cache.kvHeads) KV heads × \(cache.headDim)\(cache.ranks.isEmpty ? "" : ", \(cache.ranks.count) ranks")) was not made by this model (\(config.numLayers) × \(config.numKVHeads) × \(config.headDim)): use its makeCache")
+        }
+        try batch.admit(vocabSize: config.vocabSize, cache: cache)
+    }
+}
+
+extension Batch {
+    /// Checks the batch against the vocabulary and `cache`, and reserves its blocks
+    /// (all or none) — every build, before any work.
+    func admit(vocabSize: Int, cache: KVCache) throws {
+        let batch = self
         guard batch.count > 0 else { throw RuntimeError("forward: no tokens") }
-        for t in batch.tokens where t < 0 || t >= config.vocabSize {
-            throw RuntimeError("token id \(t) is outside the vocabulary (0..<\(config.vocabSize))")
+        for t in batch.tokens where t < 0 || t >= vocabSize {
+            throw RuntimeError("token id \(t) is outside the vocabulary (0..<\(vocabSize))")
         }
         var seen = Set<Int>()
         for sp in batch.spans {
@@ -169,6 +223,9 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         }
         for sp in batch.spans { try cache.reserve(sequence: sp.sequence, positions: sp.start + sp.count) }
     }
+}
+
+extension LlamaModel {
 
     /// Runs `batch` on `context` through the stages embed → layer 0…n−1 → final norm →
     /// head, storing K/V in `cache` and advancing each sequence.
@@ -194,6 +251,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                         kvScratch: ws.buffer(9, context.threads * cache.blockSize * c.headDim),
                         prefix: ws.buffer(10, cache.keyScheme.isPerChannel ? batch.spans.count * c.numKVHeads * cache.blockSize * c.headDim : 1))
         embed(batch, into: b.x)
+        if embeddingRows.count < c.vocabSize { try hooks?.reduce?(-1, .embed, b.x, T, D) }
         let rope = self.rope.upTo(S)
         do {
             for li in 0..<layers.count {
@@ -215,17 +273,21 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         case let .rows(r): rows = r
         }
         for (j, t) in rows.enumerated() { Ops.rmsNorm(b.x + t * D, finalNorm, b.xn + j * D, D, eps: c.rmsNormEps) }
-        var out = [Float](repeating: 0, count: rows.count * c.vocabSize)
+        let V = lmHead.rows
+        var out = [Float](repeating: 0, count: rows.count * V)
         try out.withUnsafeMutableBufferPointer {
-            lmHead.apply(b.xn, tokens: rows.count, out: $0.baseAddress!, ldOut: c.vocabSize, context: context)
-            try hooks?.reduce?(-1, .head, $0.baseAddress!, rows.count, c.vocabSize)
+            lmHead.apply(b.xn, tokens: rows.count, out: $0.baseAddress!, ldOut: V, context: context)
+            try hooks?.reduce?(-1, .head, $0.baseAddress!, rows.count, V)
         }
         return out
     }
 
     /// Stage 1: embedding rows of the batch's tokens into `x` (`[T, hidden]`).
     public func embed(_ batch: Batch, into x: UnsafeMutablePointer<Float>) {
-        for (t, id) in batch.tokens.enumerated() { embedding.row(id, into: x + t * config.hiddenSize) }
+        let D = config.hiddenSize, lo = embeddingRows.lowerBound
+        for (t, id) in batch.tokens.enumerated() {
+            if embeddingRows.contains(id) { embedding.row(id - lo, into: x + t * D) } else { (x + t * D).update(repeating: 0, count: D) }
+        }
     }
 
     /// Stage 2: decoder layer `li` on the residual stream `buffers.x`, in place.

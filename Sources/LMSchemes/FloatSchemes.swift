@@ -9,11 +9,13 @@ func floatGroupSize(named: Int?, name: String) throws -> Int {
 }
 
 /// `f32`: little-endian float32, used in place (no copy) by `DenseLinear`.
-public struct Float32Codec: SchemeCodec {
+public struct Float32Codec: SliceableSchemeCodec {
     public init() {}
     public var family: String { "f32" }
     public var isQuantized: Bool { false }
     public var names: [String] { ["f32"] }
+    public func columnUnit(groupSize: Int) -> Int { 1 }
+    public func columnLayout(cols: Int, lo: Int, hi: Int, groupSize: Int) -> [SectionColumns] { [SectionColumns(stride: 4 * cols, start: 4 * lo, count: 4 * (hi - lo))] }
     public func groupSize(named: Int?, defaultGroup: Int?, name: String) throws -> Int { try floatGroupSize(named: named, name: name) }
     public func sections(rows: Int, cols: Int, groupSize: Int) -> [(role: String, bytes: Int)] { [("q", rows * cols * 4)] }
     public func encodeRow(_ x: UnsafePointer<Float>, row: Int, cols: Int, scheme: QuantScheme, clip: ClipMethod, out: [UnsafeMutableRawPointer]) {
@@ -28,12 +30,14 @@ public struct Float32Codec: SchemeCodec {
 }
 
 /// `f16` (IEEE half) and `bf16` (bfloat16): little-endian 16-bit values, widened on the fly.
-public struct HalfCodec: SchemeCodec {
+public struct HalfCodec: SliceableSchemeCodec {
     public let bf16: Bool
     public init(bf16: Bool) { self.bf16 = bf16 }
     public var family: String { bf16 ? "bf16" : "f16" }
     public var isQuantized: Bool { false }
     public var names: [String] { [family] }
+    public func columnUnit(groupSize: Int) -> Int { 1 }
+    public func columnLayout(cols: Int, lo: Int, hi: Int, groupSize: Int) -> [SectionColumns] { [SectionColumns(stride: 2 * cols, start: 2 * lo, count: 2 * (hi - lo))] }
     public func groupSize(named: Int?, defaultGroup: Int?, name: String) throws -> Int { try floatGroupSize(named: named, name: name) }
     public func sections(rows: Int, cols: Int, groupSize: Int) -> [(role: String, bytes: Int)] { [("q", rows * cols * 2)] }
     public func encodeRow(_ x: UnsafePointer<Float>, row: Int, cols: Int, scheme: QuantScheme, clip: ClipMethod, out: [UnsafeMutableRawPointer]) {

@@ -6,7 +6,7 @@ import LMCore
 /// `int4s-gG` (symmetric: `value = s · (q − 8)`, float16 scale per group); codes 0…15,
 /// two per byte in ggml's order (per 32 columns: low nibbles = columns 0…15, high
 /// nibbles = 16…31), rows padded to 32 columns.
-public struct Int4Codec: IntegerSchemeCodec {
+public struct Int4Codec: IntegerSchemeCodec, SliceableSchemeCodec {
     public let symmetric: Bool
     public init(symmetric: Bool) { self.symmetric = symmetric }
     public var family: String { symmetric ? "int4s" : "int4" }
@@ -27,6 +27,13 @@ public struct Int4Codec: IntegerSchemeCodec {
         let ng = (cols + groupSize - 1) / groupSize, c32 = QuantScheme.paddedCols(cols)
         return symmetric ? [("q", rows * c32 / 2), ("scales", rows * ng * 2)]
             : [("q", rows * c32 / 2), ("scales", rows * ng * 2), ("mins", rows * ng * 2)]
+    }
+
+    public func columnUnit(groupSize: Int) -> Int { max(32, groupSize) }
+    public func columnLayout(cols: Int, lo: Int, hi: Int, groupSize g: Int) -> [SectionColumns] {
+        let q = SectionColumns(stride: QuantScheme.paddedCols(cols) / 2, start: lo / 2, count: QuantScheme.paddedCols(hi - lo) / 2)
+        let p = SectionColumns(stride: 2 * ((cols + g - 1) / g), start: 2 * (lo / g), count: 2 * ((hi - lo + g - 1) / g))
+        return symmetric ? [q, p] : [q, p, p]
     }
 
     public func chooseParameters(_ x: UnsafePointer<Float>, count: Int, clip: ClipMethod, scheme: QuantScheme) -> GroupParameters {

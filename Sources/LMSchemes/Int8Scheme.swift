@@ -5,7 +5,7 @@ import LMCore
 /// `int8` (one float32 scale per output channel) and `int8-gG` (one float16 scale per
 /// group of G inputs): symmetric, `value = s · q`, codes in [−127, 127]. Rows are
 /// `cols32` bytes (zero padding); scales `[rows]` f32 or `[rows, groups]` f16.
-public struct Int8Codec: IntegerSchemeCodec {
+public struct Int8Codec: IntegerSchemeCodec, SliceableSchemeCodec {
     public init() {}
     public var family: String { "int8" }
     public var names: [String] { ["int8"] + QuantScheme.supportedGroupSizes.map { "int8-g\($0)" } }
@@ -23,6 +23,13 @@ public struct Int8Codec: IntegerSchemeCodec {
     public func sections(rows: Int, cols: Int, groupSize: Int) -> [(role: String, bytes: Int)] {
         let ng = groupSize > 0 ? (cols + groupSize - 1) / groupSize : 1
         return [("q", rows * QuantScheme.paddedCols(cols)), ("scales", groupSize == 0 ? rows * 4 : rows * ng * 2)]
+    }
+
+    public func columnUnit(groupSize: Int) -> Int { max(32, groupSize) }
+    public func columnLayout(cols: Int, lo: Int, hi: Int, groupSize g: Int) -> [SectionColumns] {
+        let q = SectionColumns(stride: QuantScheme.paddedCols(cols), start: lo, count: QuantScheme.paddedCols(hi - lo))
+        if g == 0 { return [q, SectionColumns(stride: 4, start: 0, count: 4)] }
+        return [q, SectionColumns(stride: 2 * ((cols + g - 1) / g), start: 2 * (lo / g), count: 2 * ((hi - lo + g - 1) / g))]
     }
 
     public func chooseParameters(_ x: UnsafePointer<Float>, count: Int, clip: ClipMethod, scheme: QuantScheme) -> GroupParameters {

@@ -156,3 +156,87 @@ public enum SchemeRegistry {
     /// The codec of `family`, or nil.
     public static func codec(_ family: String) -> (any SchemeCodec)? { byFamily[family] }
 }
+
+/// Where columns `lo..<hi` of every row sit inside one section: each row of the section
+/// is `stride` bytes, and the range is the `count` bytes from `start`.
+public struct SectionColumns: Sendable, Equatable {
+    public let stride: Int, start: Int, count: Int
+    public init(stride: Int, start: Int, count: Int) { self.stride = stride; self.start = start; self.count = count }
+}
+
+/// Tensor-parallel slicing of stored tensors (`lmconvert shard`): copies whole groups
+/// with their scales, never dequantizes. Each family states the column boundary its
+/// layout allows and where a column range lies in each section; row slices are generic
+/// (every section is `[rows][…]`).
+public protocol SliceableSchemeCodec: SchemeCodec {
+    /// Column slices must start and end on multiples of this (or end at `cols`): 1 for
+    /// floats, the 32-column storage unit for per-channel int8, the group size (≥ 32) otherwise.
+    func columnUnit(groupSize: Int) -> Int
+    /// The bytes of columns `lo..<hi` within each row of each section (`lo`, `hi` on the unit).
+    func columnLayout(cols: Int, lo: Int, hi: Int, groupSize: Int) -> [SectionColumns]
+}
+
+/// A slice that does not fall on the scheme's boundaries.
+public struct SliceError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ s: String) { description = s }
+}
+
+extension QuantScheme {
+    /// Column boundary a slice of this scheme must respect (see `SliceableSchemeCodec`).
+    public var columnUnit: Int { (codec as? any SliceableSchemeCodec)?.columnUnit(groupSize: groupSize) ?? .max }
+
+    /// True when columns `lo..<hi` of a `cols`-wide tensor can be sliced without re-encoding.
+    public func canSliceColumns(cols: Int, lo: Int, hi: Int) -> Bool {
+        let u = columnUnit
+        guard u != .max, 0 <= lo, lo < hi, hi <= cols else { return false }
+        return lo % u == 0 && (hi == cols || hi % u == 0)
+    }
+
+    /// Rows `lo..<hi` of a `[rows, cols]` tensor's sections, copied (every section is row-major).
+    public func sliceRows(_ sections: [UnsafeRawBufferPointer], rows: Int, cols: Int, lo: Int, hi: Int) throws -> [[UInt8]] {
+        guard 0 <= lo, lo < hi, hi <= rows else { throw SliceError("rows \(lo)..<\(hi) are outside 0..<\(rows)") }
+        let expected = self.sections(rows: rows, cols: cols)
+        guard sections.count == expected.count else { throw SliceError("\(name) has \(expected.count) sections, got \(sections.count)") }
+        return try zip(sections, expected).map { s, e in
+            guard s.count == e.bytes, e.bytes % rows == 0 else { throw SliceError("\(name) section '\(e.role)': \(s.count) bytes, \(e.bytes) expected for \(rows) rows") }
+            let per = e.bytes / rows
+            return Array(UnsafeRawBufferPointer(rebasing: s[(lo * per)..<(hi * per)]))
+        }
+    }
+
+    /// Columns `lo..<hi` of every row of a `[rows, cols]` tensor's sections, copied: the
+    /// sections of a `[rows, hi − lo]` tensor of the same scheme holding exactly those values.
+    /// - Throws: `SliceError` when the range does not fall on the scheme's column unit.
+    public func sliceColumns(_ sections: [UnsafeRawBufferPointer], rows: Int, cols: Int, lo: Int, hi: Int) throws -> [[UInt8]] {
+        guard let codec = codec as? any SliceableSchemeCodec else { throw SliceError("scheme \(name) cannot be sliced by columns") }
+        guard canSliceColumns(cols: cols, lo: lo, hi: hi) else {
+            throw SliceError("columns \(lo)..<\(hi) of \(cols) do not fall on \(name)'s \(columnUnit)-column boundaries")
+        }
+        let expected = self.sections(rows: rows, cols: cols)
+        let layout = codec.columnLayout(cols: cols, lo: lo, hi: hi, groupSize: groupSize)
+        guard sections.count == expected.count, layout.count == expected.count else { throw SliceError("\(name): section count mismatch") }
+        return try zip(sections, zip(expected, layout)).map { s, el in
+            let (e, l) = el
+            guard s.count == e.bytes, l.stride * rows == e.bytes, l.start + l.count <= l.stride else {
+                throw SliceError("\(name) section '\(e.role)': \(s.count) bytes do not match \(rows) rows of \(l.stride)")
+            }
+            var out = [UInt8](repeating: 0, count: rows * l.count)
+            out.withUnsafeMutableBytes { o in
+                for r in 0..<rows { (o.baseAddress! + r * l.count).copyMemory(from: s.baseAddress! + r * l.stride + l.start, byteCount: l.count) }
+            }
+            return out
+        }
+    }
+}
+
+extension PackedTensor {
+    /// Rows `lo..<hi` as a view of the same memory (every section is row-major).
+    public func rowSlice(_ lo: Int, _ hi: Int) -> PackedTensor {
+        let secs = sections.map { s -> UnsafeRawBufferPointer in
+            let per = s.count / rows
+            return UnsafeRawBufferPointer(rebasing: s[(lo * per)..<(hi * per)])
+        }
+        return PackedTensor(rows: hi - lo, cols: cols, scheme: scheme, sections: secs)
+    }
+}

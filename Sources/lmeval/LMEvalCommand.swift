@@ -3,6 +3,7 @@ import Foundation
 import LMCore
 import LMEval
 import LMFormats
+import LMMPI
 import LMRuntime
 import LMTokenizer
 
@@ -17,8 +18,10 @@ struct LMEvalCommand: ParsableCommand {
 
 /// Options shared by every command that runs a model.
 struct ModelOptions: ParsableArguments {
-    @Option(name: .shortAndLong, help: "Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or an .lmpk file.")
-    var model: String
+    @Option(name: [.customShort("m"), .customLong("model")], help: "Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or an .lmpk file.")
+    var modelPath: String?
+    @Option(help: "A tensor-parallel shard folder (`lmconvert shard`): every rank in this process, one thread group each; under `mpirun -np N`, one rank per process.")
+    var shards: String?
     @Option(help: "Worker threads (our loops and OpenBLAS).")
     var threads: Int = 2
     @Option(help: "Decode kernel set: generic, avx2 or avx512vnni (default: the best this CPU has, or LMKIT_KERNELS).")
@@ -26,7 +29,11 @@ struct ModelOptions: ParsableArguments {
 
     func validate() throws {
         guard threads >= 1 && threads <= 256 else { throw ValidationError("--threads must be between 1 and 256") }
+        guard (modelPath == nil) != (shards == nil) else { throw ValidationError("give a model (-m PATH) or a shard folder (--shards DIR), one of them") }
     }
+
+    /// The model's path or shard folder, as given (for reports).
+    var model: String { modelPath ?? shards ?? "" }
 
     /// The compute context these options describe (threads, kernel set).
     func context() throws -> ComputeContext {
@@ -34,11 +41,24 @@ struct ModelOptions: ParsableArguments {
         return ComputeContext(threads: threads, kernels: k)
     }
 
-    /// Loads model and tokenizer (HF folder or .lmpk).
-    func load() throws -> (LlamaModel, Tokenizer) { try ModelLoader.load(model) }
+    /// Loads model and tokenizer (HF folder, .lmpk, or a shard folder).
+    func load() throws -> (any CausalLM, Tokenizer) {
+        if let shards {
+            let k = try kernels.map { try KernelSet.named($0) } ?? KernelSet.fromEnvironment()
+            if MPIEnvironment.isLaunched {
+                // One rank per process: this one maps only its own rank file; rank 0 reports.
+                let comm = try MPICommunicator()
+                if comm.rank != 0 { let null = open("/dev/null", O_WRONLY); if null >= 0 { dup2(null, STDOUT_FILENO); close(null) } }
+                return try ModelLoader.load(shards: shards, communicator: comm, threads: threads, kernels: k)
+            }
+            return try ModelLoader.load(shards: shards, threads: threads, kernels: k)
+        }
+        return try ModelLoader.load(model)
+    }
 }
 
 func writeJSON(_ j: JSON, to path: String) throws {
+    if MPIEnvironment.rank != 0 { return }   // under mpirun, rank 0 writes
     let w = try AtomicFileWriter(path: path)
     try w.write(j.serialized(pretty: true) + "\n")
     try w.commit()
