@@ -254,10 +254,23 @@ public struct ShardManifest: Equatable, Sendable {
 }
 
 extension LMPKFile {
-    /// SHA-256 of the whole file.
+    /// SHA-256 of the whole file, read in 16 MiB steps whose pages are dropped after
+    /// hashing (resident memory stays bounded by a step, not the file).
     public func sha256() -> String {
         var h = SHA256()
-        h.update(mapping.bytes)
+        let step = 16 << 20
+        var off = 0
+        while off < mapping.bytes.count {
+            let part = UnsafeRawBufferPointer(rebasing: mapping.bytes[off..<min(mapping.bytes.count, off + step)])
+            h.update(part)
+            mapping.release(part)
+            off += step
+        }
         return h.finalizeHex()
+    }
+
+    /// Drops the resident pages of `t`'s sections (re-read from the file if touched again).
+    public func release(_ t: LMPKTensor) {
+        mapping.release(UnsafeRawBufferPointer(rebasing: mapping.bytes[t.range]))
     }
 }

@@ -54,6 +54,7 @@ public enum Sharder {
                 for p in layout.tensors {
                     let t = f[p.name]!
                     try w.write(sections: try part(t, p.split))
+                    f.release(t)
                     done += 1
                     progress?.update(done, extra: "rank \(r) \(p.name)")
                 }

@@ -92,7 +92,11 @@ struct InspectCommand: ParsableCommand {
             return
         }
         let c = f.config
-        print("file        \(file) (\(f.fileBytes) bytes, .lmpk v\(LMPK.version))")
+        print("file        \(file) (\(f.fileBytes) bytes, .lmpk v\(f.version))")
+        if let s = f.shard {
+            let r = s.ranges, q = r.qHeads(f.config)
+            print("shard       rank \(s.rank) of \(s.worldSize): KV heads \(r.kvHeads.lowerBound)..<\(r.kvHeads.upperBound), query heads \(q.lowerBound)..<\(q.upperBound), FFN \(r.ffn.lowerBound)..<\(r.ffn.upperBound), vocab \(r.vocab.lowerBound)..<\(r.vocab.upperBound)\(r.vocabParallel ? " (vocab-parallel embedding)" : ""); run with --shards")
+        }
         print("model       \(c.architecture): \(c.numLayers) layers, hidden \(c.hiddenSize), heads \(c.numHeads)/\(c.numKVHeads), vocab \(c.vocabSize)")
         print("recipe      \(f.header["recipe"]?.serialized() ?? "-")")
         print("provenance  \(f.header["provenance"]?.serialized() ?? "-")")
@@ -112,7 +116,7 @@ struct InspectCommand: ParsableCommand {
 
 struct VerifyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "verify", abstract: "Check every CRC and structural invariant of .lmpk files; exit 1 naming the first bad tensor.")
-    @Argument(help: "An .lmpk file or a folder of them.") var path: String
+    @Argument(help: "An .lmpk file, a folder of them, or a shard folder (its manifest is checked too).") var path: String
 
     func files() throws -> [String] {
         var isDir: ObjCBool = false
@@ -126,6 +130,11 @@ struct VerifyCommand: ParsableCommand {
 
     func run() throws {
         let files = try files()
+        if FileManager.default.fileExists(atPath: path + "/" + ShardManifest.fileName) {
+            let m = try ShardManifest.load(folder: path)
+            for r in 0..<m.worldSize { _ = try m.open(rank: r, folder: path, verifyDigest: true) }
+            print("ok  \(path)/\(ShardManifest.fileName): \(m.worldSize) rank(s), sizes, digests and ranges match")
+        }
         for file in files {
             let f = try LMPKFile(path: file)
             if let bad = f.firstCorruptTensor() {

@@ -304,7 +304,7 @@ struct ShardEquivalenceTests {
         }
     }
 
-    @Test("stories260K (float and int4-g32, tp 1, 2) and SmolLM2-135M (int4-g32, tp 1, 2, 3): logits and perplexity")
+    @Test("stories260K (float and int4-g32, tp 1, 2) and SmolLM2-135M (f32 tp 2, 3; int4-g32 tp 1, 2, 3): logits and perplexity")
     func sharedModels() throws {
         guard let root = sharedRoot("sharded stories260K / SmolLM2") else { return }
         let dir = tempDir("equiv-shared")
@@ -316,8 +316,12 @@ struct ShardEquivalenceTests {
             try check(src, tps: [1, 2], tokens: tokens, dir: dir, label: "stories260K-\(scheme)")
         }
         guard let smol = ImportedSmolLM2.folder else { return }
+        let smolTokens = [1] + (0..<30).map { ($0 * 997 + 3) % 49152 }
+        let f32 = try ShardFixture.lmpk(smol, scheme: "f32", into: dir, name: "smol")
+        try check(f32, tps: [2, 3], vocabParallel: [false], tokens: smolTokens, dir: dir, label: "SmolLM2-f32")
+        for x in [f32, dir + "/SmolLM2-f32-tp2-false", dir + "/SmolLM2-f32-tp3-false"] { try? FileManager.default.removeItem(atPath: x) }
         let src = try ShardFixture.lmpk(smol, scheme: "int4-g32", into: dir, name: "smol")
-        try check(src, tps: [1, 2, 3], vocabParallel: [false], tokens: [1] + (0..<30).map { ($0 * 997 + 3) % 49152 }, dir: dir, label: "SmolLM2-int4-g32")
+        try check(src, tps: [1, 2, 3], vocabParallel: [false], tokens: smolTokens, dir: dir, label: "SmolLM2-int4-g32")
         // Perplexity to 4 significant digits (WikiText-2, chunks of 128, 2 chunks).
         let ctx = ComputeContext(threads: 2)
         let (whole, tok) = try ModelLoader.load(src)
