@@ -40,7 +40,7 @@ let package = Package(
         .target(name: "LMSchemes", dependencies: ["LMCore", "COpenBLAS", "CKernels"], swiftSettings: fastFlags),
         .target(name: "LMFormats", dependencies: ["LMCore", "LMSchemes"], swiftSettings: kernelFlags),
         .target(name: "LMTokenizer", dependencies: ["LMCore"]),
-        .target(name: "LMQuant", dependencies: ["LMCore", "LMFormats", "LMTokenizer"], swiftSettings: fastFlags),
+        .target(name: "LMQuant", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "COpenBLAS"], swiftSettings: fastFlags),
         .target(name: "LMRuntime", dependencies: ["LMCore", "LMSchemes", "LMFormats", "COpenBLAS", "CKernels"], swiftSettings: fastFlags),
         // Tensor-parallel sharding: the plan and the rank files (`lmconvert shard`).
         .target(name: "LMShard", dependencies: ["LMCore", "LMFormats"], swiftSettings: kernelFlags),
