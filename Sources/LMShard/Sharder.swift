@@ -21,7 +21,8 @@ public struct ShardSummary: Sendable {
 /// manifest last, after any old one is removed: an interrupted run leaves no folder
 /// that loads. The same source and plan give the same bytes.
 public enum Sharder {
-    public static func write(plan: ShardPlan, source f: LMPKFile, output dir: String, progress: ProgressReporter? = nil) throws -> ShardSummary {
+    /// - Parameter sourceName: recorded in the manifest (default: the source file's name).
+    public static func write(plan: ShardPlan, source f: LMPKFile, sourceName: String? = nil, output dir: String, progress: ProgressReporter? = nil) throws -> ShardSummary {
         let start = Date()
         let fm = FileManager.default
         try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -74,7 +75,7 @@ public enum Sharder {
             sizes.append(file.fileBytes)
         }
         let manifest = ShardManifest(worldSize: plan.worldSize, config: f.config, sharding: sharding,
-                                     source: (f.path as NSString).lastPathComponent, sourceSHA256: sourceSHA, ranks: ranks)
+                                     source: sourceName ?? (f.path as NSString).lastPathComponent, sourceSHA256: sourceSHA, ranks: ranks)
         let out = try AtomicFileWriter(path: manifestPath)
         do {
             try out.write(manifest.json.serialized(pretty: true) + "\n")

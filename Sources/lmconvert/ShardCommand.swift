@@ -77,7 +77,7 @@ struct ShardCommand: ParsableCommand {
             return
         }
         let total = plan.ranges.reduce(0) { $0 + ShardLayout(config: f.config, ranges: $1).tensors.count }
-        let s = try Sharder.write(plan: plan, source: f, output: output, progress: ProgressReporter(label: "shard", total: total, unit: " tensors"))
+        let s = try Sharder.write(plan: plan, source: f, sourceName: (input as NSString).lastPathComponent, output: output, progress: ProgressReporter(label: "shard", total: total, unit: " tensors"))
         if json {
             print(JSON.object([("output", .string(output)), ("world_size", .int(Int64(tp))), ("manifest", s.manifest.json),
                                ("file_bytes", .array(s.fileBytes.map { .int(Int64($0)) })), ("seconds", .double(s.seconds)),

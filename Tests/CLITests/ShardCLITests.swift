@@ -40,6 +40,13 @@ struct ShardCLITests {
         // HF folder in: built with the quantize options, then sharded.
         let s = try run("lmconvert", ["shard", "--tp", "2", "-i", model, "-o", dir + "/tp2", "--scheme", "int8", "--json"])
         #expect(s.status == 0, "\(s.stderr)")
+        // The same command again: the same bytes (the manifest records the input's name, not a temporary file).
+        let again = try run("lmconvert", ["shard", "--tp", "2", "-i", model, "-o", dir + "/tp2-again", "--scheme", "int8"])
+        #expect(again.status == 0, "\(again.stderr)")
+        for n in ["manifest.json", "rank-0-of-2.lmpk", "rank-1-of-2.lmpk"] {
+            let same = FileManager.default.contents(atPath: dir + "/tp2/" + n) == FileManager.default.contents(atPath: dir + "/tp2-again/" + n)
+            #expect(same, "\(n) differs between two runs")
+        }
         let files = try FileManager.default.contentsOfDirectory(atPath: dir + "/tp2").sorted()
         #expect(files == ["manifest.json", "rank-0-of-2.lmpk", "rank-1-of-2.lmpk"], "\(files)")
         let whole = try run("lmconvert", ["quantize", "-i", model, "-o", dir + "/whole.lmpk", "--scheme", "int8"])
