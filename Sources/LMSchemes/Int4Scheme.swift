@@ -3,7 +3,8 @@ import Foundation
 import LMCore
 
 /// `int4-gG` (asymmetric: `value = s · q + m`, float16 scale and minimum per group) and
-/// `int4s-gG` (symmetric: `value = s · (q − 8)`, float16 scale per group); codes 0…15,
+/// `int4s-gG` (symmetric: `value = s · (q − 8)`, float16 scale per group, `s` from the
+/// group's signed extreme as ggml's Q4_0, so all 16 codes are used); codes 0…15,
 /// two per byte in ggml's order (per 32 columns: low nibbles = columns 0…15, high
 /// nibbles = 16…31), rows padded to 32 columns.
 public struct Int4Codec: IntegerSchemeCodec, SliceableSchemeCodec {
@@ -38,7 +39,7 @@ public struct Int4Codec: IntegerSchemeCodec, SliceableSchemeCodec {
 
     public func chooseParameters(_ x: UnsafePointer<Float>, count: Int, clip: ClipMethod, scheme: QuantScheme) -> GroupParameters {
         if symmetric {
-            let s = symmetricScale(x, count, qmax: 7, clip: clip, storeHalf: true)
+            let s = signedExtremeScale(x, count, clip: clip)
             return GroupParameters(scale: s, min: -8 * s)
         }
         let (s, m) = asymmetricRange(x, count, levels: 15, clip: clip)

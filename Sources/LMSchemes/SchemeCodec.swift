@@ -114,6 +114,32 @@ func symmetricScale(_ x: UnsafePointer<Float>, _ n: Int, qmax: Float, clip: Clip
     return best
 }
 
+/// Scale of a symmetric 4-bit group as ggml's Q4_0 takes it: `m`, the value of largest
+/// magnitude (the first if tied), maps to code −8, so `s = m / −8` (negative when `m > 0`)
+/// and the codes `q − 8 ∈ [−8, 7]` cover the whole range; the opposite side reaches
+/// `7/8 · |m|`. Rounded to float16 before use; with `.mse`, `m` shrunk by α ∈ clipAlphas,
+/// keeping the least squared error.
+func signedExtremeScale(_ x: UnsafePointer<Float>, _ n: Int, clip: ClipMethod) -> Float {
+    var m: Float = 0
+    for i in 0..<n where abs(x[i]) > abs(m) { m = x[i] }
+    if m == 0 { return 0 }
+    func stored(_ s: Float) -> Float { halfToFloat(floatToHalf(s)) }
+    guard clip == .mse else { return stored(m / -8) }
+    var best = stored(m / -8), bestErr = Float.infinity
+    for a in clipAlphas {
+        let s = stored(m * a / -8)
+        if s == 0 { continue }
+        let inv = 1 / s
+        var err: Float = 0
+        for i in 0..<n {
+            let q = Swift.max(-8, Swift.min(7, (x[i] * inv).rounded(.toNearestOrEven)))
+            let d = q * s - x[i]; err += d * d
+        }
+        if err < bestErr { bestErr = err; best = s }
+    }
+    return best
+}
+
 /// (scale, min) of an asymmetric group with codes 0…`levels`, both float16-rounded
 /// before use; with `.mse`, the shrink of [min, max] about its middle with the least error.
 func asymmetricRange(_ x: UnsafePointer<Float>, _ n: Int, levels: Float, clip: ClipMethod) -> (Float, Float) {

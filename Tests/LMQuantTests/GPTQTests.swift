@@ -97,7 +97,7 @@ struct GPTQTests {
     static let ratioCases: [(String, Bool, Int, Double)] = [
         ("int4-g32", false, 200, 0.46), ("int4-g32", true, 200, 0.49),      // measured 0.4404, 0.4650
         ("int4-g128", false, 300, 0.41), ("int4-g128", true, 300, 0.40),    // 0.3933, 0.3777
-        ("int4s-g32", false, 300, 0.50), ("int4s-g32", true, 200, 0.56),    // 0.4792, 0.5334
+        ("int4s-g32", false, 300, 0.46), ("int4s-g32", true, 200, 0.54),    // 0.4328, 0.5146 (Q4_0-style int4s scale, 2026-12-02)
         ("int8-g32", false, 200, 0.45), ("int8-g32", true, 300, 0.42),      // 0.4284, 0.3982
         ("int8", false, 300, 0.43), ("int4-g128", false, 200, 0.45),        // 0.4111, 0.4256
     ]
@@ -120,8 +120,8 @@ struct GPTQTests {
         #expect(ratio <= bound, "\(name) actOrder \(actOrder) cols \(cols): ratio \(ratio) > \(bound)")
     }
 
-    /// (scheme, bound on act-order/plain output error): measured 0.6013, 0.5464, 0.5274.
-    @Test("act-order with static groups: ordinary layout, and better than storage order when diag(H) is spread out", arguments: [("int4-g32", 0.63), ("int4-g128", 0.58), ("int4s-g64", 0.56)])
+    /// (scheme, bound on act-order/plain output error): measured 0.6013, 0.5464, 0.5627 (int4s with the Q4_0-style scale).
+    @Test("act-order with static groups: ordinary layout, and better than storage order when diag(H) is spread out", arguments: [("int4-g32", 0.63), ("int4-g128", 0.58), ("int4s-g64", 0.59)])
     func actOrder(_ c: (String, Double)) throws {
         let (name, bound) = c
         let scheme = try QuantScheme(parsing: name)

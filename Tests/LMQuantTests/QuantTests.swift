@@ -71,7 +71,8 @@ struct QuantTests {
                     case .f16: bound = amax * 1e-3
                     case .bf16: bound = amax * 8e-3
                     case .int8: bound = amax / 127 * 0.51 + amax * 1e-3
-                    case .int4s: bound = amax / 7 * 0.51 + amax * 1e-3
+                    // Q4_0's rule: the extreme maps to −8 steps of amax/8; the other side clamps at 7 steps (error ≤ one step).
+                    case .int4s: bound = amax / 8 * 1.001 + amax * 1e-3
                     case .int4: bound = (mx - mn) / 15 * 0.51 + amax * 2e-3
                     default: Issue.record("no error bound for scheme \(scheme.kind)"); bound = 0
                     }
