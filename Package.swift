@@ -59,7 +59,7 @@ let package = Package(
         ]),
         // The per-target fuzz entry points (one function per reader of untrusted bytes) and the
         // seed-corpus generator: called by the libFuzzer driver and replayed by FuzzRegressionTests.
-        .target(name: "LMFuzzTargets", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "LMQuant", "LMEval", "LMFixtures"], path: "Fuzz/Targets"),
+        .target(name: "LMFuzzTargets", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "LMQuant", "LMEval", "LMFixtures", "LMShard"], path: "Fuzz/Targets"),
         .testTarget(name: "LMCoreTests", dependencies: ["LMCore"]),
         .testTarget(name: "LMQuantTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMQuant"]),
         .testTarget(name: "LMFormatsTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMTokenizer", "LMFixtures", "LMFuzzTargets"]),

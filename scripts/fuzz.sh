@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 SECS="${1:-60}"
 shift || true
-ALL=(safetensors st-index config tokenizer gguf llama2c llama2c-tok sentencepiece lmpk gate)
+ALL=(safetensors st-index config tokenizer gguf llama2c llama2c-tok sentencepiece lmpk shard-manifest gate)
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL[@]}"); fi
 OUT=.build/fuzz
 BIN=$OUT/debug/lmfuzz

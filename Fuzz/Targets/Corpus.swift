@@ -3,6 +3,7 @@ import LMCore
 import LMFixtures
 import LMFormats
 import LMQuant
+import LMShard
 
 /// Seed corpora for every fuzz target, generated from the repo's fixtures (synthetic
 /// models, the writers) and, when present, small real files from the shared data folder.
@@ -103,6 +104,12 @@ public enum Corpus {
             _ = try Quantizer.run(model: ModelSource.open(work + "/llama"), recipe: r, overrideStrings: [], output: out, provenance: .object([]))
             try put("lmpk", scheme + ".lmpk", read(out, max: 1 << 20)!)
         }
+        // A tensor-parallel rank file (.lmpk version 2: split ranges, tensor_parallel) and its
+        // manifest: the int4 model as a one-rank sharding (it has a single KV head), vocab-parallel.
+        let src = try LMPKFile(path: work + "/m-int4-g32.lmpk")
+        _ = try Sharder.write(plan: try ShardPlan(source: src, tp: 1, vocabParallel: true), source: src, output: work + "/tp1")
+        try put("lmpk", "rank-0-of-1.lmpk", read(work + "/tp1/" + ShardManifest.rankFileName(0, of: 1), max: 1 << 20)!)
+        try put("shard-manifest", "tp1.json", read(work + "/tp1/" + ShardManifest.fileName)!)
 
         // Gate files: the project's own, and one exercising recipes and every limit.
         let repoGates = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path + "/gates"

@@ -3,6 +3,7 @@ import LMCore
 import LMEval
 import LMFixtures
 import LMFormats
+import LMShard
 import LMTokenizer
 
 /// One entry point per reader of untrusted bytes. The libFuzzer driver (Fuzz/Driver)
@@ -11,7 +12,7 @@ import LMTokenizer
 /// a trap, a hang or unbounded memory is a bug.
 public enum FuzzTargets {
     /// Target names (the `LMFUZZ_TARGET` values and the folder names under Fuzz/regressions).
-    public static let names = ["safetensors", "st-index", "config", "tokenizer", "gguf", "llama2c", "llama2c-tok", "sentencepiece", "lmpk", "gate"]
+    public static let names = ["safetensors", "st-index", "config", "tokenizer", "gguf", "llama2c", "llama2c-tok", "sentencepiece", "lmpk", "shard-manifest", "gate"]
 
     /// Runs `target` on `data`. Errors thrown by the readers are the expected outcome
     /// for malformed input and are swallowed; the return value says whether the input
@@ -32,6 +33,7 @@ public enum FuzzTargets {
             case "llama2c-tok": try llama2cTokenizer(data)
             case "sentencepiece": try sentencepiece(data)
             case "lmpk": try lmpk(data)
+            case "shard-manifest": try shardManifest(data)
             case "gate": try gate(data)
             default: preconditionFailure("unknown fuzz target '\(target)' (known: \(names.joined(separator: ", ")))")
             }
@@ -201,6 +203,17 @@ public enum FuzzTargets {
         _ = f.fileBytes
         let j = try f.tokenizerJSON()
         exercise(try Tokenizer(json: j, source: "lmpk tokenizer"), sampleText)
+    }
+
+    /// A shard folder's `manifest.json` (formats/lmpk.md, "Tensor-parallel shards"): ranks,
+    /// ranges against the config, the sharding digest, the folder listing (the rank files
+    /// themselves are the `lmpk` target's).
+    static func shardManifest(_ data: UnsafeRawBufferPointer) throws {
+        let dir = scratch + "/shards"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        _ = file("shards/" + ShardManifest.fileName, data)
+        let m = try ShardManifest.load(folder: dir)
+        for r in m.ranks { _ = ShardLayout(config: m.config, ranges: r.ranges).tensors }
     }
 
     /// A gate file (formats/gates.md).

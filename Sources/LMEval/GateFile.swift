@@ -119,8 +119,7 @@ public struct GateFile: Sendable {
                 var spec = BuildSpec(source: source, scheme: try str(r["scheme"], rk + ".scheme"), groupSize: try optInt(r["group_size"], rk + ".group_size"),
                                      clip: clip, overrides: ov, tokenizer: tokenizer)
                 if let sj = r["shard"] {
-                    let so = try object(sj, rk + ".shard", allowed: ["tp", "vocab_parallel"])
-                    _ = so
+                    _ = try object(sj, rk + ".shard", allowed: ["tp", "vocab_parallel"])
                     guard let tp = try optInt(sj["tp"], rk + ".shard.tp") else { throw fail(rk + ".shard.tp", "missing (the world size, ≥ 1)") }
                     var vp = false
                     if let v = sj["vocab_parallel"] {

@@ -90,7 +90,7 @@ public struct ShardLayout {
     public let localConfig: ModelConfig
 
     public init(config c: ModelConfig, ranges r: ShardRanges) {
-        let hd = c.headDim, D = c.hiddenSize, qh = r.qHeads(c)
+        let hd = c.headDim, qh = r.qHeads(c)
         let q = (qh.lowerBound * hd)..<(qh.upperBound * hd), kv = (r.kvHeads.lowerBound * hd)..<(r.kvHeads.upperBound * hd)
         var out: [(String, [Int], TensorSplit?)] = []
         func add(_ n: String, _ full: [Int], _ axis: Int?, _ range: Range<Int>) {
@@ -110,7 +110,6 @@ public struct ShardLayout {
             default: add(n, full, nil, 0..<0)     // norms
             }
         }
-        _ = D
         tensors = out
         var lc = c
         lc.numHeads = qh.count; lc.numKVHeads = r.kvHeads.count; lc.intermediateSize = r.ffn.count

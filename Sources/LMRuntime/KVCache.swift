@@ -242,6 +242,12 @@ public final class KVCache {
     }
     static func pad64(_ n: Int) -> Int { (n + 63) / 64 * 64 }
 
+    /// Bytes of the float32 tail blocks a per-channel K scheme keeps outside the pool
+    /// (one block per sequence, layer and KV head); 0 for other schemes.
+    public static func tailBytes(sequences: Int, layers: Int, kvHeads: Int, headDim: Int, options: KVCacheOptions) -> Int {
+        options.keys.isPerChannel ? sequences * layers * kvHeads * options.blockSize * headDim * 4 : 0
+    }
+
     /// - Throws: `RuntimeError` for a block size outside 1...1024, an int4 scheme with an
     ///   odd head size, a budget that does not hold one block, or a pool that cannot be mapped.
     public init(layers: Int, kvHeads: Int, headDim: Int, capacity: Int, sequences: Int = 1, options: KVCacheOptions = KVCacheOptions()) throws {
@@ -253,8 +259,8 @@ public final class KVCache {
         self.layers = layers; self.kvHeads = kvHeads; self.headDim = headDim
         self.capacity = capacity; self.sequences = sequences; self.options = options
         ranks = []
-        let tailFloats = options.keys.isPerChannel ? sequences * layers * kvHeads * options.blockSize * headDim : 0
-        tailBytes = tailFloats * 4
+        tailBytes = Self.tailBytes(sequences: sequences, layers: layers, kvHeads: kvHeads, headDim: headDim, options: options)
+        let tailFloats = tailBytes / 4
         keyPageBytes = Self.pad64(options.keys.pageBytes(blockSize: options.blockSize, headDim: headDim))
         valuePageBytes = Self.pad64(options.values.pageBytes(blockSize: options.blockSize, headDim: headDim))
         blockBytes = max(64, layers * kvHeads * (keyPageBytes + valuePageBytes))

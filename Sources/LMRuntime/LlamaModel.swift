@@ -105,7 +105,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
             view = true
         }
         return LlamaModel(config: lc, layers: base.layers, embedding: base.embedding,
-                          embeddingRows: s.ranges.vocabParallel ? vocab : 0..<lc.vocabSize, lmHead: head === base.embedding && !f.config.tieWordEmbeddings ? nil : head,
+                          embeddingRows: s.ranges.vocabParallel ? vocab : 0..<lc.vocabSize, lmHead: head,
                           headViewsEmbedding: view, finalNorm: base.finalNorm, sources: [f])
     }
 

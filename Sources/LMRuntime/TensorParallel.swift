@@ -265,7 +265,7 @@ public final class ShardedModel: CausalLM, @unchecked Sendable {
     public func makeCache(capacity: Int, sequences: Int, options: KVCacheOptions) throws -> KVCache {
         if let budget = options.budget {
             let full = KVCache.blockBytes(layers: config.numLayers, kvHeads: config.numKVHeads, headDim: config.headDim, options: options)
-            let fullTail = options.keys.isPerChannel ? sequences * config.numLayers * config.numKVHeads * options.blockSize * config.headDim * 4 : 0
+            let fullTail = KVCache.tailBytes(sequences: sequences, layers: config.numLayers, kvHeads: config.numKVHeads, headDim: config.headDim, options: options)
             let bytes = try budget.resolve() - fullTail
             guard bytes >= full else {
                 throw RuntimeError("KV cache budget \(bytes + fullTail) bytes (\(budget)) is smaller than one block (\(full) bytes); raise --kv-cache-size or --cache-max-entry-count")
@@ -275,7 +275,7 @@ public final class ShardedModel: CausalLM, @unchecked Sendable {
             return try KVCache(ranks: ranks.map { m in
                 let c = m.config
                 let b = KVCache.blockBytes(layers: c.numLayers, kvHeads: c.numKVHeads, headDim: c.headDim, options: options)
-                let t = options.keys.isPerChannel ? sequences * c.numLayers * c.numKVHeads * options.blockSize * c.headDim * 4 : 0
+                let t = KVCache.tailBytes(sequences: sequences, layers: c.numLayers, kvHeads: c.numKVHeads, headDim: c.headDim, options: options)
                 var o = options
                 o.budget = .bytes(blocks * max(64, b) + t)
                 return try m.makeCache(capacity: capacity, sequences: sequences, options: o)
@@ -315,7 +315,7 @@ public final class ShardedModel: CausalLM, @unchecked Sendable {
         defer { errors.value.deallocate() }
         let comms = communicators
         try out.withUnsafeMutableBufferPointer { ob in
-            let outP = SendablePointer(ob.baseAddress ?? UnsafeMutablePointer<Float>.allocate(capacity: 1))
+            let outP = R > 0 ? ob.baseAddress.map(SendablePointer.init) : nil   // nil: no logits asked for
             runner.run { [self] i in
                 let comm = comms[i]
                 let nanos = collectiveNanos, calls = collectiveCalls
@@ -329,9 +329,10 @@ public final class ShardedModel: CausalLM, @unchecked Sendable {
                         if point != .head { try timed { try comm.allReduceSum(buf, count: T * W) } }
                     })
                     let part = try ranks[i].forward(batch, cache: cache.ranks[i], logits: local, context: contexts[i], hooks: h)
-                    guard R > 0 else { return }
-                    // Gather rank-major [rank][row][its vocabulary], then place each row's parts.
-                    let wantsCopy = i == 0 || renew == nil
+                    guard let outP else { return }
+                    // Gather rank-major [rank][row][its vocabulary] (only local rank 0's result is
+                    // returned: every process's, under MPI), then place each row's parts.
+                    let wantsCopy = i == 0
                     var gathered = wantsCopy ? [Float](repeating: 0, count: R * V) : []
                     try part.withUnsafeBufferPointer { p in
                         try gathered.withUnsafeMutableBufferPointer { g in
@@ -354,7 +355,6 @@ public final class ShardedModel: CausalLM, @unchecked Sendable {
                     comm.abort()
                 }
             }
-            if ob.baseAddress == nil { outP.p.deallocate() }
             let errs = errors.value.compactMap { $0 }
             if let e = errs.first(where: { !($0 is CommunicatorError) }) ?? errs.first {
                 for sp in batch.spans { cache.reset(sp.sequence) }

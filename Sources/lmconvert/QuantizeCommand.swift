@@ -26,30 +26,16 @@ struct QuantizeCommand: ParsableCommand {
     var input: String
     @Option(name: .shortAndLong, help: "Output .lmpk file.")
     var output: String
-    @Option(help: "Default scheme for matrices.")
-    var scheme: String = "int4-g32"
-    @Option(help: "Group size for int4/int4s/int8 when the scheme name has none (32, 64, 128).")
-    var groupSize: Int?
-    @Option(help: "Range selection: minmax, or mse (per-group search minimizing reconstruction error).")
-    var clip: ClipMethod = .minmax
-    @Option(name: .customLong("override"), help: "Per-tensor scheme by name pattern, e.g. 'mlp\\.down_proj=int8'.")
-    var overrides: [String] = []
-    @Option(help: "Tokenizer for llama2.c input (.bin or .model).")
-    var tokenizer: String?
+    @OptionGroup var build: BuildOptions
     @Flag(help: "Print a JSON summary instead of text.")
     var json = false
 
     /// The build these options describe (the same type the gate's recipes use).
-    var spec: BuildSpec {
-        BuildSpec(source: input, scheme: scheme, groupSize: groupSize, clip: clip, overrides: overrides, tokenizer: tokenizer)
-    }
+    var spec: BuildSpec { build.spec(source: input) }
 
     /// Checks the options before anything is read, so errors show this command's usage.
     func validate() throws {
-        do { _ = try spec.recipe() } catch let e as BuildSpecError {
-            let flag = e.option == "scheme" ? "--scheme" : e.option == "group_size" ? "--group-size" : "--override"
-            throw ValidationError("\(flag): \(e.reason)")
-        }
+        try build.check(source: input)
         guard output.hasSuffix(".lmpk") else { throw ValidationError("--output must end in .lmpk") }
     }
 
@@ -64,6 +50,33 @@ struct QuantizeCommand: ParsableCommand {
             print(String(format: "wrote %@: %d tensors, %.1f M parameters, %.2f MiB, %.3f bits/weight, %.1f s, peak RSS %.0f MiB",
                          output, s.tensors, Double(s.parameters) / 1e6, Double(s.fileBytes) / 1_048_576, s.bitsPerWeight, s.seconds,
                          Double(s.peakRSSBytes) / 1_048_576))
+        }
+    }
+}
+
+/// The recipe options of a build (`quantize`; `shard` for a non-.lmpk input).
+struct BuildOptions: ParsableArguments {
+    @Option(help: "Default scheme for matrices.")
+    var scheme: String = "int4-g32"
+    @Option(help: "Group size for int4/int4s/int8 when the scheme name has none (32, 64, 128).")
+    var groupSize: Int?
+    @Option(help: "Range selection: minmax, or mse (per-group search minimizing reconstruction error).")
+    var clip: ClipMethod = .minmax
+    @Option(name: .customLong("override"), help: "Per-tensor scheme by name pattern, e.g. 'mlp\\.down_proj=int8'.")
+    var overrides: [String] = []
+    @Option(help: "Tokenizer for llama2.c input (.bin or .model).")
+    var tokenizer: String?
+
+    /// The build of `source` these options describe.
+    func spec(source: String) -> BuildSpec {
+        BuildSpec(source: source, scheme: scheme, groupSize: groupSize, clip: clip, overrides: overrides, tokenizer: tokenizer)
+    }
+
+    /// A bad scheme, group size or override as a usage error naming the flag.
+    func check(source: String) throws {
+        do { _ = try spec(source: source).recipe() } catch let e as BuildSpecError {
+            let flag = e.option == "scheme" ? "--scheme" : e.option == "group_size" ? "--group-size" : "--override"
+            throw ValidationError("\(flag): \(e.reason)")
         }
     }
 }

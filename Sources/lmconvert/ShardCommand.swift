@@ -34,24 +34,13 @@ struct ShardCommand: ParsableCommand {
     var dryRun = false
     @Flag(help: "JSON output.")
     var json = false
-    @Option(help: "Non-.lmpk input: default scheme for matrices.")
-    var scheme: String = "int4-g32"
-    @Option(help: "Non-.lmpk input: group size for schemes written without one.")
-    var groupSize: Int?
-    @Option(help: "Non-.lmpk input: range selection (minmax or mse).")
-    var clip: ClipMethod = .minmax
-    @Option(name: .customLong("override"), help: "Non-.lmpk input: per-tensor scheme by name pattern.")
-    var overrides: [String] = []
-    @Option(help: "Tokenizer for llama2.c input.")
-    var tokenizer: String?
+    @OptionGroup(title: "Build options (for a non-.lmpk input, as `lmconvert quantize`)") var build: BuildOptions
 
-    var spec: BuildSpec { BuildSpec(source: input, scheme: scheme, groupSize: groupSize, clip: clip, overrides: overrides, tokenizer: tokenizer) }
+    var spec: BuildSpec { build.spec(source: input) }
 
     func validate() throws {
         guard tp >= 1 else { throw ValidationError("--tp \(tp): the world size must be at least 1") }
-        if !input.hasSuffix(".lmpk") {
-            do { _ = try spec.recipe() } catch let e as BuildSpecError { throw ValidationError("--\(e.option.replacingOccurrences(of: "_", with: "-")): \(e.reason)") }
-        }
+        if !input.hasSuffix(".lmpk") { try build.check(source: input) }
     }
 
     func run() throws {
