@@ -40,7 +40,7 @@ let package = Package(
         .target(name: "LMSchemes", dependencies: ["LMCore", "COpenBLAS", "CKernels"], swiftSettings: fastFlags),
         .target(name: "LMFormats", dependencies: ["LMCore", "LMSchemes"], swiftSettings: kernelFlags),
         .target(name: "LMTokenizer", dependencies: ["LMCore"]),
-        .target(name: "LMQuant", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "COpenBLAS"], swiftSettings: fastFlags),
+        .target(name: "LMQuant", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "LMRuntime", "COpenBLAS"], swiftSettings: fastFlags),
         .target(name: "LMRuntime", dependencies: ["LMCore", "LMSchemes", "LMFormats", "COpenBLAS", "CKernels"], swiftSettings: fastFlags),
         // Tensor-parallel sharding: the plan and the rank files (`lmconvert shard`).
         .target(name: "LMShard", dependencies: ["LMCore", "LMFormats"], swiftSettings: kernelFlags),
@@ -61,7 +61,7 @@ let package = Package(
         // seed-corpus generator: called by the libFuzzer driver and replayed by FuzzRegressionTests.
         .target(name: "LMFuzzTargets", dependencies: ["LMCore", "LMFormats", "LMTokenizer", "LMQuant", "LMEval", "LMFixtures", "LMShard"], path: "Fuzz/Targets"),
         .testTarget(name: "LMCoreTests", dependencies: ["LMCore"]),
-        .testTarget(name: "LMQuantTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMQuant"]),
+        .testTarget(name: "LMQuantTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMQuant", "LMFixtures", "LMRuntime", "LMTokenizer"]),
         .testTarget(name: "LMFormatsTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMTokenizer", "LMFixtures", "LMFuzzTargets"]),
         .testTarget(name: "LMTokenizerTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMTokenizer"]),
         .testTarget(name: "LMRuntimeTests", dependencies: ["LMTestSupport", "LMCore", "LMFormats", "LMRuntime", "LMTokenizer", "LMFixtures", "LMQuant"]),

@@ -98,7 +98,7 @@ public struct GateFile: Sendable {
             case let (m?, nil): return .artifact(try expand(try str(m, ck + ".model"), ck + ".model"))
             case let (nil, r?):
                 let rk = ck + ".recipe"
-                let ro = try object(r, rk, allowed: ["source", "scheme", "group_size", "clip", "overrides", "prune", "shard", "kv_cache", "tokenizer"])
+                let ro = try object(r, rk, allowed: ["source", "scheme", "group_size", "clip", "overrides", "method", "calib", "gptq", "prune", "shard", "kv_cache", "tokenizer"])
                 for reserved in ["prune"] where ro.contains(where: { $0.0 == reserved }) {
                     throw fail(rk + "." + reserved, "reserved for a later release: this lmkit cannot build '\(reserved)' candidates yet")
                 }
@@ -128,7 +128,39 @@ public struct GateFile: Sendable {
                     }
                     spec.shard = ShardOptions(tp: tp, vocabParallel: vp)
                 }
-                do { _ = try spec.recipe() } catch let e as BuildSpecError { throw fail(rk + "." + e.option, e.reason) }
+                if let mj = r["method"] {
+                    guard let m = QuantMethod(rawValue: try str(mj, rk + ".method")) else {
+                        throw fail(rk + ".method", "must be one of \(QuantMethod.allCases.map(\.rawValue).joined(separator: ", "))")
+                    }
+                    spec.method = m
+                }
+                if let cj = r["calib"] {
+                    _ = try object(cj, rk + ".calib", allowed: ["text", "samples", "ctx", "seed"])
+                    var cal = CalibrationOptions(file: try expand(try str(cj["text"], rk + ".calib.text"), rk + ".calib.text"))
+                    if let n = try optInt(cj["samples"], rk + ".calib.samples") { cal.samples = n }
+                    if let n = try optInt(cj["ctx"], rk + ".calib.ctx") { cal.ctx = n }
+                    if let sd = cj["seed"] {
+                        guard let v = sd.int, v >= 0 else { throw fail(rk + ".calib.seed", "must be an integer ≥ 0") }
+                        cal.seed = UInt64(v)
+                    }
+                    spec.calibration = cal
+                }
+                if let gj = r["gptq"] {
+                    _ = try object(gj, rk + ".gptq", allowed: ["damp", "act_order", "block_size"])
+                    if let d = gj["damp"] {
+                        guard let v = d.double else { throw fail(rk + ".gptq.damp", "must be a number") }
+                        spec.gptq.damp = v
+                    }
+                    if let a = gj["act_order"] {
+                        guard let b = a.bool else { throw fail(rk + ".gptq.act_order", "must be true or false") }
+                        spec.gptq.actOrder = b
+                    }
+                    if let b = try optInt(gj["block_size"], rk + ".gptq.block_size") { spec.gptq.blockSize = b }
+                }
+                do { _ = try spec.recipe() } catch let e as BuildSpecError {
+                    let key = ["calib_samples": "calib.samples", "calib_ctx": "calib.ctx", "damp": "gptq.damp", "block_size": "gptq.block_size"][e.option] ?? e.option
+                    throw fail(rk + "." + key, e.reason)
+                }
                 return .recipe(spec)
             case (_?, _?): throw fail(ck, "give either 'model' or 'recipe', not both")
             case (nil, nil): throw fail(ck, "needs 'model' (an artifact) or 'recipe' (built by the gate)")

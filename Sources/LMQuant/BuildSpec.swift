@@ -1,6 +1,7 @@
 import Foundation
 import LMCore
 import LMFormats
+import LMTokenizer
 
 /// Everything that decides an `.lmpk`'s bytes: the source and the recipe options.
 ///
@@ -23,6 +24,15 @@ public struct BuildSpec: Sendable, Equatable {
     public var tokenizer: String?
     /// Tensor-parallel sharding of the result (`lmconvert shard`; gate recipes' `shard`).
     public var shard: ShardOptions?
+    /// How codes are chosen; calibrated methods need `calibration`.
+    public var method: QuantMethod = .rtn
+    /// Calibration text and windows (`--calib …`); required by `gptq`.
+    public var calibration: CalibrationOptions?
+    /// GPTQ's options (used by `gptq` only).
+    public var gptq = GPTQOptions()
+    /// Threads of a calibrated build (its forward passes and Hessians); not part of the
+    /// build's identity: any count gives the same bytes.
+    public var threads = ProcessInfo.processInfo.activeProcessorCount
 
     public init(source: String, scheme: String = "int4-g32", groupSize: Int? = nil, clip: ClipMethod = .minmax,
                 overrides: [String] = [], tokenizer: String? = nil) {
@@ -38,6 +48,19 @@ public struct BuildSpec: Sendable, Equatable {
         if let g = groupSize, scheme.contains("-g") {
             throw BuildSpecError(option: "group_size", reason: "group size \(g) conflicts with the group in scheme \(scheme)")
         }
+        switch method {
+        case .rtn:
+            if calibration != nil { throw BuildSpecError(option: "calib", reason: "--calib is used by calibrated methods; add --method gptq (round-to-nearest needs no calibration)") }
+        case .gptq:
+            guard calibration != nil else { throw BuildSpecError(option: "calib", reason: "--method \(method.rawValue) needs calibration text: --calib FILE (e.g. a few hundred KB of text like the model's use)") }
+            guard s.isQuantized else { throw BuildSpecError(option: "method", reason: "--method \(method.rawValue) quantizes to an integer scheme; \(s.name) stores floats") }
+            guard gptq.damp >= 0 && gptq.damp <= 1 && gptq.damp.isFinite else { throw BuildSpecError(option: "damp", reason: "--damp must be in 0...1 (a fraction of the Hessian's mean diagonal), got \(gptq.damp)") }
+            guard gptq.blockSize >= 1 && gptq.blockSize <= 4096 else { throw BuildSpecError(option: "block_size", reason: "--block-size must be in 1...4096, got \(gptq.blockSize)") }
+        }
+        if let cal = calibration {
+            guard cal.samples >= 1 else { throw BuildSpecError(option: "calib_samples", reason: "--calib-samples must be at least 1, got \(cal.samples)") }
+            guard cal.ctx >= 2 && cal.ctx <= 1 << 16 else { throw BuildSpecError(option: "calib_ctx", reason: "--calib-ctx must be in 2...65536, got \(cal.ctx)") }
+        }
         var r = Recipe(defaultScheme: s, clip: clip)
         for (i, o) in overrides.enumerated() {
             do { r.overrides.append(try Recipe.parseOverride(o, defaultGroup: groupSize)) } catch { throw BuildSpecError(option: "overrides[\(i)]", reason: "\(error)") }
@@ -47,14 +70,37 @@ public struct BuildSpec: Sendable, Equatable {
 
     /// Canonical JSON of the recipe (not the source path): resolved scheme names, so
     /// `int4` + group 64 and `int4-g64` are the same build. Keys in a fixed order.
+    /// Round-to-nearest builds have exactly the keys they had before methods existed (so
+    /// their provenance bytes and cache keys are unchanged); a calibrated build adds
+    /// `method`, `calibration` (the file's SHA-256, not its path, and the windows) and its
+    /// method's options.
     public func canonical() throws -> JSON {
         let r = try recipe()
-        return .object([
+        var fields: [(String, JSON)] = [
             ("scheme", .string(r.defaultScheme.name)),
             ("clip", .string(r.clip.rawValue)),
             ("overrides", .array(r.overrides.map { .string($0.pattern + "=" + $0.scheme.name) })),
             ("spec_version", .int(1)),
-        ] + (shard.map { [("shard", .object([("tp", .int(Int64($0.tp))), ("vocab_parallel", .bool($0.vocabParallel))]))] } ?? []))
+        ]
+        if method != .rtn, let cal = calibration {
+            fields.append(("method", .string(method.rawValue)))
+            fields.append(("calibration", .object([("sha256", .string(try Self.fileDigest(cal.file))), ("samples", .int(Int64(cal.samples))),
+                                                   ("ctx", .int(Int64(cal.ctx))), ("seed", .int(Int64(bitPattern: cal.seed)))])))
+            if method == .gptq {
+                fields.append(("gptq", .object([("damp", .double(gptq.damp)), ("act_order", .bool(gptq.actOrder)), ("block_size", .int(Int64(gptq.blockSize)))])))
+            }
+        }
+        if let s = shard { fields.append(("shard", .object([("tp", .int(Int64(s.tp))), ("vocab_parallel", .bool(s.vocabParallel))]))) }
+        return .object(fields)
+    }
+
+    /// SHA-256 of a calibration file (read in 16 MiB steps).
+    static func fileDigest(_ path: String) throws -> String {
+        guard let h = FileHandle(forReadingAtPath: path) else { throw BuildSpecError(option: "calib", reason: "\(path): cannot read the calibration file (--calib)") }
+        defer { try? h.close() }
+        var d = SHA256()
+        while let chunk = try h.read(upToCount: 16 << 20), !chunk.isEmpty { chunk.withUnsafeBytes { d.update($0) } }
+        return d.finalizeHex()
     }
 
     /// The canonical form as one string (for cache keys).
@@ -72,8 +118,18 @@ public struct BuildSpec: Sendable, Equatable {
             ("source", .string((source as NSString).lastPathComponent)),
             ("source_sha256", .string(try ModelSource.digest(source))),
         ])
-        return try Quantizer.run(model: model, recipe: r, overrideStrings: r.overrides.map { $0.pattern + "=" + $0.scheme.name },
-                                 output: output, provenance: provenance, progress: progress?(model.tensors.count))
+        let overrideStrings = r.overrides.map { $0.pattern + "=" + $0.scheme.name }
+        guard method != .rtn, let cal = calibration else {
+            return try Quantizer.run(model: model, recipe: r, overrideStrings: overrideStrings,
+                                     output: output, provenance: provenance, progress: progress?(model.tensors.count))
+        }
+        guard let tj = model.tokenizer else { throw RecipeError("the input has no tokenizer (tokenizer.json); calibration tokenizes its text with it") }
+        let set = try CalibrationSet.load(cal, tokenizer: try Tokenizer(json: tj, source: "tokenizer.json"))
+        var (summary, report) = try LayerwiseQuantizer.run(model: model, recipe: r, method: method, calibration: set, gptq: gptq,
+                                                           overrideStrings: overrideStrings, output: output, provenance: provenance,
+                                                           threads: threads, progress: progress?(model.config.numLayers))
+        summary.calibration = report
+        return summary
     }
 }
 

@@ -74,6 +74,8 @@ public struct QuantizeSummary: Sendable {
     public var tensorBytes: Int
     public var seconds: Double
     public var peakRSSBytes: Int
+    /// What a calibrated method measured (nil for round-to-nearest).
+    public var calibration: CalibrationReport? = nil
     public var bitsPerWeight: Double { Double(tensorBytes * 8) / Double(max(parameters, 1)) }
 }
 

@@ -11,6 +11,14 @@ public struct LlamaLayer: @unchecked Sendable {
     public let qBias: [Float]?, kBias: [Float]?, vBias: [Float]?
     public let mlpNorm: [Float]
     public let gate: LinearWeight, up: LinearWeight, down: LinearWeight
+
+    public init(attnNorm: [Float], q: LinearWeight, k: LinearWeight, v: LinearWeight, o: LinearWeight,
+                qBias: [Float]? = nil, kBias: [Float]? = nil, vBias: [Float]? = nil,
+                mlpNorm: [Float], gate: LinearWeight, up: LinearWeight, down: LinearWeight) {
+        self.attnNorm = attnNorm; self.q = q; self.k = k; self.v = v; self.o = o
+        self.qBias = qBias; self.kBias = kBias; self.vBias = vBias
+        self.mlpNorm = mlpNorm; self.gate = gate; self.up = up; self.down = down
+    }
 }
 
 /// A Llama-family decoder ready to run: embeddings, RMSNorm, rotary embeddings
@@ -235,36 +243,18 @@ extension LlamaModel {
         if case let .rows(r) = logits, r.count > batch.count || !r.allSatisfy({ $0 >= 0 && $0 < batch.count }) {
             throw RuntimeError("logits rows: at most \(batch.count) rows, each inside the batch's \(batch.count) tokens")
         }
+        guard embedding.rows > 0 else { throw RuntimeError("this model holds only decoder layers (LlamaModel.decoderStack): run it with forwardLayers") }
         try validate(batch, cache: cache)
         let c = config
         let T = batch.count
-        let D = c.hiddenSize, qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim, F = c.intermediateSize
-        let S = batch.spans.map { $0.start + $0.count }.max()!
+        let D = c.hiddenSize
         let ws = context.workspace
         ws.lock.lock()
         defer { ws.lock.unlock() }
-        let maxSpan = batch.spans.map(\.count).max()!
-        let b = Buffers(x: ws.buffer(0, T * D), xn: ws.buffer(1, T * max(D, qDim)), q: ws.buffer(2, T * qDim),
-                        k: ws.buffer(3, T * kvDim), v: ws.buffer(4, T * kvDim), att: ws.buffer(5, T * qDim),
-                        g: ws.buffer(6, T * F), u: ws.buffer(7, T * F),
-                        scores: ws.buffer(8, context.threads * Self.scoreRows(min(maxSpan, Self.queryBlock), group: c.numHeads / c.numKVHeads) * S),
-                        kvScratch: ws.buffer(9, context.threads * cache.blockSize * c.headDim),
-                        prefix: ws.buffer(10, cache.keyScheme.isPerChannel ? batch.spans.count * c.numKVHeads * cache.blockSize * c.headDim : 1))
+        let b = buffers(batch, cache: cache, context: context)
         embed(batch, into: b.x)
         if embeddingRows.count < c.vocabSize { try hooks?.reduce?(-1, .embed, b.x, T, D) }
-        let rope = self.rope.upTo(S)
-        do {
-            for li in 0..<layers.count {
-                try layer(li, batch: batch, buffers: b, rope: rope, cache: cache, context: context, hooks: hooks)
-            }
-        } catch {
-            // A hook threw after some layers stored this batch's K/V. Per-token schemes
-            // overwrite those rows on a retry; per-channel K may have quantized a block
-            // from them, so its sequences are forgotten (the caller re-runs them).
-            if cache.keyScheme.isPerChannel { for sp in batch.spans { cache.reset(sp.sequence) } }
-            throw error
-        }
-        for sp in batch.spans { cache.advance(sp.sequence, by: sp.count) }
+        try runLayers(batch, buffers: b, cache: cache, context: context, hooks: hooks)
         let rows: [Int]
         switch logits {
         case .none: return []
@@ -280,6 +270,65 @@ extension LlamaModel {
             try hooks?.reduce?(-1, .head, $0.baseAddress!, rows.count, V)
         }
         return out
+    }
+
+    /// The workspace buffers of one call (the caller holds the workspace lock).
+    func buffers(_ batch: Batch, cache: KVCache, context: ComputeContext) -> Buffers {
+        let c = config, ws = context.workspace
+        let T = batch.count
+        let D = c.hiddenSize, qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim, F = c.intermediateSize
+        let S = batch.spans.map { $0.start + $0.count }.max()!
+        let maxSpan = batch.spans.map(\.count).max()!
+        return Buffers(x: ws.buffer(0, T * D), xn: ws.buffer(1, T * max(D, qDim)), q: ws.buffer(2, T * qDim),
+                       k: ws.buffer(3, T * kvDim), v: ws.buffer(4, T * kvDim), att: ws.buffer(5, T * qDim),
+                       g: ws.buffer(6, T * F), u: ws.buffer(7, T * F),
+                       scores: ws.buffer(8, context.threads * Self.scoreRows(min(maxSpan, Self.queryBlock), group: c.numHeads / c.numKVHeads) * S),
+                       kvScratch: ws.buffer(9, context.threads * cache.blockSize * c.headDim),
+                       prefix: ws.buffer(10, cache.keyScheme.isPerChannel ? batch.spans.count * c.numKVHeads * cache.blockSize * c.headDim : 1))
+    }
+
+    /// Stage 2 over every layer on `buffers.x`, then each sequence advanced in `cache`.
+    func runLayers(_ batch: Batch, buffers b: Buffers, cache: KVCache, context: ComputeContext, hooks: ForwardHooks?) throws {
+        let rope = self.rope.upTo(batch.spans.map { $0.start + $0.count }.max()!)
+        do {
+            for li in 0..<layers.count {
+                try layer(li, batch: batch, buffers: b, rope: rope, cache: cache, context: context, hooks: hooks)
+            }
+        } catch {
+            // A hook threw after some layers stored this batch's K/V. Per-token schemes
+            // overwrite those rows on a retry; per-channel K may have quantized a block
+            // from them, so its sequences are forgotten (the caller re-runs them).
+            if cache.keyScheme.isPerChannel { for sp in batch.spans { cache.reset(sp.sequence) } }
+            throw error
+        }
+        for sp in batch.spans { cache.advance(sp.sequence, by: sp.count) }
+    }
+
+    /// A model of only these decoder layers (no embedding, final norm or head), for
+    /// running stage 2 on hidden states: calibration feeds one layer at a time this way.
+    /// `config.numLayers` becomes `layers.count`; `forward` of such a model is refused.
+    public static func decoderStack(config: ModelConfig, layers: [LlamaLayer]) -> LlamaModel {
+        var c = config
+        c.numLayers = layers.count
+        let none = DenseLinear(rows: 0, cols: c.hiddenSize, values: [])
+        return LlamaModel(config: c, layers: layers, embedding: none, embeddingRows: 0..<c.vocabSize, lmHead: none,
+                          headViewsEmbedding: false, finalNorm: [Float](repeating: 1, count: c.hiddenSize), sources: [])
+    }
+
+    /// Stage 2 alone: every decoder layer of this model on the residual stream `hidden`
+    /// (`[batch.count, hidden]` row-major, updated in place), storing K/V in `cache` and
+    /// advancing each sequence, with `hooks`' taps (and reduce points) as in `forward`.
+    /// The token ids are checked as in `forward` but not looked up.
+    public func forwardLayers(_ batch: Batch, hidden: UnsafeMutablePointer<Float>, cache: KVCache, context: ComputeContext, hooks: ForwardHooks?) throws {
+        try validate(batch, cache: cache)
+        let ws = context.workspace
+        ws.lock.lock()
+        defer { ws.lock.unlock() }
+        let b = buffers(batch, cache: cache, context: context)
+        let n = batch.count * config.hiddenSize
+        b.x.update(from: hidden, count: n)
+        try runLayers(batch, buffers: b, cache: cache, context: context, hooks: hooks)
+        hidden.update(from: b.x, count: n)
     }
 
     /// Stage 1: embedding rows of the batch's tokens into `x` (`[T, hidden]`).

@@ -35,7 +35,7 @@ public final class DenseLinear: LinearWeight, @unchecked Sendable {
     public init(rows: Int, cols: Int, values: [Float]) {
         precondition(values.count == rows * cols)
         let p = UnsafeMutablePointer<Float>.allocate(capacity: max(values.count, 1))
-        values.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: values.count) }
+        values.withUnsafeBufferPointer { if let b = $0.baseAddress { p.update(from: b, count: values.count) } }
         self.rows = rows; self.cols = cols; data = UnsafePointer(p); owned = p; owner = nil
     }
 

@@ -28,10 +28,20 @@ public enum LinearGroup {
         var items: [(member: Int, rows: Range<Int>)] = []
         for (m, w) in ms.enumerated() {
             let isPacked: Bool = { if case .packed = members[m] { return true }; return false }()
-            let parts: Int
-            if isPacked { parts = decode && w.rows * cols < 1 << 16 ? 1 : context.threads }
-            else { parts = tokens * w.rows * cols < 1 << 18 ? 1 : context.threads }
-            for r in ComputeContext.ranges(w.rows, parts: parts, align: 16) { items.append((m, r)) }
+            if decode {
+                let parts = isPacked && w.rows * cols < 1 << 16 || !isPacked && tokens * w.rows * cols < 1 << 18 ? 1 : context.threads
+                for r in ComputeContext.ranges(w.rows, parts: parts, align: 16) { items.append((m, r)) }
+            } else {
+                // Prefill: sgemm calls of fixed `tileRows`-row slices whatever the thread
+                // count, because OpenBLAS's sums depend on the width it is given (its kernels
+                // tile N differently; measured on Zen/Haswell kernels: a 704-column sgemm and
+                // its two halves differ in 9 % of the outputs). So every thread count gives
+                // the same bits. (Decode's sgemv and our own kernels are per row: any split.)
+                let serial = !isPacked && tokens * w.rows * cols < 1 << 18
+                let step = serial ? max(w.rows, 1) : PackedLinear.tileRows
+                var r0 = 0
+                while r0 < w.rows { items.append((m, r0..<min(w.rows, r0 + step))); r0 += step }
+            }
         }
         let o = outs.map { SendablePointer($0) }
         if decode {

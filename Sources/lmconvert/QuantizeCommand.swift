@@ -5,6 +5,7 @@ import LMFormats
 import LMQuant
 
 extension ClipMethod: ExpressibleByArgument {}
+extension QuantMethod: ExpressibleByArgument {}
 
 struct QuantizeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -41,15 +42,34 @@ struct QuantizeCommand: ParsableCommand {
 
     func run() throws {
         InterruptCleanup.install()
-        let s = try spec.build(output: output) { ProgressReporter(label: "quantize", total: $0, unit: " tensors") }
+        let calibrated = spec.method != .rtn
+        let s = try spec.build(output: output) {
+            ProgressReporter(label: calibrated ? spec.method.rawValue : "quantize", total: $0, unit: calibrated ? " layers" : " tensors")
+        }
         if json {
-            print(JSON.object([("output", .string(output)), ("tensors", .int(Int64(s.tensors))), ("parameters", .int(Int64(s.parameters))),
-                               ("file_bytes", .int(Int64(s.fileBytes))), ("bits_per_weight", .double(s.bitsPerWeight)),
-                               ("seconds", .double(s.seconds)), ("peak_rss_bytes", .int(Int64(s.peakRSSBytes)))]).serialized(pretty: true))
+            var fields: [(String, JSON)] = [("output", .string(output)), ("tensors", .int(Int64(s.tensors))), ("parameters", .int(Int64(s.parameters))),
+                                            ("file_bytes", .int(Int64(s.fileBytes))), ("bits_per_weight", .double(s.bitsPerWeight)),
+                                            ("seconds", .double(s.seconds)), ("peak_rss_bytes", .int(Int64(s.peakRSSBytes)))]
+            if let r = s.calibration {
+                fields.append(("calibration", .object([
+                    ("method", .string(spec.method.rawValue)), ("samples", .int(Int64(r.samples))), ("tokens", .int(Int64(r.tokens))),
+                    ("activation_bytes", .int(Int64(r.activationBytes))), ("forward_seconds", .double(r.forwardSeconds)),
+                    ("hessian_seconds", .double(r.hessianSeconds)), ("solve_seconds", .double(r.solveSeconds)),
+                    ("mean_error_ratio", .double(r.meanErrorRatio)),
+                    ("matrices", .array(r.matrices.map { .object([("name", .string($0.name)), ("scheme", .string($0.scheme)),
+                                                                   ("rtn_error", .double($0.rtnError)), ("error", .double($0.methodError))]) })),
+                ])))
+            }
+            print(JSON.object(fields).serialized(pretty: true))
         } else {
             print(String(format: "wrote %@: %d tensors, %.1f M parameters, %.2f MiB, %.3f bits/weight, %.1f s, peak RSS %.0f MiB",
                          output, s.tensors, Double(s.parameters) / 1e6, Double(s.fileBytes) / 1_048_576, s.bitsPerWeight, s.seconds,
                          Double(s.peakRSSBytes) / 1_048_576))
+            if let r = s.calibration {
+                print(String(format: "%@: %d windows, %d tokens (activations %.1f MiB); forward %.1f s, Hessians %.1f s, solver %.1f s",
+                             spec.method.rawValue, r.samples, r.tokens, Double(r.activationBytes) / 1_048_576, r.forwardSeconds, r.hessianSeconds, r.solveSeconds))
+                print(String(format: "Hessian-weighted output error vs round-to-nearest (geometric mean over %d matrices): %.3f", r.matrices.count, r.meanErrorRatio))
+            }
         }
     }
 }
@@ -66,17 +86,42 @@ struct BuildOptions: ParsableArguments {
     var overrides: [String] = []
     @Option(help: "Tokenizer for llama2.c input (.bin or .model).")
     var tokenizer: String?
+    @Option(help: "How codes are chosen: rtn (round to nearest), or gptq (calibrated, layer by layer; needs --calib).")
+    var method: QuantMethod = .rtn
+    @Option(help: "Calibration text (UTF-8) for --method gptq.")
+    var calib: String?
+    @Option(help: "Calibration windows drawn from the text.")
+    var calibSamples: Int = CalibrationOptions.defaultSamples
+    @Option(help: "Tokens per calibration window.")
+    var calibCtx: Int = CalibrationOptions.defaultCtx
+    @Option(help: "Seed of the calibration windows' draw.")
+    var seed: UInt64 = 0
+    @Option(help: "GPTQ dampening: this fraction of the Hessian's mean diagonal is added to it.")
+    var damp: Double = 0.01
+    @Flag(help: "GPTQ: process columns by descending Hessian diagonal (groups stay in storage order).")
+    var actOrder = false
+    @Option(help: "GPTQ: columns per lazy block.")
+    var blockSize: Int = 128
+    @Option(help: "Threads of a calibrated build (default: every core); the bytes do not depend on it.")
+    var threads: Int?
 
     /// The build of `source` these options describe.
     func spec(source: String) -> BuildSpec {
-        BuildSpec(source: source, scheme: scheme, groupSize: groupSize, clip: clip, overrides: overrides, tokenizer: tokenizer)
+        var s = BuildSpec(source: source, scheme: scheme, groupSize: groupSize, clip: clip, overrides: overrides, tokenizer: tokenizer)
+        s.method = method
+        s.calibration = calib.map { CalibrationOptions(file: $0, samples: calibSamples, ctx: calibCtx, seed: seed) }
+        s.gptq = GPTQOptions(damp: damp, actOrder: actOrder, blockSize: blockSize)
+        if let t = threads { s.threads = max(1, t) }
+        return s
     }
 
-    /// A bad scheme, group size or override as a usage error naming the flag.
+    /// A bad scheme, group size, override or calibration option as a usage error naming the flag.
     func check(source: String) throws {
+        if let t = threads, t < 1 || t > 256 { throw ValidationError("--threads must be in 1...256, got \(t)") }
+        if let f = calib, !FileManager.default.isReadableFile(atPath: f) { throw ValidationError("--calib: \(f): no such readable file") }
         do { _ = try spec(source: source).recipe() } catch let e as BuildSpecError {
-            let flag = e.option == "scheme" ? "--scheme" : e.option == "group_size" ? "--group-size" : "--override"
-            throw ValidationError("\(flag): \(e.reason)")
+            let flag = e.option.hasPrefix("overrides") ? "override" : e.option.replacingOccurrences(of: "_", with: "-")
+            throw ValidationError("--\(flag): \(e.reason)")
         }
     }
 }

@@ -1,0 +1,380 @@
+import COpenBLAS
+import Foundation
+import LMCore
+import LMFormats
+import LMRuntime
+import LMTokenizer
+
+/// How a matrix's codes are chosen (`lmconvert quantize --method`).
+public enum QuantMethod: String, Sendable, CaseIterable {
+    /// Round to nearest under each group's range (`--clip` picks the range).
+    case rtn
+    /// GPTQ with Hessians from calibration inputs captured layer by layer (`--calib`).
+    case gptq
+}
+
+/// Calibration text and how it is cut into samples (`--calib`, `--calib-samples`,
+/// `--calib-ctx`, `--seed`).
+public struct CalibrationOptions: Sendable, Equatable {
+    /// A UTF-8 text file.
+    public var file: String
+    /// Windows drawn from the text.
+    public var samples: Int
+    /// Tokens per window (the tokenizer's BOS first, when it adds one).
+    public var ctx: Int
+    /// Seeds which windows are drawn.
+    public var seed: UInt64
+    public static let defaultSamples = 64, defaultCtx = 512
+    public init(file: String, samples: Int = defaultSamples, ctx: Int = defaultCtx, seed: UInt64 = 0) {
+        self.file = file; self.samples = samples; self.ctx = ctx; self.seed = seed
+    }
+}
+
+/// GPTQ's options (`--damp`, `--act-order`, `--block-size`).
+public struct GPTQOptions: Sendable, Equatable {
+    public var damp: Double
+    public var actOrder: Bool
+    public var blockSize: Int
+    public init(damp: Double = 0.01, actOrder: Bool = false, blockSize: Int = 128) {
+        self.damp = damp; self.actOrder = actOrder; self.blockSize = blockSize
+    }
+}
+
+/// A bad calibration file or option; names the file or the flag and what to do.
+public struct CalibrationError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ s: String) { description = s }
+}
+
+/// The token windows calibration runs on.
+///
+/// The whole file is tokenized once (no BOS), cut into consecutive windows of
+/// `ctx − 1` tokens (`ctx` without a BOS), and `samples` of them are drawn without
+/// replacement by a SplitMix64 shuffle seeded with `seed`, then kept in text order; each
+/// gets the tokenizer's BOS first when it adds one (as the `chunks` perplexity
+/// protocol's windows do). Windows never overlap, so no token is counted twice; a text
+/// too short for `samples × ctx` tokens is refused rather than reused.
+public struct CalibrationSet: Sendable {
+    public let samples: [[Int]]
+    /// SHA-256 of the file's bytes (recorded in the `.lmpk` provenance).
+    public let sha256: String
+    /// Tokens in the whole file and windows it holds.
+    public let fileTokens: Int, windows: Int
+
+    public var tokens: Int { samples.reduce(0) { $0 + $1.count } }
+
+    /// - Throws: `CalibrationError` for a missing, empty or non-UTF-8 file, a bad option,
+    ///   or a text with fewer windows than `samples`.
+    public static func load(_ o: CalibrationOptions, tokenizer: Tokenizer) throws -> CalibrationSet {
+        guard o.samples >= 1 else { throw CalibrationError("--calib-samples must be at least 1, got \(o.samples)") }
+        guard o.ctx >= 2 && o.ctx <= 1 << 16 else { throw CalibrationError("--calib-ctx must be in 2...65536, got \(o.ctx)") }
+        guard let data = FileManager.default.contents(atPath: o.file) else {
+            throw CalibrationError("\(o.file): cannot read the calibration file (--calib)")
+        }
+        guard let text = String(data: data, encoding: .utf8) else { throw CalibrationError("\(o.file): the calibration text is not UTF-8") }
+        let ids = tokenizer.encode(text, addBOS: false)
+        let bos = tokenizer.bosId
+        let body = o.ctx - (bos == nil ? 0 : 1)
+        let windows = ids.count / body
+        guard windows >= o.samples else {
+            throw CalibrationError("\(o.file): \(ids.count) tokens make \(windows) windows of \(o.ctx) tokens, fewer than --calib-samples \(o.samples); give a longer text, or lower --calib-samples or --calib-ctx")
+        }
+        var order = Array(0..<windows)
+        var rng = SplitMix64(seed: o.seed)
+        for i in stride(from: windows - 1, to: 0, by: -1) { order.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+        let chosen = order.prefix(o.samples).sorted()
+        let samples = chosen.map { w in (bos.map { [$0] } ?? []) + Array(ids[(w * body)..<((w + 1) * body)]) }
+        return CalibrationSet(samples: samples, sha256: data.withUnsafeBytes { SHA256.hex($0) }, fileTokens: ids.count, windows: windows)
+    }
+}
+
+/// What a calibrated build measured, per matrix and in all.
+public struct CalibrationReport: Sendable {
+    /// Per quantized matrix: the Hessian-weighted output error `tr(ΔW·H·ΔWᵀ) / tr(W·H·Wᵀ)` of
+    /// round-to-nearest and of the method, on the same calibration inputs (`H = XᵀX/n`).
+    public struct Matrix: Sendable {
+        public let name: String
+        public let scheme: String
+        public let rtnError: Double
+        public let methodError: Double
+    }
+    public var matrices: [Matrix] = []
+    public var samples = 0, tokens = 0
+    /// Seconds in the forward passes (capture and propagation), in accumulating Hessians,
+    /// and in the method's solver.
+    public var forwardSeconds = 0.0, hessianSeconds = 0.0, solveSeconds = 0.0
+    /// Bytes of the calibration activations held (the bound's data term).
+    public var activationBytes = 0
+
+    /// Geometric mean of method / RTN error over the matrices (1 when there are none).
+    public var meanErrorRatio: Double {
+        let r = matrices.filter { $0.rtnError > 0 && $0.methodError > 0 }
+        guard !r.isEmpty else { return 1 }
+        return exp(r.reduce(0) { $0 + log($1.methodError / $1.rtnError) } / Double(r.count))
+    }
+}
+
+/// Which tap point's inputs each decoder-layer matrix reads.
+enum LayerMatrix: String, CaseIterable {
+    case q = "self_attn.q_proj.weight", k = "self_attn.k_proj.weight", v = "self_attn.v_proj.weight"
+    case o = "self_attn.o_proj.weight", gate = "mlp.gate_proj.weight", up = "mlp.up_proj.weight", down = "mlp.down_proj.weight"
+    var tap: TapPoint {
+        switch self {
+        case .q, .k, .v: return .attentionInput
+        case .o: return .oProjInput
+        case .gate, .up: return .mlpInput
+        case .down: return .downProjInput
+        }
+    }
+}
+
+/// Calibrated quantization, one decoder layer at a time (GPTQ's sequential scheme).
+///
+/// 1. The calibration windows' embeddings (from the *stored*, quantized embedding) are the
+///    inputs of layer 0: `samples × ctx × hidden` floats, held for the whole run.
+/// 2. For layer k: its float weights are read; every window runs through it (the project's
+///    runtime, `LlamaModel.forwardLayers` on a one-layer stack) with taps that accumulate
+///    one Hessian per distinct input (q/k/v share one, gate/up share one, o and down one each).
+/// 3. Its matrices are quantized by the method (other tensors, and matrices in float
+///    schemes, as round-to-nearest) and written.
+/// 4. Every window runs through the layer as stored (its dequantized weights), and the
+///    outputs become layer k+1's inputs, so later layers calibrate on what the quantized
+///    model actually feeds them.
+///
+/// Memory: the activations (`samples·ctx·hidden·4` bytes), one layer in float32 twice
+/// (read and dequantized), its Hessians (`Σ cols²·8` bytes), and one window's workspace.
+/// Tensors outside the layers (embedding, final norm, untied head) are written first.
+enum LayerwiseQuantizer {
+    static func run(model: ImportedModel, recipe: Recipe, method: QuantMethod, calibration: CalibrationSet, gptq: GPTQOptions,
+                    overrideStrings: [String], output: String, provenance: JSON, threads: Int,
+                    progress: ProgressReporter?) throws -> (QuantizeSummary, CalibrationReport) {
+        let start = Date()
+        let c = model.config
+        guard let tok = model.tokenizer else {
+            throw RecipeError("the input has no tokenizer (tokenizer.json); an .lmpk embeds it to be self-contained")
+        }
+        let schemes = try recipe.assign(model.tensors.map { ($0.name, $0.shape) })
+        // Tensors grouped: outside the layers first (source order), then layer by layer.
+        var outside: [Int] = []
+        var perLayer = [[Int]](repeating: [], count: c.numLayers)
+        for (i, t) in model.tensors.enumerated() {
+            if let l = layerIndex(t.name), l < c.numLayers { perLayer[l].append(i) } else { outside.append(i) }
+        }
+        for (l, idx) in perLayer.enumerated() {
+            let names = Set(idx.map { model.tensors[$0].name })
+            for m in LayerMatrix.allCases where !names.contains("model.layers.\(l).\(m.rawValue)") {
+                throw RecipeError("tensor 'model.layers.\(l).\(m.rawValue)' is missing; calibrated methods need every decoder layer's seven matrices")
+            }
+        }
+        let order = outside + perLayer.flatMap { $0 }
+        let specs = order.map { LMPKTensorSpec(name: model.tensors[$0].name, shape: model.tensors[$0].shape, scheme: schemes[$0]) }
+        let w = try LMPKWriter(path: output, config: c, tokenizerJSON: Array(tok.serialized().utf8),
+                               meta: [("recipe", recipe.json(overrideStrings: overrideStrings)), ("provenance", provenance),
+                                      ("tensor_parallel", .object([("world_size", .int(1)), ("rank", .int(0))]))],
+                               tensors: specs)
+        var report = CalibrationReport()
+        report.samples = calibration.samples.count
+        report.tokens = calibration.tokens
+        var params = 0, tbytes = 0
+        let D = c.hiddenSize
+        let context = ComputeContext(threads: threads)
+        do {
+            // Outside tensors (RTN); the embedding's stored values give layer 0's inputs.
+            var hidden: [Float] = []
+            for i in outside {
+                let t = model.tensors[i]
+                let (q, n) = try rtn(t, schemes[i], recipe.clip)
+                if t.name == "model.embed_tokens.weight" {
+                    hidden = embeddings(q, calibration.samples, hidden: D)
+                }
+                try w.write(sections: q.sections.map { $0.bytes })
+                t.release()
+                params += n; tbytes += q.sections.reduce(0) { $0 + $1.bytes.count }
+            }
+            guard hidden.count == calibration.tokens * D else {
+                throw RecipeError("tensor 'model.embed_tokens.weight' is missing; calibration needs the token embedding")
+            }
+            report.activationBytes = hidden.count * 4
+            progress?.update(0, extra: "\(calibration.samples.count) windows × \(calibration.samples.first?.count ?? 0) tokens")
+            for l in 0..<c.numLayers {
+                let idx = perLayer[l]
+                var values: [String: [Float]] = [:]
+                for i in idx { values[model.tensors[i].name] = try finite(model.tensors[i]) }
+                let p = "model.layers.\(l)."
+                // Pass 1: the float layer's inputs → one Hessian per tap point.
+                let floatLayer = try makeLayer(prefix: p, c, values)
+                var H: [TapPoint: HessianAccumulator] = [:]
+                let widths: [TapPoint: Int] = [.attentionInput: D, .oProjInput: c.numHeads * c.headDim, .mlpInput: D, .downProjInput: c.intermediateSize]
+                for (tp, n) in widths { H[tp] = HessianAccumulator(cols: n) }
+                var hessianSeconds = 0.0
+                let t0 = Date()
+                try propagate(layer: floatLayer, c, calibration.samples, hidden: &hidden, update: false, context: context) { _, point, x, rows, _ in
+                    let h0 = Date()
+                    H[point]!.add(x, rows: rows, context: context)
+                    hessianSeconds += Date().timeIntervalSince(h0)
+                }
+                report.hessianSeconds += hessianSeconds
+                report.forwardSeconds += Date().timeIntervalSince(t0) - hessianSeconds
+                // Quantize and write this layer's tensors (in file order); keep the stored values.
+                var stored: [String: [Float]] = [:]
+                var hf: [TapPoint: [Float]] = [:]
+                var factors: [TapPoint: GPTQ.Factorization] = [:]
+                for i in idx {
+                    let t = model.tensors[i], s = schemes[i], v = values[t.name]!
+                    let rows = t.shape.count == 2 ? t.shape[0] : 1, cols = t.shape.count == 2 ? t.shape[1] : t.shape[0]
+                    let role = LayerMatrix(rawValue: String(t.name.dropFirst(p.count)))
+                    var q = RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: s, clip: recipe.clip)
+                    if let role, s.isQuantized, method == .gptq, let h = H[role.tap] {
+                        let s0 = Date()
+                        if factors[role.tap] == nil {
+                            factors[role.tap] = try GPTQ.factor(hessian: h, damp: gptq.damp, actOrder: gptq.actOrder, tensor: t.name)
+                        }
+                        let g = try GPTQ.quantize(weights: v, rows: rows, cols: cols, factorization: factors[role.tap]!, scheme: s,
+                                                  blockSize: gptq.blockSize, clip: recipe.clip, tensor: t.name)
+                        report.solveSeconds += Date().timeIntervalSince(s0)
+                        if hf[role.tap] == nil { hf[role.tap] = h.hessian().map { Float($0) } }
+                        let rtnBack = dequantize(q), gBack = dequantize(g)
+                        let e0 = weightedError(v, rtnBack, hf[role.tap]!, rows: rows, cols: cols)
+                        let e1 = weightedError(v, gBack, hf[role.tap]!, rows: rows, cols: cols)
+                        report.matrices.append(.init(name: t.name, scheme: s.name, rtnError: e0, methodError: e1))
+                        q = g
+                        stored[t.name] = gBack
+                    } else {
+                        stored[t.name] = s.isQuantized || s.kind != .f32 ? dequantize(q) : v
+                    }
+                    try RoundToNearest.checkRepresentable(q, values: v, tensor: t.name)
+                    try w.write(sections: q.sections.map { $0.bytes })
+                    t.release()
+                    params += v.count; tbytes += q.sections.reduce(0) { $0 + $1.bytes.count }
+                }
+                values = [:]
+                // Pass 2: the stored layer's outputs are the next layer's inputs.
+                if l + 1 < c.numLayers {
+                    let t1 = Date()
+                    try propagate(layer: try makeLayer(prefix: p, c, stored), c, calibration.samples, hidden: &hidden, update: true, context: context, tap: nil)
+                    report.forwardSeconds += Date().timeIntervalSince(t1)
+                }
+                let ratio = report.meanErrorRatio
+                progress?.update(l + 1, extra: String(format: "layer %d: %@ error / RTN %.3f", l, method.rawValue, ratio))
+            }
+            try w.commit()
+        } catch {
+            w.abort()
+            throw error
+        }
+        let size = (try? FileManager.default.attributesOfItem(atPath: output)[.size] as? Int) ?? 0
+        let summary = QuantizeSummary(tensors: specs.count, parameters: params, fileBytes: size, tensorBytes: tbytes,
+                                      seconds: Date().timeIntervalSince(start), peakRSSBytes: peakResidentBytes())
+        return (summary, report)
+    }
+
+    /// `model.layers.K.…` → K.
+    static func layerIndex(_ name: String) -> Int? {
+        guard name.hasPrefix("model.layers.") else { return nil }
+        return Int(name.dropFirst("model.layers.".count).prefix { $0.isNumber })
+    }
+
+    /// A tensor's float values, refused by name when one is not finite.
+    static func finite(_ t: PendingTensor) throws -> [Float] {
+        let v = try t.produce()
+        if let bad = v.firstIndex(where: { !$0.isFinite }) { throw ModelError.nonFinite(tensor: t.name, index: bad, value: v[bad]) }
+        return v
+    }
+
+    static func rtn(_ t: PendingTensor, _ s: QuantScheme, _ clip: ClipMethod) throws -> (QuantizedTensor, Int) {
+        let v = try finite(t)
+        let rows = t.shape.count == 2 ? t.shape[0] : 1, cols = t.shape.count == 2 ? t.shape[1] : t.shape[0]
+        let q = RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: s, clip: clip)
+        try RoundToNearest.checkRepresentable(q, values: v, tensor: t.name)
+        return (q, v.count)
+    }
+
+    static func dequantize(_ q: QuantizedTensor) -> [Float] {
+        q.sections.map { $0.bytes }.withUnsafeBufferPointers { RoundToNearest.dequantize(scheme: q.scheme, rows: q.rows, cols: q.cols, sections: $0) }
+    }
+
+    /// The windows' rows of the stored embedding, `[tokens, hidden]`.
+    static func embeddings(_ q: QuantizedTensor, _ samples: [[Int]], hidden D: Int) -> [Float] {
+        let ids = samples.flatMap { $0 }
+        var out = [Float](repeating: 0, count: ids.count * D)
+        q.sections.map { $0.bytes }.withUnsafeBufferPointers { s in
+            out.withUnsafeMutableBufferPointer { o in
+                for (t, id) in ids.enumerated() where id < q.rows {
+                    RoundToNearest.dequantizeRow(scheme: q.scheme, row: id, cols: q.cols, sections: s, into: o.baseAddress! + t * D)
+                }
+            }
+        }
+        return out
+    }
+
+    /// One decoder layer from float values by name.
+    static func makeLayer(prefix p: String, _ c: ModelConfig, _ v: [String: [Float]]) throws -> LlamaLayer {
+        func vec(_ n: String) throws -> [Float] {
+            guard let x = v[p + n] else { throw RecipeError("tensor '\(p + n)' is missing") }
+            return x
+        }
+        func mat(_ m: LayerMatrix) throws -> LinearWeight {
+            let x = try vec(m.rawValue)
+            let rows: Int
+            switch m {
+            case .q: rows = c.numHeads * c.headDim
+            case .k, .v: rows = c.numKVHeads * c.headDim
+            case .o, .down: rows = c.hiddenSize
+            case .gate, .up: rows = c.intermediateSize
+            }
+            guard rows > 0, x.count % rows == 0 else { throw RecipeError("tensor '\(p + m.rawValue)' has \(x.count) values, not a multiple of \(rows) rows") }
+            return DenseLinear(rows: rows, cols: x.count / rows, values: x)
+        }
+        let bias = v[p + "self_attn.q_proj.bias"] != nil
+        return LlamaLayer(attnNorm: try vec("input_layernorm.weight"), q: try mat(.q), k: try mat(.k), v: try mat(.v), o: try mat(.o),
+                          qBias: bias ? try vec("self_attn.q_proj.bias") : nil, kBias: bias ? try vec("self_attn.k_proj.bias") : nil,
+                          vBias: bias ? try vec("self_attn.v_proj.bias") : nil,
+                          mlpNorm: try vec("post_attention_layernorm.weight"), gate: try mat(.gate), up: try mat(.up), down: try mat(.down))
+    }
+
+    /// Runs every window through `layer` (a fresh float cache per window). `update`:
+    /// the outputs replace the inputs in `hidden`; otherwise `hidden` is left as it was.
+    static func propagate(layer: LlamaLayer, _ c: ModelConfig, _ samples: [[Int]], hidden: inout [Float], update: Bool,
+                          context: ComputeContext, tap: ((Int, TapPoint, UnsafePointer<Float>, Int, Int) throws -> Void)?) throws {
+        let stack = LlamaModel.decoderStack(config: c, layers: [layer])
+        let maxLen = samples.map(\.count).max() ?? 0
+        let cache = try stack.makeCache(capacity: maxLen, sequences: 1)
+        let D = c.hiddenSize
+        var scratch = [Float](repeating: 0, count: maxLen * D)
+        let hooks = ForwardHooks(tap: tap)
+        var offset = 0
+        try hidden.withUnsafeMutableBufferPointer { h in
+            try scratch.withUnsafeMutableBufferPointer { sc in
+                for s in samples {
+                    cache.reset()
+                    let x = h.baseAddress! + offset * D
+                    let target = update ? x : sc.baseAddress!
+                    if !update { target.update(from: x, count: s.count * D) }
+                    try stack.forwardLayers(Batch(s, sequence: 0, start: 0), hidden: target, cache: cache, context: context, hooks: hooks)
+                    offset += s.count
+                }
+            }
+        }
+    }
+
+    /// `tr(ΔW·H·ΔWᵀ) / tr(W·H·Wᵀ)` with `ΔW = W − Q` (`H` symmetric `cols × cols`).
+    static func weightedError(_ w: [Float], _ q: [Float], _ H: [Float], rows: Int, cols: Int) -> Double {
+        func quad(_ a: [Float]) -> Double {
+            var ah = [Float](repeating: 0, count: rows * cols)
+            a.withUnsafeBufferPointer { ap in
+                H.withUnsafeBufferPointer { hp in
+                    ah.withUnsafeMutableBufferPointer { o in
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(cols), Int32(cols), 1,
+                                    ap.baseAddress!, Int32(cols), hp.baseAddress!, Int32(cols), 0, o.baseAddress!, Int32(cols))
+                    }
+                }
+            }
+            var s = 0.0
+            for i in 0..<(rows * cols) { s += Double(ah[i]) * Double(a[i]) }
+            return s
+        }
+        let d = zip(w, q).map { $0 - $1 }
+        let base = quad(w)
+        return base > 0 ? quad(d) / base : 0
+    }
+}

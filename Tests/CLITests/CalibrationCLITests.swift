@@ -1,0 +1,57 @@
+import Foundation
+import LMCore
+import LMFixtures
+import LMFormats
+import Testing
+
+@Suite("lmconvert quantize --method gptq", .serialized)
+struct CalibrationCLITests {
+    func setUp(_ name: String) throws -> (dir: String, text: String) {
+        let dir = scratch(name)
+        try SyntheticModel.write(SyntheticModelSpec(), to: dir + "/m")
+        let text = dir + "/calib.txt"
+        try (0..<400).map { "story \($0 % 7): the cat and the dog ran to the sun." }.joined(separator: "\n").write(toFile: text, atomically: true, encoding: .utf8)
+        return (dir, text)
+    }
+
+    @Test("a GPTQ build prints its calibration and error ratio, records it in the provenance, and runs in lmeval")
+    func build() throws {
+        let (dir, text) = try setUp("gptq")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let args = ["quantize", "-i", dir + "/m", "-o", dir + "/g.lmpk", "--scheme", "int4-g32", "--method", "gptq", "--calib", text,
+                    "--calib-samples", "4", "--calib-ctx", "32", "--seed", "5", "--act-order"]
+        let r = try run("lmconvert", args)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("gptq: 4 windows, 128 tokens") && r.stdout.contains("Hessian-weighted output error vs round-to-nearest"), "\(r.stdout)")
+        let j = try JSON.parse(Array(try run("lmconvert", args + ["--json"]).stdout.utf8), source: "quantize --json")
+        #expect(j["calibration"]?["matrices"]?.array?.count == 14 && (j["calibration"]?["mean_error_ratio"]?.double ?? 9) < 1)
+        let i = try JSON.parse(Array(try run("lmconvert", ["inspect", "--json", dir + "/g.lmpk"]).stdout.utf8), source: "inspect")
+        let b = i["provenance"]?["build"]
+        #expect(b?["method"]?.string == "gptq" && b?["gptq"]?["act_order"]?.bool == true && b?["calibration"]?["seed"]?.int == 5)
+        #expect(try run("lmconvert", ["verify", dir + "/g.lmpk"]).status == 0)
+        let p = try run("lmeval", ["perplexity", "-m", dir + "/g.lmpk", "--text", text, "--ctx", "32", "--baseline", dir + "/m"])
+        #expect(p.status == 0 && p.stdout.contains("ratio"), "\(p.stderr)")
+    }
+
+    @Test("bad calibration options fail before any work and leave no file, naming the flag")
+    func errors() throws {
+        let (dir, text) = try setUp("gptq-err")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func q(_ extra: [String]) throws -> RunResult { try run("lmconvert", ["quantize", "-i", dir + "/m", "-o", dir + "/o.lmpk"] + extra) }
+        var r = try q(["--method", "gptq"])
+        #expect(r.status != 0 && r.stderr.contains("--calib"), "\(r.stderr)")
+        r = try q(["--calib", text])
+        #expect(r.status != 0 && r.stderr.contains("--method gptq"), "\(r.stderr)")
+        r = try q(["--method", "gptq", "--calib", dir + "/missing.txt"])
+        #expect(r.status != 0 && r.stderr.contains("missing.txt"), "\(r.stderr)")
+        r = try q(["--method", "gptq", "--calib", text, "--damp", "2"])
+        #expect(r.status != 0 && r.stderr.contains("--damp"), "\(r.stderr)")
+        r = try q(["--method", "gptq", "--calib", text, "--scheme", "bf16"])
+        #expect(r.status != 0 && r.stderr.contains("--method") && r.stderr.contains("bf16"), "\(r.stderr)")
+        r = try q(["--method", "gptq", "--calib", text, "--calib-samples", "100000"])
+        #expect(r.status == 1 && r.stderr.contains("fewer than --calib-samples 100000"), "\(r.stderr)")
+        r = try q(["--method", "awq", "--calib", text])
+        #expect(r.status != 0 && r.stderr.contains("awq"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/o.lmpk"))
+    }
+}

@@ -1,0 +1,137 @@
+import Foundation
+import LMCore
+import LMFixtures
+import LMFormats
+import LMQuant
+import LMRuntime
+import LMTokenizer
+import Testing
+
+/// A fixture model folder, a calibration text, and the tokenizer.
+private func fixture(_ name: String, spec: SyntheticModelSpec = SyntheticModelSpec()) throws -> (dir: String, text: String, tok: Tokenizer) {
+    let dir = NSTemporaryDirectory() + "lmkit-calib-\(name)-\(getpid())"
+    try? FileManager.default.removeItem(atPath: dir)
+    try SyntheticModel.write(spec, to: dir + "/m")
+    var rng = SplitMix64(seed: 7)
+    let words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "big", "red", "sun", "—", "9", "é"]
+    let text = (0..<6000).map { _ in words[Int(rng.next() % UInt64(words.count))] }.joined(separator: " ")
+    try text.write(toFile: dir + "/calib.txt", atomically: true, encoding: .utf8)
+    return (dir, dir + "/calib.txt", try Tokenizer(path: dir + "/m/tokenizer.json"))
+}
+
+@Suite("Calibration: windows, layer-by-layer capture, GPTQ builds", .serialized)
+struct CalibrationTests {
+    @Test("windows: ctx tokens each, drawn without overlap by the seed, text order; a short text is refused")
+    func windows() throws {
+        let f = try fixture("win")
+        defer { try? FileManager.default.removeItem(atPath: f.dir) }
+        let all = f.tok.encode(try String(contentsOfFile: f.text, encoding: .utf8), addBOS: false)
+        let a = try CalibrationSet.load(CalibrationOptions(file: f.text, samples: 5, ctx: 64, seed: 1), tokenizer: f.tok)
+        let b = try CalibrationSet.load(CalibrationOptions(file: f.text, samples: 5, ctx: 64, seed: 1), tokenizer: f.tok)
+        let c = try CalibrationSet.load(CalibrationOptions(file: f.text, samples: 5, ctx: 64, seed: 2), tokenizer: f.tok)
+        #expect(a.samples == b.samples)
+        #expect(a.samples != c.samples)
+        #expect(a.samples.count == 5 && a.samples.allSatisfy { $0.count == 64 })
+        #expect(a.fileTokens == all.count && a.windows == all.count / 64)
+        // Each window is a 64-aligned run of the text's tokens, in increasing text order.
+        var starts: [Int] = []
+        for s in a.samples {
+            let w = (0..<a.windows).first { Array(all[($0 * 64)..<($0 * 64 + 64)]) == s }
+            #expect(w != nil)
+            starts.append(w ?? -1)
+        }
+        #expect(starts == starts.sorted() && Set(starts).count == 5)
+        #expect(a.sha256 == SHA256.hex(Array(try Data(contentsOf: URL(fileURLWithPath: f.text)))))
+        #expect(throws: CalibrationError.self) { try CalibrationSet.load(CalibrationOptions(file: f.text, samples: a.windows + 1, ctx: 64), tokenizer: f.tok) }
+        #expect(throws: CalibrationError.self) { try CalibrationSet.load(CalibrationOptions(file: f.dir + "/none.txt"), tokenizer: f.tok) }
+        try Data([0xff, 0xfe, 0x00, 0x41]).write(to: URL(fileURLWithPath: f.dir + "/bad.txt"))
+        #expect(throws: CalibrationError.self) { try CalibrationSet.load(CalibrationOptions(file: f.dir + "/bad.txt", samples: 1, ctx: 2), tokenizer: f.tok) }
+    }
+
+    func gptqSpec(_ f: (dir: String, text: String, tok: Tokenizer), scheme: String = "int4-g32", overrides: [String] = [], threads: Int = 2) -> BuildSpec {
+        var s = BuildSpec(source: f.dir + "/m", scheme: scheme, overrides: overrides)
+        s.method = .gptq
+        s.calibration = CalibrationOptions(file: f.text, samples: 6, ctx: 48, seed: 3)
+        s.threads = threads
+        return s
+    }
+
+    @Test("a GPTQ build: lower Hessian-weighted error than RTN on every matrix, same bytes for 1 and 2 threads, provenance records the calibration")
+    func build() throws {
+        // Big enough that prefill's matmuls run in parallel (above the 2^18 serial threshold).
+        var big = SyntheticModelSpec(); big.hidden = 128; big.intermediate = 352; big.heads = 4; big.kvHeads = 2; big.headDim = 32
+        let f = try fixture("build", spec: big)
+        defer { try? FileManager.default.removeItem(atPath: f.dir) }
+        let s1 = gptqSpec(f, threads: 1), s2 = gptqSpec(f, threads: 2)
+        let r = try s2.build(output: f.dir + "/a.lmpk")
+        _ = try s1.build(output: f.dir + "/b.lmpk")
+        let a = try Data(contentsOf: URL(fileURLWithPath: f.dir + "/a.lmpk")), b = try Data(contentsOf: URL(fileURLWithPath: f.dir + "/b.lmpk"))
+        #expect(a == b, "a calibrated build must not depend on the thread count")
+        let rep = try #require(r.calibration)
+        #expect(rep.matrices.count == 14 && rep.samples == 6 && rep.tokens == 6 * 48)
+        let worst = rep.matrices.map { $0.methodError / $0.rtnError }.max() ?? 9
+        print(String(format: "GPTQ/RTN Hessian-weighted error on the fixture: geometric mean %.3f, worst %.3f", rep.meanErrorRatio, worst))
+        #expect(worst < 0.4 && rep.meanErrorRatio < 0.25, "worst \(worst), mean \(rep.meanErrorRatio)")
+        let file = try LMPKFile(path: f.dir + "/a.lmpk")
+        let prov = try #require(file.header["provenance"]?["build"])
+        #expect(prov["method"]?.string == "gptq")
+        #expect(prov["calibration"]?["sha256"]?.string == SHA256.hex(Array(try Data(contentsOf: URL(fileURLWithPath: f.text)))))
+        #expect(prov["calibration"]?["samples"]?.int == 6 && prov["gptq"]?["damp"]?.double == 0.01)
+        _ = try LlamaModel.load(lmpk: file)
+        // Round-to-nearest builds keep the keys they always had.
+        let rtn = try BuildSpec(source: f.dir + "/m").canonical()
+        #expect(rtn["method"] == nil && rtn["calibration"] == nil)
+    }
+
+    @Test("capture: layer 0's Hessian is the float model's; layer 1's comes from the stored (quantized) layer 0")
+    func capture() throws {
+        let f = try fixture("capture")
+        defer { try? FileManager.default.removeItem(atPath: f.dir) }
+        // A float embedding, so layer 0 sees exactly the float model's inputs.
+        let spec = gptqSpec(f, overrides: ["embed_tokens=f32"])
+        _ = try spec.build(output: f.dir + "/g.lmpk")
+        let set = try CalibrationSet.load(spec.calibration!, tokenizer: f.tok)
+        let ctx = ComputeContext(threads: 2)
+        /// GPTQ of `name` (an attention-input matrix of `layer`) with the Hessian captured by running `model`.
+        func reference(_ model: LlamaModel, layer: Int, name: String) throws -> [UInt8] {
+            var h = HessianAccumulator(cols: model.config.hiddenSize)
+            for s in set.samples {
+                let hooks = ForwardHooks(tap: { l, p, x, rows, _ in if l == layer && p == .attentionInput { h.add(x, rows: rows, context: ctx) } })
+                _ = try model.forward(Batch(s, sequence: 0, start: 0), cache: model.makeCache(capacity: 48), logits: .none, context: ctx, hooks: hooks)
+            }
+            let src = try ModelSource.open(f.dir + "/m")
+            let t = try #require(src.tensors.first { $0.name == name })
+            let q = try GPTQ.quantize(weights: try t.produce(), rows: t.shape[0], cols: t.shape[1], hessian: h, scheme: QuantScheme(parsing: "int4-g32"), tensor: name)
+            return q.sections.flatMap { $0.bytes }
+        }
+        let out = try LMPKFile(path: f.dir + "/g.lmpk")
+        func stored(_ n: String) -> [UInt8] { out[n]!.sections.flatMap { Array($0) } }
+        let n0 = "model.layers.0.self_attn.q_proj.weight", n1 = "model.layers.1.self_attn.k_proj.weight"
+        let floatModel = try LlamaModel.load(folder: f.dir + "/m")
+        #expect(try reference(floatModel, layer: 0, name: n0) == stored(n0))
+        // Layer 1 from the quantized file's layer 0 (its runtime kernels, so a few codes may
+        // differ at rounding ties) matches far better than from the float model's layer 0.
+        let fromQuantized = try reference(try LlamaModel.load(lmpk: out), layer: 1, name: n1)
+        let fromFloat = try reference(floatModel, layer: 1, name: n1)
+        let want = stored(n1)
+        let eqQ = zip(fromQuantized, want).filter { $0 == $1 }.count, eqF = zip(fromFloat, want).filter { $0 == $1 }.count
+        print("layer-1 k_proj bytes equal to the build's: quantized-fed \(eqQ), float-fed \(eqF) of \(want.count)")
+        #expect(Double(eqQ) >= 0.99 * Double(want.count) && eqQ > eqF, "quantized-fed \(eqQ), float-fed \(eqF) of \(want.count) bytes equal")
+    }
+
+    @Test("option errors name the option: gptq without --calib, --calib with rtn, a float scheme, a bad damp")
+    func optionErrors() throws {
+        var s = BuildSpec(source: "x")
+        s.method = .gptq
+        func option(_ s: BuildSpec) -> String? { do { _ = try s.recipe(); return nil } catch let e as BuildSpecError { return e.option } catch { return "?" } }
+        #expect(option(s) == "calib")
+        s.calibration = CalibrationOptions(file: "t.txt")
+        #expect(option(s) == nil)
+        s.gptq.damp = -1
+        #expect(option(s) == "damp")
+        s.gptq.damp = 0.01; s.scheme = "f16"
+        #expect(option(s) == "method")
+        s.scheme = "int4-g32"; s.method = .rtn
+        #expect(option(s) == "calib")
+    }
+}
