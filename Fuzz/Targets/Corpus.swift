@@ -96,8 +96,8 @@ public enum Corpus {
         // sentencepiece: a handmade ModelProto (pieces with all three fields, plus skipped fields).
         try put("sentencepiece", "small.model", sentencePieceModel())
 
-        // .lmpk: the tiny model in three schemes.
-        for scheme in ["f16", "int8", "int4-g32"] {
+        // .lmpk: the tiny model in five schemes.
+        for scheme in ["f16", "int8", "int4-g32", "int3-g32", "int2-g64"] {
             let out = work + "/m-\(scheme).lmpk"
             var r = Recipe(defaultScheme: try QuantScheme(parsing: scheme))
             r.embeddingScheme = try QuantScheme(parsing: scheme)

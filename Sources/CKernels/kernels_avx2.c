@@ -140,12 +140,123 @@ LMK_TARGET_AVX2 static void matvec_q8_avx2(const int8_t *q, const void *scales, 
     }
 }
 
+/* ---------------------------------------------------------------------------------- */
+/* int3 / int2. One 32-column block unpacks into 32 codes in column order in one register:
+ * the int2 plane is a 64-bit word broadcast and shifted right by 0, 2, 4, 6 per 64-bit
+ * lane (lane k = columns 8k..8k+7), masked with 3; for int3 the 32-bit high-bit mask is
+ * spread to bytes (byte i tests bit i: vpshufb picks mask byte i/8, vpand + vpcmpeqb test
+ * bit i%8) and contributes 4. maddubs(codes, qx) + madd(·, 1) give 8 exact int32 sums. */
+
+INLINE LMK_TARGET_AVX2 __m256i lowbit_codes_avx2(const uint8_t *blk, const int bits) {
+    uint64_t w;
+    memcpy(&w, blk, 8);
+    __m256i c = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x((long long)w), _mm256_setr_epi64x(0, 2, 4, 6)), _mm256_set1_epi8(3));
+    if (bits == 3) {
+        uint32_t m;
+        memcpy(&m, blk + 8, 4);
+        const __m256i sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                             2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+        const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+        const __m256i h = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)m), sel), bit), bit);
+        c = _mm256_or_si256(c, _mm256_and_si256(h, _mm256_set1_epi8(4)));
+    }
+    return c;
+}
+
+INLINE LMK_TARGET_AVX2 void matvec_lowbit_avx2(const int bits, const uint8_t *q, const uint16_t *scales, const uint16_t *mins,
+                                               int r0, int r1, int cols32, int ngroups, int group,
+                                               const int8_t *qx, const float *dx, const float *xsum, float *out) {
+    const int bb = 4 * bits, nblocks = cols32 / 32, rowBytes = nblocks * bb, bpg = group / 32;
+    float sd[nblocks + 8];
+    float sg[ngroups + 8];
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = q + (size_t)r * rowBytes;
+        const uint16_t *sc = scales + (size_t)r * ngroups, *mn = mins + (size_t)r * ngroups;
+        int g = 0;
+        __m256 off8 = _mm256_setzero_ps();
+        for (; g + 8 <= ngroups; g += 8) {
+            _mm256_storeu_ps(sg + g, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + g))));
+            off8 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mn + g))), _mm256_loadu_ps(xsum + g), off8);
+        }
+        float offset = hsum256(off8);
+        for (; g < ngroups; g++) {
+            sg[g] = half_to_float_f16c(sc[g]);
+            offset = fmaf(half_to_float_f16c(mn[g]), xsum[g], offset);
+        }
+        for (int b = 0; b < nblocks; b++) sd[b] = sg[b / bpg] * dx[b];
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        int b = 0;
+        for (; b + 2 <= nblocks; b += 2) {
+            const __m256i w0 = lowbit_codes_avx2(row + (size_t)b * bb, bits), w1 = lowbit_codes_avx2(row + (size_t)(b + 1) * bb, bits);
+            const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, _mm256_loadu_si256((const __m256i *)(qx + 32 * b))), ones);
+            const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w1, _mm256_loadu_si256((const __m256i *)(qx + 32 * b + 32))), ones);
+            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(sd + b), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(sd + b + 1), acc1);
+        }
+        if (b < nblocks) {
+            const __m256i w0 = lowbit_codes_avx2(row + (size_t)b * bb, bits);
+            const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, _mm256_loadu_si256((const __m256i *)(qx + 32 * b))), ones);
+            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(sd + b), acc0);
+        }
+        out[r] = hsum256(_mm256_add_ps(acc0, acc1)) + offset;
+    }
+}
+
+LMK_TARGET_AVX2 static void matvec_q3_avx2(const uint8_t *q, const uint16_t *scales, const uint16_t *mins, int r0, int r1, int cols32,
+                                           int ngroups, int group, const int8_t *qx, const float *dx, const float *xsum, float *out) {
+    matvec_lowbit_avx2(3, q, scales, mins, r0, r1, cols32, ngroups, group, qx, dx, xsum, out);
+}
+
+LMK_TARGET_AVX2 static void matvec_q2_avx2(const uint8_t *q, const uint16_t *scales, const uint16_t *mins, int r0, int r1, int cols32,
+                                           int ngroups, int group, const int8_t *qx, const float *dx, const float *xsum, float *out) {
+    matvec_lowbit_avx2(2, q, scales, mins, r0, r1, cols32, ngroups, group, qx, dx, xsum, out);
+}
+
+/* Rows as floats: codes → int32 (vpmovzxbd, 8 at a time, column order) → float, ·s, +m
+ * (separate vmulps and vaddps: the reference decoder's two roundings). */
+INLINE LMK_TARGET_AVX2 void dequant_lowbit_avx2(const int bits, const uint8_t *q, const uint16_t *scales, const uint16_t *mins,
+                                                int r0, int r1, int cols, int ngroups, int group, float *out) {
+    const int bb = 4 * bits, nblocks = (cols + 31) / 32, rowBytes = nblocks * bb;
+    float tmp[32];
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = q + (size_t)r * rowBytes;
+        float *o = out + (size_t)(r - r0) * cols;
+        for (int b = 0; b < nblocks; b++) {
+            const int g = 32 * b / group;
+            const __m256 s = _mm256_set1_ps(half_to_float_f16c(scales[(size_t)r * ngroups + g]));
+            const __m256 m = _mm256_set1_ps(half_to_float_f16c(mins[(size_t)r * ngroups + g]));
+            const __m256i c = lowbit_codes_avx2(row + (size_t)b * bb, bits);
+            const __m128i c0 = _mm256_castsi256_si128(c), c1 = _mm256_extracti128_si256(c, 1);
+            const int full = 32 * b + 32 <= cols;
+            float *dst = full ? o + 32 * b : tmp;
+            _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c0)), s), m));
+            _mm256_storeu_ps(dst + 8, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(c0, 8))), s), m));
+            _mm256_storeu_ps(dst + 16, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c1)), s), m));
+            _mm256_storeu_ps(dst + 24, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(c1, 8))), s), m));
+            if (!full) memcpy(o + 32 * b, tmp, sizeof(float) * (size_t)(cols - 32 * b));
+        }
+    }
+}
+
+LMK_TARGET_AVX2 static void dequant_q3_avx2(const uint8_t *q, const uint16_t *scales, const uint16_t *mins, int r0, int r1, int cols, int ngroups, int group, float *out) {
+    dequant_lowbit_avx2(3, q, scales, mins, r0, r1, cols, ngroups, group, out);
+}
+
+LMK_TARGET_AVX2 static void dequant_q2_avx2(const uint8_t *q, const uint16_t *scales, const uint16_t *mins, int r0, int r1, int cols, int ngroups, int group, float *out) {
+    dequant_lowbit_avx2(2, q, scales, mins, r0, r1, cols, ngroups, group, out);
+}
+
 const lmk_kernels lmk_table_avx2 = {
     .name = "avx2",
     .level = LMK_LEVEL_AVX2,
     .quantize_q8 = quantize_q8_avx2,
     .matvec_q4 = matvec_q4_avx2,
     .matvec_q8 = matvec_q8_avx2,
+    .matvec_q3 = matvec_q3_avx2,
+    .matvec_q2 = matvec_q2_avx2,
+    .dequant_q3 = dequant_q3_avx2,
+    .dequant_q2 = dequant_q2_avx2,
     .exp = &lmk_exp_avx2,
     .kv = &lmk_kv_avx2,
 };

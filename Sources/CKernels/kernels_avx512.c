@@ -373,12 +373,157 @@ T static void matvec_q8_avx512(const int8_t *q, const void *scales, int r0, int 
     for (int r = r0 + ROWS_Q8 * run; r < r1; r++) q8_rows_group(1, q, gs, r, 0, cols32, ngroups, &t, &ct, out);
 }
 
+/* ---------------------------------------------------------------------------------- */
+/* matvec_q3 / matvec_q2.
+ *
+ * Two blocks per 512-bit step, as matvec_q8's pairs: the pair's code planes (2·8 bytes
+ * for int2; for int3 the dwords 0, 1 and 3, 4 of its 24 bytes) are spread to the eight
+ * 64-bit lanes with vpermq / vpermd and shifted right by 0, 2, 4, 6 (lanes 0..3 block 2p,
+ * 4..7 block 2p + 1), masked with 3: the pair's 64 codes in column order, against 64
+ * contiguous activation bytes. int3 adds 4 under its two 32-bit high-bit masks taken as
+ * one 64-bit opmask (vpaddb with a mask). The codes are unsigned (0..7), so vpdpbusd takes
+ * them directly, no bias: lanes 0..7 hold block 2p's exact sums, 8..15 block 2p + 1's,
+ * scaled by sd spread per pair from the chunk tables; the min term as matvec_q4's offset.
+ * Rows: ROWS_LOWBIT at a time from equal runs of the range (see matvec_q4). Every load
+ * past the row's or the activations' end is masked. */
+
+enum { ROWS_LOWBIT = 4 };
+
+/* Codes of pair p of one row (`two` = 0 when only block 2p exists). */
+INLINE T __m512i lowbit_pair_codes(const int bits, const uint8_t *row, const int p, const int two) {
+    const __m512i shifts = _mm512_setr_epi64(0, 2, 4, 6, 0, 2, 4, 6);
+    __m512i c;
+    if (bits == 2) {
+        const __m128i w = _mm_maskz_loadu_epi8(two ? (__mmask16)0xFFFF : (__mmask16)0x00FF, row + 16 * (size_t)p);
+        c = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 0, 0, 0, 1, 1, 1, 1), _mm512_castsi128_si512(w));
+    } else {
+        const __m256i w = _mm256_maskz_loadu_epi32(two ? (__mmask8)0x3F : (__mmask8)0x07, row + 24 * (size_t)p);
+        c = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 1, 0, 1, 0, 1, 0, 1, 3, 4, 3, 4, 3, 4, 3, 4), _mm512_castsi256_si512(w));
+    }
+    c = _mm512_and_si512(_mm512_srlv_epi64(c, shifts), _mm512_set1_epi8(3));
+    if (bits == 3) {
+        uint32_t m0, m1 = 0;
+        memcpy(&m0, row + 24 * (size_t)p + 8, 4);
+        if (two) memcpy(&m1, row + 24 * (size_t)p + 20, 4);
+        c = _mm512_mask_add_epi8(c, _cvtu64_mask64((uint64_t)m0 | (uint64_t)m1 << 32), c, _mm512_set1_epi8(4));
+    }
+    return c;
+}
+
+/* Rows r + i·stride, i < R. */
+INLINE T void lowbit_rows(const int bits, const int R, const uint8_t *q, const uint16_t *scales, const uint16_t *mins, const int r,
+                          const int stride, const int rowBytes, const int ngroups, const int8_t *qx, const float *xs,
+                          const chunk_tables *ct, float *out) {
+    const __m512i pbase = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const int nblocks = ct->nblocks, npairs = (nblocks + 1) / 2;
+    const uint8_t *rows[R];
+    const uint16_t *sc[R];
+    __m512 acc[R], sd[R];
+    for (int i = 0; i < R; i++) {
+        rows[i] = q + (size_t)(r + i * stride) * rowBytes;
+        sc[i] = scales + (size_t)(r + i * stride) * ngroups;
+        acc[i] = _mm512_setzero_ps();
+    }
+    for (int c = 0; c < ct->nchunks; c++) {
+        for (int i = 0; i < R; i++) sd[i] = chunk_sd(ct, c, sc[i]);
+        const int p1 = npairs < 8 * c + 8 ? npairs : 8 * c + 8;
+        for (int p = 8 * c; p < p1; p++) {
+            const int two = 2 * p + 1 < nblocks;
+            const __m512i x = _mm512_maskz_loadu_epi8(mask64(32 * nblocks - 64 * p), qx + 64 * (size_t)p);
+            const __m512i pi = _mm512_add_epi32(pbase, _mm512_set1_epi32(2 * (p - 8 * c)));
+            for (int i = 0; i < R; i++) {
+                const __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lowbit_pair_codes(bits, rows[i], p, two), x);
+                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_permutexvar_ps(pi, sd[i]), acc[i]);
+            }
+        }
+    }
+    for (int g = 0; g < ngroups; g += 16) {
+        const __mmask16 gm = mask16(ngroups - g);
+        const __m512 xv = _mm512_load_ps(xs + g);
+        for (int i = 0; i < R; i++) {
+            const uint16_t *mn = mins + (size_t)(r + i * stride) * ngroups;
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(gm, mn + g)), xv, acc[i]);
+        }
+    }
+    for (int i = 0; i < R; i++) out[r + i * stride] = hsum512(acc[i]);
+}
+
+INLINE T void matvec_lowbit_avx512(const int bits, const uint8_t *q, const uint16_t *scales, const uint16_t *mins,
+                                   int r0, int r1, int cols32, int ngroups, int group,
+                                   const int8_t *qx, const float *dx, const float *xsum, float *out) {
+    const int nblocks = cols32 / 32, rowBytes = nblocks * 4 * bits, bpg = group / 32;
+    if (r1 <= r0) return;
+    if (nblocks <= 0 || bpg <= 0) {
+        for (int r = r0; r < r1; r++) out[r] = 0.0f;
+        return;
+    }
+    const int nchunks = (nblocks + 15) / 16, ng16 = (ngroups + 15) / 16;
+    float xsbuf[16 * ng16 + 16];
+    float *xs = (float *)align64(xsbuf);
+    for (int g = 0; g < 16 * ng16; g++) xs[g] = g < ngroups ? xsum[g] : 0.0f;
+    float dxbuf[16 * nchunks + 16];
+    int32_t gbuf[16 * nchunks + 16];
+    int g0buf[nchunks + 1];
+    const chunk_tables ct = chunk_tables_make(dx, nblocks, ngroups, bpg, dxbuf, gbuf, g0buf);
+    const int run = (r1 - r0) / ROWS_LOWBIT;
+    for (int j = 0; j < run; j++) lowbit_rows(bits, ROWS_LOWBIT, q, scales, mins, r0 + j, run, rowBytes, ngroups, qx, xs, &ct, out);
+    for (int r = r0 + ROWS_LOWBIT * run; r < r1; r++) lowbit_rows(bits, 1, q, scales, mins, r, 0, rowBytes, ngroups, qx, xs, &ct, out);
+}
+
+T static void matvec_q3_avx512(const uint8_t *q, const uint16_t *scales, const uint16_t *mins, int r0, int r1, int cols32,
+                               int ngroups, int group, const int8_t *qx, const float *dx, const float *xsum, float *out) {
+    matvec_lowbit_avx512(3, q, scales, mins, r0, r1, cols32, ngroups, group, qx, dx, xsum, out);
+}
+
+T static void matvec_q2_avx512(const uint8_t *q, const uint16_t *scales, const uint16_t *mins, int r0, int r1, int cols32,
+                               int ngroups, int group, const int8_t *qx, const float *dx, const float *xsum, float *out) {
+    matvec_lowbit_avx512(2, q, scales, mins, r0, r1, cols32, ngroups, group, qx, dx, xsum, out);
+}
+
+/* Rows as floats, a pair of blocks (64 columns) per step: codes → 4 × 16 int32
+ * (vpmovzxbd) → float, ·s, +m (separate multiply and add, as the reference). Stores past
+ * `cols` are masked. */
+INLINE T void dequant_lowbit_avx512(const int bits, const uint8_t *q, const uint16_t *scales, const uint16_t *mins,
+                                    int r0, int r1, int cols, int ngroups, int group, float *out) {
+    const int nblocks = (cols + 31) / 32, rowBytes = nblocks * 4 * bits, npairs = (nblocks + 1) / 2;
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = q + (size_t)r * rowBytes;
+        const uint16_t *sc = scales + (size_t)r * ngroups, *mn = mins + (size_t)r * ngroups;
+        float *o = out + (size_t)(r - r0) * cols;
+        for (int p = 0; p < npairs; p++) {
+            const int two = 2 * p + 1 < nblocks;
+            const __m512i c = lowbit_pair_codes(bits, row, p, two);
+            for (int k = 0; k < 4; k++) {
+                const int col = 64 * p + 16 * k;
+                if (col >= cols) break;
+                const int g = col / group;
+                const __m512 s = _mm512_set1_ps(_cvtsh_ss(sc[g])), m = _mm512_set1_ps(_cvtsh_ss(mn[g]));
+                const __m128i part = k == 0 ? _mm512_castsi512_si128(c) : k == 1 ? _mm512_extracti32x4_epi32(c, 1) : k == 2 ? _mm512_extracti32x4_epi32(c, 2) : _mm512_extracti32x4_epi32(c, 3);
+                const __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(part)), s), m);
+                _mm512_mask_storeu_ps(o + col, mask16(cols - col), v);
+            }
+        }
+    }
+}
+
+T static void dequant_q3_avx512(const uint8_t *q, const uint16_t *scales, const uint16_t *mins, int r0, int r1, int cols, int ngroups, int group, float *out) {
+    dequant_lowbit_avx512(3, q, scales, mins, r0, r1, cols, ngroups, group, out);
+}
+
+T static void dequant_q2_avx512(const uint8_t *q, const uint16_t *scales, const uint16_t *mins, int r0, int r1, int cols, int ngroups, int group, float *out) {
+    dequant_lowbit_avx512(2, q, scales, mins, r0, r1, cols, ngroups, group, out);
+}
+
 const lmk_kernels lmk_table_avx512vnni = {
     .name = "avx512vnni",
     .level = LMK_LEVEL_AVX512VNNI,
     .quantize_q8 = quantize_q8_avx512,
     .matvec_q4 = matvec_q4_avx512,
     .matvec_q8 = matvec_q8_avx512,
+    .matvec_q3 = matvec_q3_avx512,
+    .matvec_q2 = matvec_q2_avx512,
+    .dequant_q3 = dequant_q3_avx512,
+    .dequant_q2 = dequant_q2_avx512,
     .exp = &lmk_exp_avx512,
     .kv = &lmk_kv_avx512,
 };

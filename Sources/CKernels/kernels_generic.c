@@ -73,12 +73,83 @@ static void matvec_q8_generic(const int8_t *q, const void *scales, int r0, int r
     }
 }
 
+/* int3 / int2 (bits = 3 / 2) · int8 activations: q4's arithmetic with the low-bit
+ * block layout (4·bits bytes per 32 columns) and a min per group. */
+static void matvec_lowbit_generic(const int bits, const uint8_t *q, const uint16_t *scales, const uint16_t *mins,
+                                  int r0, int r1, int cols32, int ngroups, int group,
+                                  const int8_t *qx, const float *dx, const float *xsum, float *out) {
+    const int bb = 4 * bits, nblocks = cols32 / 32, rowBytes = nblocks * bb, bpg = group / 32;
+    float sd[nblocks + 8];
+    float sg[ngroups + 8];
+    uint8_t codes[32];
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = q + (size_t)r * rowBytes;
+        const uint16_t *sc = scales + (size_t)r * ngroups, *mn = mins + (size_t)r * ngroups;
+        float offset = 0;
+        for (int g = 0; g < ngroups; g++) {
+            sg[g] = lmk_half_to_float_sw(sc[g]);
+            offset += lmk_half_to_float_sw(mn[g]) * xsum[g];
+        }
+        for (int b = 0; b < nblocks; b++) sd[b] = sg[b / bpg] * dx[b];
+        float total = 0;
+        for (int b = 0; b < nblocks; b++) {
+            lmk_lowbit_codes(row + (size_t)b * bb, bits, codes);
+            int isum = 0;
+            for (int i = 0; i < 32; i++) isum += codes[i] * qx[32 * b + i];
+            total += sd[b] * (float)isum;
+        }
+        out[r] = total + offset;
+    }
+}
+
+static void matvec_q3_generic(const uint8_t *q, const uint16_t *scales, const uint16_t *mins, int r0, int r1, int cols32, int ngroups,
+                              int group, const int8_t *qx, const float *dx, const float *xsum, float *out) {
+    matvec_lowbit_generic(3, q, scales, mins, r0, r1, cols32, ngroups, group, qx, dx, xsum, out);
+}
+
+static void matvec_q2_generic(const uint8_t *q, const uint16_t *scales, const uint16_t *mins, int r0, int r1, int cols32, int ngroups,
+                              int group, const int8_t *qx, const float *dx, const float *xsum, float *out) {
+    matvec_lowbit_generic(2, q, scales, mins, r0, r1, cols32, ngroups, group, qx, dx, xsum, out);
+}
+
+/* Rows [r0, r1) as floats: s·code, then + m (FP_CONTRACT is off in this file). */
+static void dequant_lowbit_generic(const int bits, const uint8_t *q, const uint16_t *scales, const uint16_t *mins,
+                                   int r0, int r1, int cols, int ngroups, int group, float *out) {
+    const int bb = 4 * bits, nblocks = (cols + 31) / 32, rowBytes = nblocks * bb;
+    uint8_t codes[32];
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = q + (size_t)r * rowBytes;
+        float *o = out + (size_t)(r - r0) * cols;
+        for (int b = 0; b < nblocks; b++) {
+            lmk_lowbit_codes(row + (size_t)b * bb, bits, codes);
+            const int g = 32 * b / group;
+            const float s = lmk_half_to_float_sw(scales[(size_t)r * ngroups + g]), m = lmk_half_to_float_sw(mins[(size_t)r * ngroups + g]);
+            for (int i = 0; i < 32 && 32 * b + i < cols; i++) {
+                const float v = s * (float)codes[i];
+                o[32 * b + i] = v + m;
+            }
+        }
+    }
+}
+
+static void dequant_q3_generic(const uint8_t *q, const uint16_t *scales, const uint16_t *mins, int r0, int r1, int cols, int ngroups, int group, float *out) {
+    dequant_lowbit_generic(3, q, scales, mins, r0, r1, cols, ngroups, group, out);
+}
+
+static void dequant_q2_generic(const uint8_t *q, const uint16_t *scales, const uint16_t *mins, int r0, int r1, int cols, int ngroups, int group, float *out) {
+    dequant_lowbit_generic(2, q, scales, mins, r0, r1, cols, ngroups, group, out);
+}
+
 const lmk_kernels lmk_table_generic = {
     .name = "generic",
     .level = LMK_LEVEL_GENERIC,
     .quantize_q8 = quantize_q8_generic,
     .matvec_q4 = matvec_q4_generic,
     .matvec_q8 = matvec_q8_generic,
+    .matvec_q3 = matvec_q3_generic,
+    .matvec_q2 = matvec_q2_generic,
+    .dequant_q3 = dequant_q3_generic,
+    .dequant_q2 = dequant_q2_generic,
     .exp = &lmk_exp_generic,
     .kv = &lmk_kv_generic,
 };

@@ -30,6 +30,17 @@ static inline float lmk_half_to_float_sw(uint16_t h) {
     float f; memcpy(&f, &bits, 4); return f;
 }
 
+/* The 32 codes of one int2 (bits = 2, 8 bytes) or int3 (bits = 3, 12 bytes) block, in
+ * column order (ckernels.h: "int2 rows", "int3 rows"); the mask is read byte by byte
+ * (little-endian whatever the host). The scalar definition of the layout. */
+static inline void lmk_lowbit_codes(const uint8_t *blk, int bits, uint8_t codes[32]) {
+    for (int i = 0; i < 32; i++) codes[i] = (uint8_t)((blk[i & 7] >> (2 * (i >> 3))) & 3);
+    if (bits == 3) {
+        const uint32_t m = (uint32_t)blk[8] | (uint32_t)blk[9] << 8 | (uint32_t)blk[10] << 16 | (uint32_t)blk[11] << 24;
+        for (int i = 0; i < 32; i++) codes[i] |= (uint8_t)(((m >> i) & 1) << 2);
+    }
+}
+
 extern const lmk_kernels lmk_table_generic;
 extern const lmk_exp_kernels lmk_exp_generic;
 extern const lmk_kv_kernels lmk_kv_generic;

@@ -116,6 +116,7 @@ public enum LinearGroup {
         // then sgemm; dense rows go to sgemm directly.
         let tile = PackedLinear.tileRows
         let anyPacked = members.contains(where: { if case .packed = $0 { return true }; return false })
+        let kernels = context.kernels.table
         context.withScratch(anyPacked ? context.threads * tile * cols : 1) { scratch in
         let sc = SendablePointer(scratch), xv = SendablePointer(UnsafeMutablePointer(mutating: x))
         context.parallelFor(items.count) { i, slot in
@@ -128,7 +129,7 @@ public enum LinearGroup {
                     var row = r.lowerBound
                     while row < r.upperBound {
                         let n = min(tile, r.upperBound - row)
-                        p.decodeRows(row, row + n, into: buf)
+                        p.decodeTile(kernels, row, row + n, into: buf)
                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tokens), Int32(n), Int32(cols),
                                     1, xv.p, Int32(cols), buf, Int32(cols), 0, out + row, Int32(ldOuts[m]))
                         row += n

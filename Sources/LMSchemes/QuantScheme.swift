@@ -2,7 +2,7 @@ import LMCore
 
 /// A storage scheme of the `.lmpk` format: a family (`SchemeCodec`) and a group size
 /// (formats/lmpk.md, "Schemes"). Names: `f32`, `f16`, `bf16`, `int8`, `int8-gG`,
-/// `int4-gG`, `int4s-gG`.
+/// `int4-gG`, `int4s-gG`, `int3-gG`, `int2-gG`.
 public struct QuantScheme: Hashable, Sendable, CustomStringConvertible {
     /// A scheme family's name; `codec` is its definition.
     public struct Kind: RawRepresentable, Hashable, Sendable, CustomStringConvertible {

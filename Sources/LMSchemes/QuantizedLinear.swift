@@ -33,6 +33,9 @@ public class PackedLinear: LinearWeight, @unchecked Sendable {
     func matvec(_ x: UnsafePointer<Float>, xsum: UnsafePointer<Float>, rows r0: Int, _ r1: Int, out: UnsafeMutablePointer<Float>) { fatalError("abstract") }
     /// Dequantizes rows `r0..<r1` into `out` (`[r1-r0, cols]`, row stride `cols`).
     func decodeRows(_ r0: Int, _ r1: Int, into out: UnsafeMutablePointer<Float>) { fatalError("abstract") }
+    /// Prefill's tile: rows `r0..<r1` as floats (as `decodeRows`), with the kernel set of
+    /// the calling context when the scheme has C dequantizers per level (int3, int2).
+    func decodeTile(_ k: UnsafePointer<lmk_kernels>, _ r0: Int, _ r1: Int, into out: UnsafeMutablePointer<Float>) { decodeRows(r0, r1, into: out) }
     /// Integer-activation kernel (C, AVX2): rows `r0..<r1` with activations quantized
     /// to int8 per 32 columns (`qx`, `dx`). Returns false when the scheme has none.
     func matvecQ8(_ k: UnsafePointer<lmk_kernels>, _ qx: UnsafePointer<Int8>, dx: UnsafePointer<Float>, xsum: UnsafePointer<Float>, rows r0: Int, _ r1: Int, out: UnsafeMutablePointer<Float>) -> Bool { false }

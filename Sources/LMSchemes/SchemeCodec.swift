@@ -25,7 +25,7 @@ public protocol SchemeCodec: Sendable {
     var names: [String] { get }
     /// The group size of a scheme name: `named` is the `G` of a `-gG` suffix (nil when
     /// absent), `defaultGroup` the caller's `--group-size`. 0 means none (floats) or one
-    /// scale per output channel. Leaves room for later suffixes (`int3-g64`, sparsity).
+    /// scale per output channel. Leaves room for later suffixes (sparsity).
     /// - Throws: `QuantSchemeError` naming the scheme.
     func groupSize(named: Int?, defaultGroup: Int?, name: String) throws -> Int
     /// Section roles and byte sizes of a `[rows, cols]` tensor (in storage order).
@@ -176,6 +176,7 @@ func asymmetricRange(_ x: UnsafePointer<Float>, _ n: Int, levels: Float, clip: C
 public enum SchemeRegistry {
     public static let codecs: [any SchemeCodec] = [
         Float32Codec(), HalfCodec(bf16: false), HalfCodec(bf16: true), Int8Codec(), Int4Codec(symmetric: false), Int4Codec(symmetric: true),
+        LowBitCodec(bits: 3), LowBitCodec(bits: 2),
     ]
     static let byFamily: [String: any SchemeCodec] = Dictionary(uniqueKeysWithValues: codecs.map { ($0.family, $0) })
 

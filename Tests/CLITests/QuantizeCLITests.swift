@@ -51,8 +51,8 @@ struct QuantizeCLITests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try SyntheticModel.write(SyntheticModelSpec(), to: dir + "/m")
         func q(_ extra: [String], out: String = "o.lmpk") throws -> RunResult { try run("lmconvert", ["quantize", "-i", dir + "/m", "-o", dir + "/" + out] + extra) }
-        var r = try q(["--scheme", "int3"])
-        #expect(r.status != 0 && r.stderr.contains("int3") && r.stderr.contains("int4-g32"))
+        var r = try q(["--scheme", "int5"])
+        #expect(r.status != 0 && r.stderr.contains("int5") && r.stderr.contains("int4-g32"))
         r = try q(["--override", "nothing_like_this=int8"])
         #expect(r.status != 0 && r.stderr.contains("matches no tensor"))
         r = try q(["--override", "input_layernorm=int4"])

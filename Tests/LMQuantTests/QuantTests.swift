@@ -36,7 +36,7 @@ struct QuantTests {
         for n in QuantScheme.allNames { #expect(try QuantScheme(parsing: n).name == n) }
         #expect(try QuantScheme(parsing: "int4").name == "int4-g32")
         #expect(try QuantScheme(parsing: "int4", defaultGroup: 128).name == "int4-g128")
-        #expect(throws: QuantSchemeError.self) { try QuantScheme(parsing: "int3") }
+        #expect(throws: QuantSchemeError.self) { try QuantScheme(parsing: "int5") }
         #expect(throws: QuantSchemeError.self) { try QuantScheme(parsing: "int4-g48") }
         #expect(throws: QuantSchemeError.self) { try QuantScheme(parsing: "f16-g32") }
     }
@@ -74,6 +74,8 @@ struct QuantTests {
                     // Q4_0's rule: the extreme maps to −8 steps of amax/8; the other side clamps at 7 steps (error ≤ one step).
                     case .int4s: bound = amax / 8 * 1.001 + amax * 1e-3
                     case .int4: bound = (mx - mn) / 15 * 0.51 + amax * 2e-3
+                    case .int3: bound = (mx - mn) / 7 * 0.51 + amax * 2e-3
+                    case .int2: bound = (mx - mn) / 3 * 0.51 + amax * 2e-3
                     default: Issue.record("no error bound for scheme \(scheme.kind)"); bound = 0
                     }
                     for c in lo..<hi { #expect(abs(y[r * cols + c] - x[r * cols + c]) <= bound + 1e-7, "\(name) \(rows)x\(cols) r\(r) c\(c)") }
@@ -82,7 +84,7 @@ struct QuantTests {
         }
     }
 
-    @Test("--clip mse never has larger squared error than min/max", arguments: ["int4-g32", "int4-g128", "int4s-g64", "int8", "int8-g32"])
+    @Test("--clip mse never has larger squared error than min/max", arguments: ["int4-g32", "int4-g128", "int4s-g64", "int8", "int8-g32", "int3-g32", "int3-g128", "int2-g64"])
     func mse(_ name: String) throws {
         let scheme = try QuantScheme(parsing: name)
         let x = randomMatrix(16, 576, seed: 42)
@@ -107,7 +109,7 @@ struct QuantTests {
 
 @Suite("Scheme codecs: choose parameters → choose codes → pack")
 struct CodecTests {
-    @Test("codes chosen elsewhere (as GPTQ does) pack through the codec and decode to value(code, parameters) exactly", arguments: ["int4-g32", "int4-g64", "int4s-g32", "int4s-g128", "int8", "int8-g32"])
+    @Test("codes chosen elsewhere (as GPTQ does) pack through the codec and decode to value(code, parameters) exactly", arguments: ["int4-g32", "int4-g64", "int4s-g32", "int4s-g128", "int8", "int8-g32", "int3-g32", "int3-g128", "int2-g32", "int2-g64"])
     func ownCodes(_ name: String) throws {
         let scheme = try QuantScheme(parsing: name)
         guard let codec = scheme.codec as? any IntegerSchemeCodec else { Issue.record("\(name) is not an integer codec"); return }
@@ -155,8 +157,8 @@ struct CodecTests {
     @Test("the registry knows every scheme name; unknown families and bad groups are errors naming the scheme")
     func registry() throws {
         for n in QuantScheme.allNames { #expect(try QuantScheme(parsing: n).name == n) }
-        #expect(Set(SchemeRegistry.codecs.map(\.family)) == ["f32", "f16", "bf16", "int8", "int4", "int4s"])
-        #expect(throws: QuantSchemeError.self) { try QuantScheme(parsing: "int3-g64") }
+        #expect(Set(SchemeRegistry.codecs.map(\.family)) == ["f32", "f16", "bf16", "int8", "int4", "int4s", "int3", "int2"])
+        #expect(throws: QuantSchemeError.self) { try QuantScheme(parsing: "int5-g64") }
         #expect(throws: QuantSchemeError.self) { try QuantScheme(parsing: "f16-g32") }
         #expect(throws: QuantSchemeError.self) { try QuantScheme(parsing: "int4-g48") }
     }

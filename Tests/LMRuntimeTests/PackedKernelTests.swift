@@ -87,7 +87,7 @@ struct PackedKernelTests {
         }
     }
 
-    @Test("every SIMD kernel level equals the generic (scalar C) level on odd shapes, within float reordering", arguments: ["int8", "int8-g32", "int8-g128", "int4-g32", "int4-g64", "int4-g128", "int4s-g32", "int4s-g128"])
+    @Test("every SIMD kernel level equals the generic (scalar C) level on odd shapes, within float reordering", arguments: ["int8", "int8-g32", "int8-g128", "int4-g32", "int4-g64", "int4-g128", "int4s-g32", "int4s-g128", "int3-g32", "int3-g64", "int3-g128", "int2-g32", "int2-g64", "int2-g128"])
     func levelsAgree(_ name: String) throws {
         let scheme = try QuantScheme(parsing: name)
         let generic = ComputeContext(threads: 1, kernels: KernelSet(level: 0)!)
@@ -118,7 +118,7 @@ struct PackedKernelTests {
 
 @Suite("Quantized models end to end (synthetic)", .serialized)
 struct QuantizedModelTests {
-    @Test("an .lmpk in f32 reproduces the HF folder's logits exactly; int8/int4 stay close", arguments: ["f32", "f16", "int8", "int8-g32", "int4-g32", "int4s-g64", "int4-g128"])
+    @Test("an .lmpk in f32 reproduces the HF folder's logits exactly; int8/int4 stay close", arguments: ["f32", "f16", "int8", "int8-g32", "int4-g32", "int4s-g64", "int4-g128", "int3-g32", "int2-g64"])
     func model(_ name: String) throws {
         let dir = NSTemporaryDirectory() + "lmkit-qmodel-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -147,7 +147,8 @@ struct QuantizedModelTests {
         #expect(kernelError <= 2e-4, "\(name): packed kernels vs dequantized float model: max |Δlogit| \(kernelError)")
         // Quantization error itself (smoke bound; real-model accuracy is measured by perplexity).
         let d = zip(a, b).map { abs($0 - $1) }.max()!
-        let limit: Float = name == "f32" ? 0 : name == "f16" ? 0.01 : name.hasPrefix("int8") ? 0.1 : 2.0
+        // int3 / int2: measured 2.78 (int3-g32) and 4.16 (int2-g64) on this model.
+        let limit: Float = name == "f32" ? 0 : name == "f16" ? 0.01 : name.hasPrefix("int8") ? 0.1 : name.hasPrefix("int3") ? 4.0 : name.hasPrefix("int2") ? 6.0 : 2.0
         #expect(d <= limit, "\(name): max |Δlogit| vs float \(d)")
         // Decode path (float-activation kernels) agrees with prefill for the quantized model.
         q.setIntegerDecode(false)
@@ -193,7 +194,7 @@ struct RowKernelTests {
 
 @Suite("Non-finite activations surface in every decode path")
 struct NonFiniteDecodeTests {
-    @Test("a NaN or Inf input gives a non-finite output with the integer kernels too (they used to round NaN to 0)", arguments: ["int4-g32", "int4s-g64", "int8", "int8-g32"])
+    @Test("a NaN or Inf input gives a non-finite output with the integer kernels too (they used to round NaN to 0)", arguments: ["int4-g32", "int4s-g64", "int8", "int8-g32", "int3-g32", "int2-g64"])
     func nanSurfaces(_ name: String) throws {
         let scheme = try QuantScheme(parsing: name)
         var rng = SplitMix64(seed: 3)

@@ -54,7 +54,7 @@ func withViews<R>(_ parts: [[UInt8]], _ body: ([UnsafeRawBufferPointer]) throws 
 
 @Suite("Tensor-parallel slicing of stored schemes")
 struct SliceTests {
-    static let schemes = ["f32", "f16", "bf16", "int8", "int8-g32", "int8-g64", "int8-g128", "int4-g32", "int4-g64", "int4-g128", "int4s-g32", "int4s-g128"]
+    static let schemes = ["f32", "f16", "bf16", "int8", "int8-g32", "int8-g64", "int8-g128", "int4-g32", "int4-g64", "int4-g128", "int4s-g32", "int4s-g128", "int3-g32", "int3-g128", "int2-g32", "int2-g64"]
 
     @Test("a column or row slice decodes to exactly the full tensor's values there (odd shapes, padded last unit)")
     func slicesDecodeExactly() throws {

@@ -17,6 +17,15 @@
 ///   0..15). Scales (and optional mins) are float16, `ngroups` per row.
 /// - int8 rows: `cols32` signed bytes per row; scales float32 per row (`group` == 0)
 ///   or float16 per group (`ngroups` per row).
+/// - int2 rows (`int2-gG`): `cols32/4` bytes per row, 8 bytes per 32-column block;
+///   byte j (0..7) of a block holds columns j, j+8, j+16, j+24 of the block in its bit
+///   pairs 0–1, 2–3, 4–5, 6–7 (codes 0..3). A 64-bit load shifted right by 0, 2, 4, 6
+///   and masked with 3 per byte gives the block's 32 codes in column order.
+/// - int3 rows (`int3-gG`): `3·cols32/8` bytes per row, 12 bytes per 32-column block: the
+///   low two bits of each code in the int2 block layout (8 bytes), then a little-endian
+///   32-bit mask whose bit i is bit 2 of column i's code (codes 0..7).
+/// int2 and int3 are asymmetric: float16 scales and mins, `ngroups` per row, value
+/// = s·code + m (mins never NULL).
 /// Group sizes are multiples of 32; the last group of a row may be shorter
 /// (`ngroups = ceil(cols / group)`).
 
@@ -149,6 +158,22 @@ typedef struct lmk_kernels {
     /// out[r] = rowScale · Σ_b s_g(b) · dx[b] · Σ_i q_i·qx_i  (s = 1 or rowScale = 1).
     void (*matvec_q8)(const int8_t *q, const void *scales, int r0, int r1, int cols32,
                       int ngroups, int group, const int8_t *qx, const float *dx, float *out);
+    /// int3 / int2 rows [r0, r1) · int8 activations (layouts above); `group` a multiple of 32.
+    /// out[r] = Σ_b s_g(b) · dx[b] · Σ_i q_i·qx_i  +  Σ_g m_g · xsum[g]. The integer block
+    /// sums are exact at every level; the float sums' order differs between levels.
+    void (*matvec_q3)(const uint8_t *q, const uint16_t *scales, const uint16_t *mins,
+                      int r0, int r1, int cols32, int ngroups, int group,
+                      const int8_t *qx, const float *dx, const float *xsum, float *out);
+    void (*matvec_q2)(const uint8_t *q, const uint16_t *scales, const uint16_t *mins,
+                      int r0, int r1, int cols32, int ngroups, int group,
+                      const int8_t *qx, const float *dx, const float *xsum, float *out);
+    /// Dequantizes int3 / int2 rows [r0, r1) into out[(r − r0)·cols + c], c < cols
+    /// (prefill's tiles): (float)s·code then + (float)m, two roundings and no FMA, so
+    /// every level is bit-identical to the reference decoder (`LowBitCodec.decodeRow`).
+    void (*dequant_q3)(const uint8_t *q, const uint16_t *scales, const uint16_t *mins,
+                       int r0, int r1, int cols, int ngroups, int group, float *out);
+    void (*dequant_q2)(const uint8_t *q, const uint16_t *scales, const uint16_t *mins,
+                       int r0, int r1, int cols, int ngroups, int group, float *out);
     /// exp / max / softmax rows.
     const lmk_exp_kernels *exp;
     /// KV-cache page kernels.
