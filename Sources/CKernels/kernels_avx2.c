@@ -184,7 +184,10 @@ INLINE LMK_TARGET_AVX2 void matvec_lowbit_avx2(const int bits, const uint8_t *q,
             sg[g] = half_to_float_f16c(sc[g]);
             offset = fmaf(half_to_float_f16c(mn[g]), xsum[g], offset);
         }
-        for (int b = 0; b < nblocks; b++) sd[b] = sg[b / bpg] * dx[b];
+        for (int b = 0, gi = 0, k = 0; b < nblocks; b++) {   /* group of block b, without a division */
+            sd[b] = sg[gi] * dx[b];
+            if (++k == bpg) { k = 0; gi++; }
+        }
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
         int b = 0;
         for (; b + 2 <= nblocks; b += 2) {

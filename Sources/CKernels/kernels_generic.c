@@ -90,7 +90,10 @@ static void matvec_lowbit_generic(const int bits, const uint8_t *q, const uint16
             sg[g] = lmk_half_to_float_sw(sc[g]);
             offset += lmk_half_to_float_sw(mn[g]) * xsum[g];
         }
-        for (int b = 0; b < nblocks; b++) sd[b] = sg[b / bpg] * dx[b];
+        for (int b = 0, gi = 0, k = 0; b < nblocks; b++) {   /* group of block b, without a division */
+            sd[b] = sg[gi] * dx[b];
+            if (++k == bpg) { k = 0; gi++; }
+        }
         float total = 0;
         for (int b = 0; b < nblocks; b++) {
             lmk_lowbit_codes(row + (size_t)b * bb, bits, codes);
