@@ -184,9 +184,13 @@ INLINE LMK_TARGET_AVX2 void matvec_lowbit_avx2(const int bits, const uint8_t *q,
             sg[g] = half_to_float_f16c(sc[g]);
             offset = fmaf(half_to_float_f16c(mn[g]), xsum[g], offset);
         }
-        for (int b = 0, gi = 0, k = 0; b < nblocks; b++) {   /* group of block b, without a division */
-            sd[b] = sg[gi] * dx[b];
-            if (++k == bpg) { k = 0; gi++; }
+        /* sd[b] = s_g(b)·dx[b] group by group: no division per block (it cost ~2x at g128). */
+        if (bpg == 1) { for (int b = 0; b < nblocks; b++) sd[b] = sg[b] * dx[b]; }
+        else {
+            for (int g = 0, b = 0; g < ngroups; g++) {
+                const float s = sg[g];
+                for (const int e = b + bpg < nblocks ? b + bpg : nblocks; b < e; b++) sd[b] = s * dx[b];
+            }
         }
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
         int b = 0;

@@ -90,9 +90,13 @@ static void matvec_lowbit_generic(const int bits, const uint8_t *q, const uint16
             sg[g] = lmk_half_to_float_sw(sc[g]);
             offset += lmk_half_to_float_sw(mn[g]) * xsum[g];
         }
-        for (int b = 0, gi = 0, k = 0; b < nblocks; b++) {   /* group of block b, without a division */
-            sd[b] = sg[gi] * dx[b];
-            if (++k == bpg) { k = 0; gi++; }
+        /* sd[b] = s_g(b)·dx[b] group by group: no division per block (it cost ~2x at g128). */
+        if (bpg == 1) { for (int b = 0; b < nblocks; b++) sd[b] = sg[b] * dx[b]; }
+        else {
+            for (int g = 0, b = 0; g < ngroups; g++) {
+                const float s = sg[g];
+                for (const int e = b + bpg < nblocks ? b + bpg : nblocks; b < e; b++) sd[b] = s * dx[b];
+            }
         }
         float total = 0;
         for (int b = 0; b < nblocks; b++) {
