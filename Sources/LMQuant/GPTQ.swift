@@ -192,7 +192,7 @@ public enum GPTQ {
                                 clip: ClipMethod = .minmax, tensor: String) throws -> QuantizedTensor {
         func fail(_ kind: GPTQError.Kind, _ reason: String) -> GPTQError { GPTQError(tensor: tensor, kind: kind, reason: reason) }
         guard scheme.codec is any IntegerSchemeCodec else {
-            throw fail(.notIntegerScheme, "GPTQ needs an integer scheme (int8, int8-gG, int4-gG, int4s-gG), not \(scheme.name)")
+            throw fail(.notIntegerScheme, "GPTQ needs an integer scheme (int8, int8-gG, int4-gG, int4s-gG, int3-gG, int2-gG), not \(scheme.name)")
         }
         guard rows > 0, cols > 0, weights.count == rows * cols else {
             throw fail(.shapeMismatch, "\(weights.count) weights do not form a [\(rows), \(cols)] matrix")
@@ -248,7 +248,7 @@ public enum GPTQ {
                                 blockSize: Int = 128, clip: ClipMethod = .minmax, tensor: String) throws -> QuantizedTensor {
         func fail(_ kind: GPTQError.Kind, _ reason: String) -> GPTQError { GPTQError(tensor: tensor, kind: kind, reason: reason) }
         guard let codec = scheme.codec as? any IntegerSchemeCodec else {
-            throw fail(.notIntegerScheme, "GPTQ needs an integer scheme (int8, int8-gG, int4-gG, int4s-gG), not \(scheme.name)")
+            throw fail(.notIntegerScheme, "GPTQ needs an integer scheme (int8, int8-gG, int4-gG, int4s-gG, int3-gG, int2-gG), not \(scheme.name)")
         }
         guard rows > 0, cols > 0, weights.count == rows * cols else {
             throw fail(.shapeMismatch, "\(weights.count) weights do not form a [\(rows), \(cols)] matrix")

@@ -25,10 +25,10 @@ public struct Recipe: Sendable {
         guard let eq = s.lastIndex(of: "=") else { throw RecipeError("override '\(s)' is not REGEX=SCHEME") }
         let pattern = String(s[..<eq])
         do { _ = try NSRegularExpression(pattern: pattern) } catch { throw RecipeError("override '\(s)': '\(pattern)' is not a valid regular expression") }
-        // --group-size fills in only int4/int4s overrides that name no group; `int8` stays per channel.
+        // --group-size fills in group-wise overrides (int4, int4s, int3, int2) that name no group; `int8` stays per channel.
         let name = String(s[s.index(after: eq)...])
         let plain = try QuantScheme(parsing: name)
-        let scheme = (plain.kind == .int4 || plain.kind == .int4s) && !name.contains("-g") ? try QuantScheme(parsing: name, defaultGroup: defaultGroup) : plain
+        let scheme = plain.kind != .int8 && plain.groupSize > 0 && !name.contains("-g") ? try QuantScheme(parsing: name, defaultGroup: defaultGroup) : plain
         return (pattern, scheme)
     }
 
