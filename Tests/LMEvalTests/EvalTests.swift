@@ -166,10 +166,13 @@ struct KVPerplexityTests {
         let one = try ppl(1), eight = try ppl(8)
         #expect(one.tokensScored == 12685 && eight.tokensScored == 12685 && eight.windows == 100)
         // Eight documents in one batch (8× the matmul rows, one shared pool): the same
-        // per-token NLL, bit for bit (measured).
+        // per-token NLL up to sgemm's blocking of the row count. Measured: bit for bit with
+        // OpenBLAS's SkylakeX kernels (AVX-512 hosts); max |Δ| 2.1e-5 nats, PPL Δ 1e-8
+        // relative with its Zen/Haswell kernels (AVX2 hosts), whose sums depend on M.
         let worst = zip(one.tokenNLL, eight.tokenNLL).map { abs($0 - $1) }.max()!
-        #expect(one.tokenNLL == eight.tokenNLL, "per-token NLL differs by up to \(worst)")
-        #expect(one.perplexity == eight.perplexity, "\(one.perplexity) vs \(eight.perplexity)")
+        let sameCount = one.tokenNLL.count == eight.tokenNLL.count
+        #expect(sameCount && worst <= 5e-5, "per-token NLL differs by up to \(worst)")
+        #expect(abs(one.perplexity / eight.perplexity - 1) <= 1e-7, "\(one.perplexity) vs \(eight.perplexity)")
         let int8 = try ppl(4, KVCacheOptions(keys: .int8, values: .int8))
         #expect(int8.perplexity / one.perplexity - 1 <= 0.005, "int8 cache: PPL \(int8.perplexity) vs \(one.perplexity)")
         print("measured: --parallel 1 PPL \(one.perplexity), --parallel 8 \(eight.perplexity) (max |Δ NLL| \(worst)); int8 cache \(int8.perplexity)")
