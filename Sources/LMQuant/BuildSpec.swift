@@ -84,7 +84,7 @@ public struct BuildSpec: Sendable, Equatable {
         ]
         if method != .rtn, let cal = calibration {
             fields.append(("method", .string(method.rawValue)))
-            fields.append(("calibration", .object([("sha256", .string(try Self.fileDigest(cal.file))), ("samples", .int(Int64(cal.samples))),
+            fields.append(("calibration", .object([("sha256", .string(try sha256Hex(file: cal.file))), ("samples", .int(Int64(cal.samples))),
                                                    ("ctx", .int(Int64(cal.ctx))), ("seed", .int(Int64(bitPattern: cal.seed)))])))
             if method == .gptq {
                 fields.append(("gptq", .object([("damp", .double(gptq.damp)), ("act_order", .bool(gptq.actOrder)), ("block_size", .int(Int64(gptq.blockSize)))])))
@@ -92,15 +92,6 @@ public struct BuildSpec: Sendable, Equatable {
         }
         if let s = shard { fields.append(("shard", .object([("tp", .int(Int64(s.tp))), ("vocab_parallel", .bool(s.vocabParallel))]))) }
         return .object(fields)
-    }
-
-    /// SHA-256 of a calibration file (read in 16 MiB steps).
-    static func fileDigest(_ path: String) throws -> String {
-        guard let h = FileHandle(forReadingAtPath: path) else { throw BuildSpecError(option: "calib", reason: "\(path): cannot read the calibration file (--calib)") }
-        defer { try? h.close() }
-        var d = SHA256()
-        while let chunk = try h.read(upToCount: 16 << 20), !chunk.isEmpty { chunk.withUnsafeBytes { d.update($0) } }
-        return d.finalizeHex()
     }
 
     /// The canonical form as one string (for cache keys).

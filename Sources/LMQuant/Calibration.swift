@@ -234,8 +234,9 @@ enum LayerwiseQuantizer {
                         report.solveSeconds += Date().timeIntervalSince(s0)
                         if hf[role.tap] == nil { hf[role.tap] = h.hessian().map { Float($0) } }
                         let rtnBack = dequantize(q), gBack = dequantize(g)
-                        let e0 = weightedError(v, rtnBack, hf[role.tap]!, rows: rows, cols: cols)
-                        let e1 = weightedError(v, gBack, hf[role.tap]!, rows: rows, cols: cols)
+                        let hm = hf[role.tap]!, base = weightedSquare(v, hm, rows: rows, cols: cols)
+                        func error(_ q: [Float]) -> Double { base > 0 ? weightedSquare(zip(v, q).map { $0 - $1 }, hm, rows: rows, cols: cols) / base : 0 }
+                        let e0 = error(rtnBack), e1 = error(gBack)
                         report.matrices.append(.init(name: t.name, scheme: s.name, rtnError: e0, methodError: e1))
                         q = g
                         stored[t.name] = gBack
@@ -357,24 +358,20 @@ enum LayerwiseQuantizer {
         }
     }
 
-    /// `tr(ΔW·H·ΔWᵀ) / tr(W·H·Wᵀ)` with `ΔW = W − Q` (`H` symmetric `cols × cols`).
-    static func weightedError(_ w: [Float], _ q: [Float], _ H: [Float], rows: Int, cols: Int) -> Double {
-        func quad(_ a: [Float]) -> Double {
-            var ah = [Float](repeating: 0, count: rows * cols)
-            a.withUnsafeBufferPointer { ap in
-                H.withUnsafeBufferPointer { hp in
-                    ah.withUnsafeMutableBufferPointer { o in
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(cols), Int32(cols), 1,
-                                    ap.baseAddress!, Int32(cols), hp.baseAddress!, Int32(cols), 0, o.baseAddress!, Int32(cols))
-                    }
+    /// `tr(A·H·Aᵀ)` for `A` `[rows, cols]` and symmetric `H` `cols × cols` (the error
+    /// reported is `tr(ΔW·H·ΔWᵀ) / tr(W·H·Wᵀ)` with `ΔW = W − Q`).
+    static func weightedSquare(_ a: [Float], _ H: [Float], rows: Int, cols: Int) -> Double {
+        var ah = [Float](repeating: 0, count: rows * cols)
+        a.withUnsafeBufferPointer { ap in
+            H.withUnsafeBufferPointer { hp in
+                ah.withUnsafeMutableBufferPointer { o in
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(cols), Int32(cols), 1,
+                                ap.baseAddress!, Int32(cols), hp.baseAddress!, Int32(cols), 0, o.baseAddress!, Int32(cols))
                 }
             }
-            var s = 0.0
-            for i in 0..<(rows * cols) { s += Double(ah[i]) * Double(a[i]) }
-            return s
         }
-        let d = zip(w, q).map { $0 - $1 }
-        let base = quad(w)
-        return base > 0 ? quad(d) / base : 0
+        var s = 0.0
+        for i in 0..<(rows * cols) { s += Double(ah[i]) * Double(a[i]) }
+        return s
     }
 }

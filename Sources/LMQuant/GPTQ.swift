@@ -190,20 +190,7 @@ public enum GPTQ {
     public static func quantize(weights: [Float], rows: Int, cols: Int, hessian: HessianAccumulator, scheme: QuantScheme,
                                 damp: Double = 0.01, blockSize: Int = 128, actOrder: Bool = false,
                                 clip: ClipMethod = .minmax, tensor: String) throws -> QuantizedTensor {
-        func fail(_ kind: GPTQError.Kind, _ reason: String) -> GPTQError { GPTQError(tensor: tensor, kind: kind, reason: reason) }
-        guard scheme.codec is any IntegerSchemeCodec else {
-            throw fail(.notIntegerScheme, "GPTQ needs an integer scheme (int8, int8-gG, int4-gG, int4s-gG, int3-gG, int2-gG), not \(scheme.name)")
-        }
-        guard rows > 0, cols > 0, weights.count == rows * cols else {
-            throw fail(.shapeMismatch, "\(weights.count) weights do not form a [\(rows), \(cols)] matrix")
-        }
-        guard hessian.cols == cols else {
-            throw fail(.shapeMismatch, "the Hessian is for \(hessian.cols) inputs, the weight has \(cols)")
-        }
-        guard blockSize >= 1 else { throw fail(.invalidArgument, "blockSize must be ≥ 1, got \(blockSize)") }
-        if let i = weights.firstIndex(where: { !$0.isFinite }) {
-            throw fail(.nonFinite, "weight [\(i / cols), \(i % cols)] is \(weights[i])")
-        }
+        _ = try validate(weights: weights, rows: rows, cols: cols, inputs: hessian.cols, scheme: scheme, blockSize: blockSize, tensor: tensor)
         let f = try factor(hessian: hessian, damp: damp, actOrder: actOrder, tensor: tensor)
         return try quantize(weights: weights, rows: rows, cols: cols, factorization: f, scheme: scheme, blockSize: blockSize, clip: clip, tensor: tensor)
     }
@@ -246,6 +233,13 @@ public enum GPTQ {
     /// `quantize` with a factorization made by `factor` (its damp and act-order apply).
     public static func quantize(weights: [Float], rows: Int, cols: Int, factorization f: Factorization, scheme: QuantScheme,
                                 blockSize: Int = 128, clip: ClipMethod = .minmax, tensor: String) throws -> QuantizedTensor {
+        let codec = try validate(weights: weights, rows: rows, cols: cols, inputs: f.cols, scheme: scheme, blockSize: blockSize, tensor: tensor)
+        return run(codec, weights: weights, rows: rows, cols: cols, factorization: f, scheme: scheme, blockSize: blockSize, clip: clip)
+    }
+
+    /// The checks both entry points make, in this order; returns the scheme's integer codec.
+    static func validate(weights: [Float], rows: Int, cols: Int, inputs: Int, scheme: QuantScheme, blockSize: Int,
+                         tensor: String) throws -> any IntegerSchemeCodec {
         func fail(_ kind: GPTQError.Kind, _ reason: String) -> GPTQError { GPTQError(tensor: tensor, kind: kind, reason: reason) }
         guard let codec = scheme.codec as? any IntegerSchemeCodec else {
             throw fail(.notIntegerScheme, "GPTQ needs an integer scheme (int8, int8-gG, int4-gG, int4s-gG, int3-gG, int2-gG), not \(scheme.name)")
@@ -253,12 +247,12 @@ public enum GPTQ {
         guard rows > 0, cols > 0, weights.count == rows * cols else {
             throw fail(.shapeMismatch, "\(weights.count) weights do not form a [\(rows), \(cols)] matrix")
         }
-        guard f.cols == cols else { throw fail(.shapeMismatch, "the Hessian is for \(f.cols) inputs, the weight has \(cols)") }
+        guard inputs == cols else { throw fail(.shapeMismatch, "the Hessian is for \(inputs) inputs, the weight has \(cols)") }
         guard blockSize >= 1 else { throw fail(.invalidArgument, "blockSize must be ≥ 1, got \(blockSize)") }
         if let i = weights.firstIndex(where: { !$0.isFinite }) {
             throw fail(.nonFinite, "weight [\(i / cols), \(i % cols)] is \(weights[i])")
         }
-        return run(codec, weights: weights, rows: rows, cols: cols, factorization: f, scheme: scheme, blockSize: blockSize, clip: clip)
+        return codec
     }
 
     /// The algorithm, with the codec's type opened.

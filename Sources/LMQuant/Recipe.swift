@@ -102,16 +102,10 @@ public enum Quantizer {
         var params = 0, tbytes = 0
         do {
             for (i, (t, s)) in zip(model.tensors, schemes).enumerated() {
-                let v = try t.produce()
-                if let bad = v.firstIndex(where: { !$0.isFinite }) {
-                    throw ModelError.nonFinite(tensor: t.name, index: bad, value: v[bad])
-                }
-                let rows = t.shape.count == 2 ? t.shape[0] : 1, cols = t.shape.count == 2 ? t.shape[1] : t.shape[0]
-                let q = RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: s, clip: recipe.clip)
-                try RoundToNearest.checkRepresentable(q, values: v, tensor: t.name)
+                let (q, n) = try LayerwiseQuantizer.rtn(t, s, recipe.clip)
                 try w.write(sections: q.sections.map { $0.bytes })
                 t.release()
-                params += v.count
+                params += n
                 tbytes += q.sections.reduce(0) { $0 + $1.bytes.count }
                 let mbps = Double(params * 4) / 1_048_576 / max(Date().timeIntervalSince(start), 1e-9)
                 progress?.update(i + 1, extra: String(format: "%.0f MB/s (f32 in) %@", mbps, t.name))

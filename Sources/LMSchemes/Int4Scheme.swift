@@ -17,11 +17,7 @@ public struct Int4Codec: IntegerSchemeCodec, SliceableSchemeCodec {
     public var paddingCode: Int32 { symmetric ? 8 : 0 }
 
     public func groupSize(named: Int?, defaultGroup: Int?, name: String) throws -> Int {
-        let g = named ?? defaultGroup ?? 32
-        guard QuantScheme.supportedGroupSizes.contains(g) else {
-            throw QuantSchemeError("scheme '\(name)': group size \(g) is not supported (32, 64, 128)")
-        }
-        return g
+        try groupWiseSize(named: named, defaultGroup: defaultGroup, name: name)
     }
 
     public func sections(rows: Int, cols: Int, groupSize: Int) -> [(role: String, bytes: Int)] {

@@ -34,11 +34,7 @@ public struct LowBitCodec: IntegerSchemeCodec, SliceableSchemeCodec {
     public var blockBytes: Int { 4 * bits }
 
     public func groupSize(named: Int?, defaultGroup: Int?, name: String) throws -> Int {
-        let g = named ?? defaultGroup ?? 32
-        guard QuantScheme.supportedGroupSizes.contains(g) else {
-            throw QuantSchemeError("scheme '\(name)': group size \(g) is not supported (32, 64, 128)")
-        }
-        return g
+        try groupWiseSize(named: named, defaultGroup: defaultGroup, name: name)
     }
 
     public func sections(rows: Int, cols: Int, groupSize: Int) -> [(role: String, bytes: Int)] {

@@ -119,6 +119,16 @@ func symmetricScale(_ x: UnsafePointer<Float>, _ n: Int, qmax: Float, clip: Clip
 /// and the codes `q − 8 ∈ [−8, 7]` cover the whole range; the opposite side reaches
 /// `7/8 · |m|`. Rounded to float16 before use; with `.mse`, `m` shrunk by α ∈ clipAlphas,
 /// keeping the least squared error.
+/// The group of a group-wise family (int4, int4s, int3, int2): the named one, else
+/// `defaultGroup`, else 32; only `QuantScheme.supportedGroupSizes`.
+func groupWiseSize(named: Int?, defaultGroup: Int?, name: String) throws -> Int {
+    let g = named ?? defaultGroup ?? 32
+    guard QuantScheme.supportedGroupSizes.contains(g) else {
+        throw QuantSchemeError("scheme '\(name)': group size \(g) is not supported (32, 64, 128)")
+    }
+    return g
+}
+
 func signedExtremeScale(_ x: UnsafePointer<Float>, _ n: Int, clip: ClipMethod) -> Float {
     var m: Float = 0
     for i in 0..<n where abs(x[i]) > abs(m) { m = x[i] }
