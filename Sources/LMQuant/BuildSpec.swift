@@ -30,6 +30,8 @@ public struct BuildSpec: Sendable, Equatable {
     public var calibration: CalibrationOptions?
     /// GPTQ's options (used by `gptq` only).
     public var gptq = GPTQOptions()
+    /// AWQ's options (used by `awq` only).
+    public var awq = AWQOptions()
     /// Threads of a calibrated build (its forward passes and Hessians); not part of the
     /// build's identity: any count gives the same bytes.
     public var threads = ProcessInfo.processInfo.activeProcessorCount
@@ -50,10 +52,19 @@ public struct BuildSpec: Sendable, Equatable {
         }
         switch method {
         case .rtn:
-            if calibration != nil { throw BuildSpecError(option: "calib", reason: "--calib is used by calibrated methods; add --method gptq (round-to-nearest needs no calibration)") }
-        case .gptq:
+            if calibration != nil && clip != .mse {
+                throw BuildSpecError(option: "calib", reason: "--calib with --method rtn weights the range search by the inputs' importance: add --clip mse, or choose --method gptq or awq")
+            }
+            if calibration != nil && !s.isQuantized {
+                throw BuildSpecError(option: "calib", reason: "importance-weighted clipping (--calib with --clip mse) quantizes to an integer scheme; \(s.name) stores floats")
+            }
+        case .gptq, .awq:
             guard calibration != nil else { throw BuildSpecError(option: "calib", reason: "--method \(method.rawValue) needs calibration text: --calib FILE (e.g. a few hundred KB of text like the model's use)") }
             guard s.isQuantized else { throw BuildSpecError(option: "method", reason: "--method \(method.rawValue) quantizes to an integer scheme; \(s.name) stores floats") }
+            if method == .awq {
+                guard awq.grid >= 1 && awq.grid <= 1000 else { throw BuildSpecError(option: "awq_grid", reason: "the AWQ grid must be in 1...1000, got \(awq.grid)") }
+                break
+            }
             guard gptq.damp >= 0 && gptq.damp <= 1 && gptq.damp.isFinite else { throw BuildSpecError(option: "damp", reason: "--damp must be in 0...1 (a fraction of the Hessian's mean diagonal), got \(gptq.damp)") }
             guard gptq.blockSize >= 1 && gptq.blockSize <= 4096 else { throw BuildSpecError(option: "block_size", reason: "--block-size must be in 1...4096, got \(gptq.blockSize)") }
         }
@@ -82,12 +93,17 @@ public struct BuildSpec: Sendable, Equatable {
             ("overrides", .array(r.overrides.map { .string($0.pattern + "=" + $0.scheme.name) })),
             ("spec_version", .int(1)),
         ]
-        if method != .rtn, let cal = calibration {
+        if let cal = calibration {
             fields.append(("method", .string(method.rawValue)))
             fields.append(("calibration", .object([("sha256", .string(try sha256Hex(file: cal.file))), ("samples", .int(Int64(cal.samples))),
                                                    ("ctx", .int(Int64(cal.ctx))), ("seed", .int(Int64(bitPattern: cal.seed)))])))
             if method == .gptq {
                 fields.append(("gptq", .object([("damp", .double(gptq.damp)), ("act_order", .bool(gptq.actOrder)), ("block_size", .int(Int64(gptq.blockSize)))])))
+            }
+            if method == .awq {
+                var a: [(String, JSON)] = [("grid", .int(Int64(awq.grid)))]
+                if let f = awq.fixedAlpha { a.append(("alpha", .double(Double(f)))) }
+                fields.append(("awq", .object(a)))
             }
         }
         if let s = shard { fields.append(("shard", .object([("tp", .int(Int64(s.tp))), ("vocab_parallel", .bool(s.vocabParallel))]))) }
@@ -110,13 +126,13 @@ public struct BuildSpec: Sendable, Equatable {
             ("source_sha256", .string(try ModelSource.digest(source))),
         ])
         let overrideStrings = r.overrides.map { $0.pattern + "=" + $0.scheme.name }
-        guard method != .rtn, let cal = calibration else {
+        guard let cal = calibration else {
             return try Quantizer.run(model: model, recipe: r, overrideStrings: overrideStrings,
                                      output: output, provenance: provenance, progress: progress?(model.tensors.count))
         }
         guard let tj = model.tokenizer else { throw RecipeError("the input has no tokenizer (tokenizer.json); calibration tokenizes its text with it") }
         let set = try CalibrationSet.load(cal, tokenizer: try Tokenizer(json: tj, source: "tokenizer.json"))
-        var (summary, report) = try LayerwiseQuantizer.run(model: model, recipe: r, method: method, calibration: set, gptq: gptq,
+        var (summary, report) = try LayerwiseQuantizer.run(model: model, recipe: r, method: method, calibration: set, gptq: gptq, awq: awq,
                                                            overrideStrings: overrideStrings, output: output, provenance: provenance,
                                                            threads: threads, progress: progress?(model.config.numLayers))
         summary.calibration = report

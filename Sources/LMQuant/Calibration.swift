@@ -11,6 +11,18 @@ public enum QuantMethod: String, Sendable, CaseIterable {
     case rtn
     /// GPTQ with Hessians from calibration inputs captured layer by layer (`--calib`).
     case gptq
+    /// AWQ: per-input-channel scales searched on the calibration activations, folded into
+    /// the preceding RMSNorm or projection, then importance-weighted clipping (`--calib`).
+    case awq
+}
+
+/// AWQ's options.
+public struct AWQOptions: Sendable, Equatable {
+    /// Exponents α searched: `0, 1/grid, …, (grid − 1)/grid` (scales `mean|x|^α`).
+    public var grid: Int
+    /// Use this α for every input instead of searching (experiments and tests).
+    public var fixedAlpha: Float?
+    public init(grid: Int = 20, fixedAlpha: Float? = nil) { self.grid = grid; self.fixedAlpha = fixedAlpha }
 }
 
 /// Calibration text and how it is cut into samples (`--calib`, `--calib-samples`,
@@ -99,6 +111,14 @@ public struct CalibrationReport: Sendable {
         public let methodError: Double
     }
     public var matrices: [Matrix] = []
+    /// AWQ: the exponent α chosen for each layer's inputs (`attentionInput`, `oProjInput`,
+    /// `mlpInput`, `downProjInput`); 0 means no scaling.
+    public struct Scaling: Sendable {
+        public let layer: Int
+        public let input: TapPoint
+        public let alpha: Float
+    }
+    public var scalings: [Scaling] = []
     public var samples = 0, tokens = 0
     /// Seconds in the forward passes (capture and propagation), in accumulating Hessians,
     /// and in the method's solver.
@@ -146,7 +166,7 @@ enum LayerMatrix: String, CaseIterable {
 /// Tensors outside the layers (embedding, final norm, untied head) are written first.
 enum LayerwiseQuantizer {
     static func run(model: ImportedModel, recipe: Recipe, method: QuantMethod, calibration: CalibrationSet, gptq: GPTQOptions,
-                    overrideStrings: [String], output: String, provenance: JSON, threads: Int,
+                    awq: AWQOptions = AWQOptions(), overrideStrings: [String], output: String, provenance: JSON, threads: Int,
                     progress: ProgressReporter?) throws -> (QuantizeSummary, CalibrationReport) {
         let start = Date()
         let c = model.config
@@ -204,13 +224,19 @@ enum LayerwiseQuantizer {
                 // Pass 1: the float layer's inputs → one Hessian per tap point.
                 let floatLayer = try makeLayer(prefix: p, c, values)
                 var H: [TapPoint: HessianAccumulator] = [:]
+                var meanAbs: [TapPoint: [Double]] = [:]
                 let widths: [TapPoint: Int] = [.attentionInput: D, .oProjInput: c.numHeads * c.headDim, .mlpInput: D, .downProjInput: c.intermediateSize]
-                for (tp, n) in widths { H[tp] = HessianAccumulator(cols: n) }
+                for (tp, n) in widths { H[tp] = HessianAccumulator(cols: n); if method == .awq { meanAbs[tp] = [Double](repeating: 0, count: n) } }
                 var hessianSeconds = 0.0
                 let t0 = Date()
-                try propagate(layer: floatLayer, c, calibration.samples, hidden: &hidden, update: false, context: context) { _, point, x, rows, _ in
+                try propagate(layer: floatLayer, c, calibration.samples, hidden: &hidden, update: false, context: context) { _, point, x, rows, cols in
                     let h0 = Date()
                     H[point]!.add(x, rows: rows, context: context)
+                    if method == .awq {
+                        meanAbs[point]!.withUnsafeMutableBufferPointer { a in
+                            for r in 0..<rows { for j in 0..<cols { a[j] += Double(abs(x[r * cols + j])) } }
+                        }
+                    }
                     hessianSeconds += Date().timeIntervalSince(h0)
                 }
                 report.hessianSeconds += hessianSeconds
@@ -218,13 +244,50 @@ enum LayerwiseQuantizer {
                 // Quantize and write this layer's tensors (in file order); keep the stored values.
                 var stored: [String: [Float]] = [:]
                 var hf: [TapPoint: [Float]] = [:]
+                func hessian(_ tp: TapPoint) -> [Float] {
+                    if hf[tp] == nil { hf[tp] = H[tp]!.hessian().map { Float($0) } }
+                    return hf[tp]!
+                }
                 var factors: [TapPoint: GPTQ.Factorization] = [:]
+                // AWQ: scales searched on the float weights, then folded into them (and into
+                // the norms / projections before), so `values` is what gets quantized.
+                var awqFold = AWQFold()
+                if method == .awq {
+                    let s0 = Date()
+                    let tokens = Double(calibration.tokens)
+                    let stats = meanAbs.mapValues { $0.map { $0 / tokens } }
+                    awqFold = try AWQFold.search(prefix: p, config: c, values: values, schemes: Dictionary(uniqueKeysWithValues: idx.map { (model.tensors[$0].name, schemes[$0]) }),
+                                                 meanAbs: stats, hessian: hessian, grid: awq.grid, fixedAlpha: awq.fixedAlpha)
+                    awqFold.apply(prefix: p, config: c, to: &values)
+                    for (tap, _) in AWQFold.groups { if let a = awqFold.alphas[tap] { report.scalings.append(.init(layer: l, input: tap, alpha: a)) } }
+                    report.solveSeconds += Date().timeIntervalSince(s0)
+                }
                 for i in idx {
                     let t = model.tensors[i], s = schemes[i], v = values[t.name]!
                     let rows = t.shape.count == 2 ? t.shape[0] : 1, cols = t.shape.count == 2 ? t.shape[1] : t.shape[0]
                     let role = LayerMatrix(rawValue: String(t.name.dropFirst(p.count)))
                     var q = RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: s, clip: recipe.clip)
-                    if let role, s.isQuantized, method == .gptq, let h = H[role.tap] {
+                    if let role, s.isQuantized, method != .gptq, let h = H[role.tap] {
+                        // Importance-weighted clipping (RTN with --clip mse, and AWQ's clip search):
+                        // the inputs' mean squares, in the scaled domain for AWQ (x / s).
+                        let s0 = Date()
+                        let colScale = awqFold.columnScale(role)
+                        var importance = h.meanSquares.map { Float($0) }
+                        if let cs = colScale { for j in 0..<cols { importance[j] /= cs[j] * cs[j] } }
+                        let m = RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: s, importance: importance)
+                        report.solveSeconds += Date().timeIntervalSince(s0)
+                        // Errors of the equivalent unscaled matrix, on the same H as plain RTN's.
+                        let original = awqFold.original[t.name] ?? v
+                        let hm = hessian(role.tap), base = weightedSquare(original, hm, rows: rows, cols: cols)
+                        let plain = awqFold.original[t.name] == nil ? dequantize(q)
+                            : dequantize(RoundToNearest.quantize(original, rows: rows, cols: cols, scheme: s, clip: recipe.clip))
+                        let mBack = dequantize(m)
+                        let effective = awqFold.unscale(role, mBack, rows: rows, cols: cols)
+                        func error(_ q: [Float]) -> Double { base > 0 ? weightedSquare(zip(original, q).map { $0 - $1 }, hm, rows: rows, cols: cols) / base : 0 }
+                        report.matrices.append(.init(name: t.name, scheme: s.name, rtnError: error(plain), methodError: error(effective)))
+                        q = m
+                        stored[t.name] = mBack
+                    } else if let role, s.isQuantized, method == .gptq, let h = H[role.tap] {
                         let s0 = Date()
                         if factors[role.tap] == nil {
                             factors[role.tap] = try GPTQ.factor(hessian: h, damp: gptq.damp, actOrder: gptq.actOrder, tensor: t.name)
@@ -232,9 +295,8 @@ enum LayerwiseQuantizer {
                         let g = try GPTQ.quantize(weights: v, rows: rows, cols: cols, factorization: factors[role.tap]!, scheme: s,
                                                   blockSize: gptq.blockSize, clip: recipe.clip, tensor: t.name)
                         report.solveSeconds += Date().timeIntervalSince(s0)
-                        if hf[role.tap] == nil { hf[role.tap] = h.hessian().map { Float($0) } }
                         let rtnBack = dequantize(q), gBack = dequantize(g)
-                        let hm = hf[role.tap]!, base = weightedSquare(v, hm, rows: rows, cols: cols)
+                        let hm = hessian(role.tap), base = weightedSquare(v, hm, rows: rows, cols: cols)
                         func error(_ q: [Float]) -> Double { base > 0 ? weightedSquare(zip(v, q).map { $0 - $1 }, hm, rows: rows, cols: cols) / base : 0 }
                         let e0 = error(rtnBack), e1 = error(gBack)
                         report.matrices.append(.init(name: t.name, scheme: s.name, rtnError: e0, methodError: e1))
@@ -373,5 +435,171 @@ enum LayerwiseQuantizer {
         var s = 0.0
         for i in 0..<(rows * cols) { s += Double(ah[i]) * Double(a[i]) }
         return s
+    }
+}
+
+/// AWQ's scales for one decoder layer, and how they fold into its float weights so the
+/// stored model needs no extra operation.
+///
+/// For each input the layer's matrices read, channel `j`'s scale is `s_j = mean|x_j|^α`
+/// (normalized so `√(max·min) = 1`), with α on a grid chosen to minimize the output error
+/// of round-to-nearest on the scaled weights, `Σ tr(ΔW·H·ΔWᵀ)` over the matrices reading
+/// that input (`ΔW = Q(W·diag(s))·diag(s)⁻¹ − W`, `H = XᵀX`: the squared error of their
+/// outputs over the calibration tokens); α = 0 is plain round-to-nearest, so the search
+/// never does worse on that measure. The matrices' columns are multiplied by `s`, and the
+/// producer of the input divided by it:
+/// - q/k/v: `input_layernorm`; gate/up: `post_attention_layernorm`;
+/// - down: `up_proj`'s rows (down reads `silu(gate·x) ⊙ up·x`, linear in up's rows);
+/// - o: `v_proj`'s rows (attention output is linear in V). With grouped-query attention a
+///   V channel feeds every query head of its group, so o's scales are tied across them:
+///   the statistic of a V channel is the mean over the o columns it feeds.
+struct AWQFold {
+    /// Column scales per input, and α chosen.
+    var scales: [TapPoint: [Float]] = [:]
+    var alphas: [TapPoint: Float] = [:]
+    /// o's scales per V channel (v_proj's row divisors).
+    var kvScales: [Float]?
+    /// Float matrices before folding, by name.
+    var original: [String: [Float]] = [:]
+
+    static let groups: [(TapPoint, [LayerMatrix])] = [(.attentionInput, [.q, .k, .v]), (.oProjInput, [.o]), (.mlpInput, [.gate, .up]), (.downProjInput, [.down])]
+
+    func columnScale(_ m: LayerMatrix) -> [Float]? { scales[m.tap] }
+
+    /// Divisors of the matrix's rows (v by o's V-channel scales, up by down's scales).
+    func rowScale(_ m: LayerMatrix) -> [Float]? {
+        switch m {
+        case .v: return kvScales
+        case .up: return scales[.downProjInput]
+        default: return nil
+        }
+    }
+
+    /// The stored (scaled) matrix's equivalent in the original weights' terms.
+    func unscale(_ m: LayerMatrix, _ x: [Float], rows: Int, cols: Int) -> [Float] {
+        let cs = columnScale(m), rs = rowScale(m)
+        guard cs != nil || rs != nil else { return x }
+        var out = x
+        for r in 0..<rows {
+            let f = rs?[r] ?? 1
+            for j in 0..<cols { out[r * cols + j] = x[r * cols + j] * f / (cs?[j] ?? 1) }
+        }
+        return out
+    }
+
+    /// The V channel whose values o's input column `j` carries.
+    static func kvChannel(_ j: Int, _ c: ModelConfig) -> Int {
+        let rep = c.numHeads / max(c.numKVHeads, 1)
+        return (j / c.headDim / max(rep, 1)) * c.headDim + j % c.headDim
+    }
+
+    /// Searches every input's α. `meanAbs`: per tap point, the mean |x| of each input channel.
+    static func search(prefix p: String, config c: ModelConfig, values: [String: [Float]], schemes: [String: QuantScheme],
+                       meanAbs: [TapPoint: [Double]], hessian: (TapPoint) -> [Float], grid: Int, fixedAlpha: Float? = nil) throws -> AWQFold {
+        var fold = AWQFold()
+        for (tap, matrices) in groups {
+            let quantized = matrices.filter { schemes[p + $0.rawValue]?.isQuantized == true }
+            guard !quantized.isEmpty, var stat = meanAbs[tap] else { continue }
+            let cols = stat.count
+            if tap == .oProjInput, c.numKVHeads != c.numHeads {
+                var sum = [Double](repeating: 0, count: c.numKVHeads * c.headDim), n = sum
+                for j in 0..<cols { sum[kvChannel(j, c)] += stat[j]; n[kvChannel(j, c)] += 1 }
+                stat = (0..<cols).map { sum[kvChannel($0, c)] / max(n[kvChannel($0, c)], 1) }
+            }
+            let H = hessian(tap)
+            func scales(_ alpha: Float) -> [Float] {
+                var s = stat.map { Swift.max(Float(pow(Swift.max($0, 1e-12), Double(alpha))), 1e-4) }
+                let hi = s.max() ?? 1, lo = s.min() ?? 1
+                let norm = (hi * lo).squareRoot()
+                if norm > 0 && norm.isFinite { for j in s.indices { s[j] /= norm } }
+                return s
+            }
+            var bestLoss = Double.infinity, bestAlpha: Float = fixedAlpha ?? 0
+            for k in 0..<(fixedAlpha == nil ? max(grid, 1) : 0) {
+                let alpha = Float(k) / Float(max(grid, 1))
+                let s = scales(alpha)
+                var loss = 0.0
+                for m in quantized {
+                    let name = p + m.rawValue
+                    guard let w = values[name], w.count % cols == 0 else { throw RecipeError("tensor '\(name)' does not have \(cols) columns") }
+                    let rows = w.count / cols
+                    let d = roundTripError(w, rows: rows, cols: cols, scales: s, scheme: schemes[name]!)
+                    loss += LayerwiseQuantizer.weightedSquare(d, H, rows: rows, cols: cols)
+                }
+                if loss < bestLoss { bestLoss = loss; bestAlpha = alpha }
+            }
+            fold.alphas[tap] = bestAlpha
+            let s = scales(bestAlpha)
+            fold.scales[tap] = s
+            if tap == .oProjInput {
+                var kv = [Float](repeating: 1, count: c.numKVHeads * c.headDim)
+                for j in 0..<cols { kv[kvChannel(j, c)] = s[j] }
+                fold.kvScales = kv
+            }
+        }
+        return fold
+    }
+
+    /// `Q(W·diag(s))·diag(s)⁻¹ − W` by min/max round to nearest, rows in parallel.
+    static func roundTripError(_ w: [Float], rows: Int, cols: Int, scales s: [Float], scheme: QuantScheme) -> [Float] {
+        guard let codec = scheme.codec as? any IntegerSchemeCodec else { return [Float](repeating: 0, count: w.count) }
+        var d = [Float](repeating: 0, count: w.count)
+        let workers = ProcessInfo.processInfo.activeProcessorCount
+        let chunk = max(1, (rows + workers * 4 - 1) / (workers * 4))
+        w.withUnsafeBufferPointer { wp in
+            s.withUnsafeBufferPointer { sp in
+                d.withUnsafeMutableBufferPointer { dp in
+                    let W = UnsafeSendableFloat(wp.baseAddress!), S = UnsafeSendableFloat(sp.baseAddress!)
+                    let D = UnsafeSendableRaw(UnsafeMutableRawPointer(dp.baseAddress!))
+                    DispatchQueue.concurrentPerform(iterations: (rows + chunk - 1) / chunk) { c in
+                        let ws = UnsafeMutablePointer<Float>.allocate(capacity: 2 * cols)
+                        let codes = UnsafeMutablePointer<Int32>.allocate(capacity: cols)
+                        defer { ws.deallocate(); codes.deallocate() }
+                        let out = D.p.assumingMemoryBound(to: Float.self)
+                        for r in (c * chunk)..<Swift.min(rows, (c + 1) * chunk) {
+                            let x = W.p + r * cols
+                            for j in 0..<cols { ws[j] = x[j] * S.p[j] }
+                            codec.roundTripRow(ws, cols: cols, scheme: scheme, codes: codes, into: ws + cols)
+                            for j in 0..<cols { out[r * cols + j] = ws[cols + j] / S.p[j] - x[j] }
+                        }
+                    }
+                }
+            }
+        }
+        return d
+    }
+
+    /// Folds the scales into `values` (matrix columns ×s, producers ÷s), keeping the
+    /// matrices' original values in `original`.
+    mutating func apply(prefix p: String, config c: ModelConfig, to values: inout [String: [Float]]) {
+        func scaleColumns(_ m: LayerMatrix, _ s: [Float]) {
+            let name = p + m.rawValue
+            guard var w = values[name] else { return }
+            if original[name] == nil { original[name] = w }
+            let cols = s.count, rows = w.count / cols
+            for r in 0..<rows { for j in 0..<cols { w[r * cols + j] *= s[j] } }
+            values[name] = w
+        }
+        func divideRows(_ name: String, _ s: [Float], isMatrix: Bool) {
+            guard var w = values[name], w.count % s.count == 0 else { return }
+            if isMatrix, original[name] == nil { original[name] = w }
+            let cols = w.count / s.count
+            for r in 0..<s.count { for j in 0..<cols { w[r * cols + j] /= s[r] } }
+            values[name] = w
+        }
+        for (tap, matrices) in AWQFold.groups {
+            guard let s = scales[tap] else { continue }
+            for m in matrices { scaleColumns(m, s) }
+            switch tap {
+            case .attentionInput: divideRows(p + "input_layernorm.weight", s, isMatrix: false)
+            case .mlpInput: divideRows(p + "post_attention_layernorm.weight", s, isMatrix: false)
+            case .downProjInput: divideRows(p + LayerMatrix.up.rawValue, s, isMatrix: true)
+            case .oProjInput:
+                if let kv = kvScales {
+                    divideRows(p + LayerMatrix.v.rawValue, kv, isMatrix: true)
+                    divideRows(p + "self_attn.v_proj.bias", kv, isMatrix: false)
+                }
+            }
+        }
     }
 }

@@ -16,9 +16,16 @@ public struct QuantizedTensor: Sendable {
 public enum RoundToNearest {
     /// Quantizes `values` (`[rows, cols]` row-major). Rows are independent and
     /// processed in parallel chunks; the result does not depend on the thread count.
-    public static func quantize(_ values: [Float], rows: Int, cols: Int, scheme: QuantScheme, clip: ClipMethod = .minmax) -> QuantizedTensor {
+    /// `importance` (`cols` non-negative weights, e.g. the inputs' mean squares): each
+    /// group's range by the importance-weighted search (`weightedParameters`) instead of
+    /// `clip`; ignored by float schemes.
+    public static func quantize(_ values: [Float], rows: Int, cols: Int, scheme: QuantScheme, clip: ClipMethod = .minmax,
+                                importance: [Float]? = nil) -> QuantizedTensor {
         precondition(values.count == rows * cols)
+        precondition(importance == nil || importance!.count == cols)
         let codec = scheme.codec
+        let weighted = importance != nil ? codec as? any IntegerSchemeCodec : nil
+        let imp = importance ?? []
         let layout = scheme.sections(rows: rows, cols: cols)
         let workers = ProcessInfo.processInfo.activeProcessorCount
         let chunk = max(1, (rows + workers * 4 - 1) / (workers * 4))
@@ -28,10 +35,16 @@ public enum RoundToNearest {
         for (p, l) in zip(raws, layout) { p.initializeMemory(as: UInt8.self, repeating: 0, count: l.bytes) }
         let ptrs = raws.map { UnsafeSendableRaw($0) }
         values.withUnsafeBufferPointer { vp in
-            let v = UnsafeSendableFloat(vp.baseAddress!)
-            DispatchQueue.concurrentPerform(iterations: nChunks) { c in
-                for r in (c * chunk)..<min(rows, (c + 1) * chunk) {
-                    codec.encodeRow(v.p + r * cols, row: r, cols: cols, scheme: scheme, clip: clip, out: ptrs.map { $0.p })
+            imp.withUnsafeBufferPointer { ip in
+                let v = UnsafeSendableFloat(vp.baseAddress!), w = ip.baseAddress.map { UnsafeSendableFloat($0) }
+                DispatchQueue.concurrentPerform(iterations: nChunks) { c in
+                    for r in (c * chunk)..<min(rows, (c + 1) * chunk) {
+                        if let weighted, let w {
+                            weighted.encodeRow(v.p + r * cols, row: r, cols: cols, scheme: scheme, importance: w.p, out: ptrs.map { $0.p })
+                        } else {
+                            codec.encodeRow(v.p + r * cols, row: r, cols: cols, scheme: scheme, clip: clip, out: ptrs.map { $0.p })
+                        }
+                    }
                 }
             }
         }

@@ -42,6 +42,12 @@ public struct Int4Codec: IntegerSchemeCodec, SliceableSchemeCodec {
         return GroupParameters(scale: s, min: m)
     }
 
+    public var zeroCode: Int32? { symmetric ? 8 : nil }
+    public func stored(_ p: GroupParameters, scheme: QuantScheme) -> GroupParameters {
+        let s = halfToFloat(floatToHalf(p.scale))
+        return symmetric ? GroupParameters(scale: s, min: -8 * s) : GroupParameters(scale: s, min: halfToFloat(floatToHalf(p.min)))
+    }
+
     public func chooseCodes(_ x: UnsafePointer<Float>, count: Int, parameters p: GroupParameters, into codes: UnsafeMutablePointer<Int32>) {
         let inv: Float = p.scale == 0 ? 0 : 1 / p.scale
         if symmetric {

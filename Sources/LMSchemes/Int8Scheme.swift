@@ -36,6 +36,11 @@ public struct Int8Codec: IntegerSchemeCodec, SliceableSchemeCodec {
         GroupParameters(scale: symmetricScale(x, count, qmax: 127, clip: clip, storeHalf: scheme.groupSize > 0))
     }
 
+    public var zeroCode: Int32? { 0 }
+    public func stored(_ p: GroupParameters, scheme: QuantScheme) -> GroupParameters {
+        GroupParameters(scale: scheme.groupSize > 0 ? halfToFloat(floatToHalf(p.scale)) : p.scale)
+    }
+
     public func chooseCodes(_ x: UnsafePointer<Float>, count: Int, parameters p: GroupParameters, into codes: UnsafeMutablePointer<Int32>) {
         let inv: Float = p.scale == 0 ? 0 : 1 / p.scale
         for i in 0..<count { codes[i] = Int32(max(-127, min(127, (x[i] * inv).rounded(.toNearestOrEven)))) }

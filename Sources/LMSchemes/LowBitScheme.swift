@@ -55,6 +55,11 @@ public struct LowBitCodec: IntegerSchemeCodec, SliceableSchemeCodec {
         return GroupParameters(scale: s, min: m)
     }
 
+    public var zeroCode: Int32? { nil }
+    public func stored(_ p: GroupParameters, scheme: QuantScheme) -> GroupParameters {
+        GroupParameters(scale: halfToFloat(floatToHalf(p.scale)), min: halfToFloat(floatToHalf(p.min)))
+    }
+
     public func chooseCodes(_ x: UnsafePointer<Float>, count: Int, parameters p: GroupParameters, into codes: UnsafeMutablePointer<Int32>) {
         let inv: Float = p.scale == 0 ? 0 : 1 / p.scale
         let top = Float((1 << bits) - 1)

@@ -65,6 +65,12 @@ public protocol IntegerSchemeCodec: SchemeCodec {
     func pack(codes: UnsafePointer<Int32>, parameters: [GroupParameters], row: Int, cols: Int, scheme: QuantScheme, out: [UnsafeMutableRawPointer])
     /// `value(code)` under the group's parameters.
     func value(code: Int32, _ p: GroupParameters) -> Float
+    /// Symmetric schemes: the code that stands for 0 (`value = scale · (code − zeroCode)`);
+    /// nil for schemes whose minimum is free (`value = scale · code + min`).
+    var zeroCode: Int32? { get }
+    /// `p` rounded to its storage precision (float16 fields, or float32 per-channel
+    /// scales), with a symmetric scheme's `min` tied to its scale.
+    func stored(_ p: GroupParameters, scheme: QuantScheme) -> GroupParameters
 }
 
 extension IntegerSchemeCodec {
@@ -86,7 +92,100 @@ extension IntegerSchemeCodec {
         }
         pack(codes: codes, parameters: params, row: row, cols: cols, scheme: scheme, out: out)
     }
+
+    /// `encodeRow` with `importancePtr` (`cols` non-negative weights, one per column):
+    /// each group's parameters by `weightedParameters`.
+    public func encodeRow(_ x: UnsafePointer<Float>, row: Int, cols: Int, scheme: QuantScheme, importance w: UnsafePointer<Float>,
+                          out: [UnsafeMutableRawPointer]) {
+        let G = scheme.groupSize == 0 ? cols : scheme.groupSize
+        let ng = scheme.groups(cols: cols)
+        var params: [GroupParameters] = []
+        params.reserveCapacity(ng)
+        let codes = UnsafeMutablePointer<Int32>.allocate(capacity: max(cols, 1))
+        defer { codes.deallocate() }
+        for g in 0..<ng {
+            let lo = g * G, n = Swift.min(G, cols - lo)
+            let p = weightedParameters(x + lo, importance: w + lo, count: n, scheme: scheme, codes: codes + lo)
+            params.append(p)
+            chooseCodes(x + lo, count: n, parameters: p, into: codes + lo)
+        }
+        pack(codes: codes, parameters: params, row: row, cols: cols, scheme: scheme, out: out)
+    }
+
+    /// Round trip of one row without packing: min/max parameters per group, codes, and
+    /// back to `value`s at storage precision (what `encodeRow` then `decodeRow` give).
+    public func roundTripRow(_ x: UnsafePointer<Float>, cols: Int, scheme: QuantScheme, codes: UnsafeMutablePointer<Int32>,
+                             into out: UnsafeMutablePointer<Float>) {
+        let G = scheme.groupSize == 0 ? cols : scheme.groupSize
+        for g in 0..<scheme.groups(cols: cols) {
+            let lo = g * G, n = Swift.min(G, cols - lo)
+            let p = chooseParameters(x + lo, count: n, clip: .minmax, scheme: scheme)
+            chooseCodes(x + lo, count: n, parameters: p, into: codes + lo)
+            for i in 0..<n { out[lo + i] = value(code: codes[lo + i], p) }
+        }
+    }
+
+    /// Importance-weighted range search (llama.cpp's imatrix idea): the parameters that
+    /// minimize `Σ wᵢ·(value(codeᵢ) − xᵢ)²` among candidates. Each candidate starts from
+    /// the group's min/max range shrunk by α ∈ `weightedAlphas` (about the middle for a
+    /// free minimum, towards 0 for symmetric schemes); its codes are then refitted once —
+    /// the weighted least-squares scale (and minimum) for those codes, rounded to storage
+    /// precision —, and both the shrunk and the refitted parameters are scored. With all
+    /// weights zero the min/max parameters are kept. `codes` is scratch (`count` values).
+    public func weightedParameters(_ x: UnsafePointer<Float>, importance w: UnsafePointer<Float>, count n: Int,
+                                   scheme: QuantScheme, codes: UnsafeMutablePointer<Int32>) -> GroupParameters {
+        let base = chooseParameters(x, count: n, clip: .minmax, scheme: scheme)
+        var wsum: Float = 0
+        for i in 0..<n { wsum += w[i] }
+        guard base.scale != 0, wsum > 0, wsum.isFinite else { return base }
+        func error(_ p: GroupParameters) -> Float {
+            chooseCodes(x, count: n, parameters: p, into: codes)
+            var e: Float = 0
+            for i in 0..<n { let d = value(code: codes[i], p) - x[i]; e += w[i] * d * d }
+            return e
+        }
+        /// Weighted least squares for the codes now in `codes`.
+        func refit() -> GroupParameters? {
+            if let z = zeroCode {
+                var num: Float = 0, den: Float = 0
+                for i in 0..<n { let t = Float(codes[i] - z); num += w[i] * x[i] * t; den += w[i] * t * t }
+                guard den > 0 else { return nil }
+                let s = num / den
+                return s == 0 || !s.isFinite ? nil : stored(GroupParameters(scale: s, min: -Float(z) * s), scheme: scheme)
+            }
+            var a: Float = 0, b: Float = 0, c: Float = 0, d: Float = 0, e: Float = 0
+            for i in 0..<n { let q = Float(codes[i]); a += w[i] * q * q; b += w[i] * q; c += w[i]; d += w[i] * q * x[i]; e += w[i] * x[i] }
+            let det = a * c - b * b
+            guard det > 0 else { return nil }
+            let s = (d * c - b * e) / det, m = (a * e - b * d) / det
+            return s > 0 && s.isFinite && m.isFinite ? stored(GroupParameters(scale: s, min: m), scheme: scheme) : nil
+        }
+        var best = base, bestErr = error(base)
+        let levels = Float(codeRange.upperBound - codeRange.lowerBound)
+        for a in weightedAlphas {
+            let p: GroupParameters
+            if let z = zeroCode {
+                p = stored(GroupParameters(scale: base.scale * a, min: -Float(z) * base.scale * a), scheme: scheme)
+            } else {
+                let lo = base.min, hi = base.min + base.scale * levels, mid = (lo + hi) / 2
+                let l = mid - (mid - lo) * a, h = mid + (hi - mid) * a
+                p = stored(GroupParameters(scale: (h - l) / levels, min: l), scheme: scheme)
+            }
+            guard p.scale != 0 else { continue }
+            let e0 = error(p)
+            if e0 < bestErr { bestErr = e0; best = p }
+            if let r = refit() {
+                let e1 = error(r)
+                if e1 < bestErr { bestErr = e1; best = r }
+            }
+        }
+        return best
+    }
 }
+
+/// Shrink factors of the importance-weighted search (1, 0.98, …, 0.50): wider than
+/// `clipAlphas` because 2- and 3-bit groups gain from clipping harder.
+let weightedAlphas: [Float] = (0...25).map { 1 - Float($0) * 0.02 }
 
 /// Shrink factors of the MSE clip search (1, 0.99, …, 0.80).
 let clipAlphas: [Float] = (0...20).map { 1 - Float($0) * 0.01 }

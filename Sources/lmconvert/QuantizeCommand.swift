@@ -42,7 +42,7 @@ struct QuantizeCommand: ParsableCommand {
 
     func run() throws {
         InterruptCleanup.install()
-        let calibrated = spec.method != .rtn
+        let calibrated = spec.calibration != nil
         let s = try spec.build(output: output) {
             ProgressReporter(label: calibrated ? spec.method.rawValue : "quantize", total: $0, unit: calibrated ? " layers" : " tensors")
         }
@@ -58,6 +58,8 @@ struct QuantizeCommand: ParsableCommand {
                     ("mean_error_ratio", .double(r.meanErrorRatio)),
                     ("matrices", .array(r.matrices.map { .object([("name", .string($0.name)), ("scheme", .string($0.scheme)),
                                                                    ("rtn_error", .double($0.rtnError)), ("error", .double($0.methodError))]) })),
+                    ("awq_scalings", .array(r.scalings.map { .object([("layer", .int(Int64($0.layer))), ("input", .string($0.input.rawValue)),
+                                                                      ("alpha", .double(Double($0.alpha)))]) })),
                 ])))
             }
             print(JSON.object(fields).serialized(pretty: true))
@@ -69,6 +71,10 @@ struct QuantizeCommand: ParsableCommand {
                 print(String(format: "%@: %d windows, %d tokens (activations %.1f MiB); forward %.1f s, Hessians %.1f s, solver %.1f s",
                              spec.method.rawValue, r.samples, r.tokens, Double(r.activationBytes) / 1_048_576, r.forwardSeconds, r.hessianSeconds, r.solveSeconds))
                 print(String(format: "Hessian-weighted output error vs round-to-nearest (geometric mean over %d matrices): %.3f", r.matrices.count, r.meanErrorRatio))
+                if !r.scalings.isEmpty {
+                    let mean = r.scalings.reduce(0) { $0 + Double($1.alpha) } / Double(r.scalings.count)
+                    print(String(format: "AWQ exponents: mean α %.3f over %d inputs, %d unscaled (α = 0)", mean, r.scalings.count, r.scalings.filter { $0.alpha == 0 }.count))
+                }
             }
         }
     }
@@ -80,15 +86,15 @@ struct BuildOptions: ParsableArguments {
     var scheme: String = "int4-g32"
     @Option(help: "Group size for int4/int4s/int8 when the scheme name has none (32, 64, 128).")
     var groupSize: Int?
-    @Option(help: "Range selection: minmax, or mse (per-group search minimizing reconstruction error).")
+    @Option(help: "Range selection: minmax, or mse (per-group search minimizing reconstruction error; weighted by the inputs' mean squares with --calib).")
     var clip: ClipMethod = .minmax
     @Option(name: .customLong("override"), help: "Per-tensor scheme by name pattern, e.g. 'mlp\\.down_proj=int8'.")
     var overrides: [String] = []
     @Option(help: "Tokenizer for llama2.c input (.bin or .model).")
     var tokenizer: String?
-    @Option(help: "How codes are chosen: rtn (round to nearest), or gptq (calibrated, layer by layer; needs --calib).")
+    @Option(help: "How codes are chosen: rtn (round to nearest; with --calib and --clip mse, importance-weighted ranges), gptq or awq (calibrated, layer by layer; need --calib).")
     var method: QuantMethod = .rtn
-    @Option(help: "Calibration text (UTF-8) for --method gptq.")
+    @Option(help: "Calibration text (UTF-8) for --method gptq/awq, or for importance-weighted --clip mse.")
     var calib: String?
     @Option(help: "Calibration windows drawn from the text.")
     var calibSamples: Int = CalibrationOptions.defaultSamples

@@ -50,8 +50,29 @@ struct CalibrationCLITests {
         #expect(r.status != 0 && r.stderr.contains("--method") && r.stderr.contains("bf16"), "\(r.stderr)")
         r = try q(["--method", "gptq", "--calib", text, "--calib-samples", "100000"])
         #expect(r.status == 1 && r.stderr.contains("fewer than --calib-samples 100000"), "\(r.stderr)")
-        r = try q(["--method", "awq", "--calib", text])
-        #expect(r.status != 0 && r.stderr.contains("awq"), "\(r.stderr)")
+        r = try q(["--method", "awq", "--calib", text, "--scheme", "f16"])
+        #expect(r.status != 0 && r.stderr.contains("--method") && r.stderr.contains("f16"), "\(r.stderr)")
+        r = try q(["--method", "rtn", "--clip", "mse", "--calib", text, "--calib-samples", "100000"])
+        #expect(r.status == 1 && r.stderr.contains("fewer than --calib-samples 100000"), "\(r.stderr)")
         #expect(!FileManager.default.fileExists(atPath: dir + "/o.lmpk"))
+    }
+
+    @Test("--method awq and importance-weighted --clip mse build, report their errors in --json, and record the method")
+    func awqAndImportance() throws {
+        let (dir, text) = try setUp("awq")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for extra in [["--method", "awq"], ["--clip", "mse"]] {
+            let r = try run("lmconvert", ["quantize", "-i", dir + "/m", "-o", dir + "/o.lmpk", "--calib", text, "--calib-samples", "4",
+                                          "--calib-ctx", "64", "--json"] + extra)
+            #expect(r.status == 0, "\(r.stderr)")
+            let j = try JSON.parse(Array(r.stdout.utf8), source: "quantize --json")
+            let cal = try #require(j["calibration"])
+            #expect(cal["samples"]?.int == 4 && cal["matrices"]?.array?.count == 14)
+            #expect((cal["mean_error_ratio"]?.double ?? 9) < 1, "\(r.stdout)")
+            #expect((cal["awq_scalings"]?.array?.count == 8) == (extra[0] == "--method"))
+            let inspect = try run("lmconvert", ["inspect", dir + "/o.lmpk", "--json"])
+            let build = try JSON.parse(Array(inspect.stdout.utf8), source: "inspect")["provenance"]?["build"]
+            #expect(build?["method"]?.string == (extra[0] == "--method" ? "awq" : "rtn") && build?["calibration"] != nil)
+        }
     }
 }

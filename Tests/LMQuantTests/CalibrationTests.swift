@@ -119,6 +119,111 @@ struct CalibrationTests {
         #expect(Double(eqQ) >= 0.99 * Double(want.count) && eqQ > eqF, "quantized-fed \(eqQ), float-fed \(eqF) of \(want.count) bytes equal")
     }
 
+    /// KL(float ‖ model) per position, averaged, on `tokens`.
+    func meanKL(_ a: LlamaModel, _ b: LlamaModel, _ tokens: [Int]) throws -> Double {
+        let ctx = ComputeContext(threads: 2)
+        let la = try a.forward(Batch(tokens, sequence: 0, start: 0), cache: a.makeCache(capacity: tokens.count), logits: .all, context: ctx, hooks: nil)
+        let lb = try b.forward(Batch(tokens, sequence: 0, start: 0), cache: b.makeCache(capacity: tokens.count), logits: .all, context: ctx, hooks: nil)
+        let V = a.config.vocabSize
+        var kl = 0.0
+        for t in 0..<tokens.count {
+            func logp(_ l: [Float]) -> [Double] {
+                let row = l[(t * V)..<((t + 1) * V)].map(Double.init), m = row.max()!
+                let z = log(row.reduce(0) { $0 + exp($1 - m) }) + m
+                return row.map { $0 - z }
+            }
+            let p = logp(la), q = logp(lb)
+            for v in 0..<V { kl += exp(p[v]) * (p[v] - q[v]) }
+        }
+        return kl / Double(tokens.count)
+    }
+
+    @Test("AWQ folds exactly: int8 with every α fixed at 1 (channel scales up to ~10×) stays as close to the float model as plain int8; GQA ties o's scales")
+    func awqFold() throws {
+        let f = try fixture("awqfold")   // 6 query heads over 2 KV heads
+        defer { try? FileManager.default.removeItem(atPath: f.dir) }
+        var s = BuildSpec(source: f.dir + "/m", scheme: "int8")
+        _ = try s.build(output: f.dir + "/rtn.lmpk")
+        s.method = .awq
+        s.calibration = CalibrationOptions(file: f.text, samples: 6, ctx: 48, seed: 3)
+        s.awq = AWQOptions(fixedAlpha: 1)
+        let r = try s.build(output: f.dir + "/awq.lmpk")
+        let rep = try #require(r.calibration)
+        #expect(rep.scalings.count == 8 && rep.scalings.allSatisfy { $0.alpha == 1 })
+        let floatModel = try LlamaModel.load(folder: f.dir + "/m")
+        let awqFile = try LMPKFile(path: f.dir + "/awq.lmpk")
+        let norm = try #require(awqFile["model.layers.0.input_layernorm.weight"])
+        let src = try ModelSource.open(f.dir + "/m")
+        let srcNorm = try #require(src.tensors.first { $0.name == "model.layers.0.input_layernorm.weight" }).produce()
+        #expect(norm.scheme.name == "f32")
+        let folded = (0..<srcNorm.count).map { norm.sections[0].loadUnaligned(fromByteOffset: 4 * $0, as: Float.self) }
+        let ratios = zip(srcNorm, folded).map { $0 / $1 }
+        #expect((ratios.max() ?? 1) / (ratios.min() ?? 1) > 1.5, "the norm carries the scales")
+        let tokens = set(f).samples[0]
+        let klRTN = try meanKL(floatModel, try LlamaModel.load(lmpk: try LMPKFile(path: f.dir + "/rtn.lmpk")), tokens)
+        let klAWQ = try meanKL(floatModel, try LlamaModel.load(lmpk: awqFile), tokens)
+        print(String(format: "int8 KL to float: RTN %.3g, AWQ (α = 1) %.3g", klRTN, klAWQ))
+        #expect(klAWQ < 3 * klRTN + 1e-7, "a wrong fold changes the function: KL \(klAWQ) vs RTN's \(klRTN)")
+    }
+
+    func set(_ f: (dir: String, text: String, tok: Tokenizer)) -> CalibrationSet {
+        (try? CalibrationSet.load(CalibrationOptions(file: f.text, samples: 6, ctx: 48, seed: 3), tokenizer: f.tok))!
+    }
+
+    @Test("AWQ and importance-weighted clipping builds: lower Hessian-weighted error than RTN, same bytes for 1 and 2 threads, provenance")
+    func awqBuild() throws {
+        var big = SyntheticModelSpec(); big.hidden = 128; big.intermediate = 352; big.heads = 4; big.kvHeads = 2; big.headDim = 32
+        let f = try fixture("awq", spec: big)
+        defer { try? FileManager.default.removeItem(atPath: f.dir) }
+        for (method, clip) in [(QuantMethod.awq, ClipMethod.minmax), (.rtn, .mse)] {
+            var s = BuildSpec(source: f.dir + "/m", scheme: "int3-g32", clip: clip)
+            s.method = method
+            s.calibration = CalibrationOptions(file: f.text, samples: 6, ctx: 48, seed: 3)
+            s.threads = 2
+            let r = try s.build(output: f.dir + "/a.lmpk")
+            s.threads = 1
+            _ = try s.build(output: f.dir + "/b.lmpk")
+            let a = try Data(contentsOf: URL(fileURLWithPath: f.dir + "/a.lmpk")), b = try Data(contentsOf: URL(fileURLWithPath: f.dir + "/b.lmpk"))
+            #expect(a == b, "\(method): a calibrated build must not depend on the thread count")
+            let rep = try #require(r.calibration)
+            let worst = rep.matrices.map { $0.methodError / $0.rtnError }.max() ?? 9
+            print(String(format: "%@ int3-g32 / RTN Hessian-weighted error on the fixture: geometric mean %.3f, worst %.3f", method.rawValue, rep.meanErrorRatio, worst))
+            #expect(rep.matrices.count == 14 && worst < 1.0 && rep.meanErrorRatio < 0.95, "worst \(worst), mean \(rep.meanErrorRatio)")
+            let prov = try #require(try LMPKFile(path: f.dir + "/a.lmpk").header["provenance"]?["build"])
+            #expect(prov["method"]?.string == method.rawValue && prov["calibration"]?["samples"]?.int == 6)
+            #expect((prov["awq"]?["grid"]?.int == 20) == (method == .awq))
+        }
+    }
+
+    @Test("importance-weighted ranges: never worse than min/max under the weights, far better than unweighted MSE clipping when weights are skewed; zero weights keep min/max")
+    func weightedRanges() throws {
+        var rng = SplitMix64(seed: 11)
+        func uniform() -> Float { Float(rng.next() >> 40) / Float(1 << 24) }
+        let cols = 96, rows = 64
+        var x = [Float](repeating: 0, count: rows * cols), w = [Float](repeating: 0, count: cols)
+        for i in x.indices { let u = uniform(); x[i] = (u - 0.5) * (u > 0.97 ? 8 : 1) }
+        for j in 0..<cols { let u = uniform(); w[j] = u * u * u * u * 50 }
+        func werr(_ q: QuantizedTensor) -> Double {
+            let back = q.sections.map { $0.bytes }.withUnsafeBufferPointersForTest { RoundToNearest.dequantize(scheme: q.scheme, rows: rows, cols: cols, sections: $0) }
+            var e = 0.0
+            for i in x.indices { let d = Double(back[i] - x[i]); e += Double(w[i % cols]) * d * d }
+            return e
+        }
+        for name in ["int8", "int8-g32", "int4-g32", "int4s-g32", "int3-g32", "int2-g32", "int4-g64"] {
+            let s = try QuantScheme(parsing: name)
+            let minmax = werr(RoundToNearest.quantize(x, rows: rows, cols: cols, scheme: s))
+            let mse = werr(RoundToNearest.quantize(x, rows: rows, cols: cols, scheme: s, clip: .mse))
+            let weighted = werr(RoundToNearest.quantize(x, rows: rows, cols: cols, scheme: s, importance: w))
+            print(String(format: "%@ weighted error: minmax %.4g, mse %.4g, importance %.4g", name, minmax, mse, weighted))
+            // Measured importance / mse: int8 0.91, int8-g32 0.85, 4-bit 0.76-0.81, int3 0.76, int2 0.66.
+            let bound = name.hasPrefix("int8") ? 0.95 : 0.85
+            #expect(weighted <= minmax && weighted < bound * mse, "\(name): importance \(weighted), minmax \(minmax), mse \(mse)")
+            let zero = RoundToNearest.quantize(x, rows: rows, cols: cols, scheme: s, importance: [Float](repeating: 0, count: cols))
+            let plain = RoundToNearest.quantize(x, rows: rows, cols: cols, scheme: s)
+            #expect(zero.sections.map { $0.bytes } == plain.sections.map { $0.bytes }, "\(name): all-zero weights keep min/max")
+        }
+    }
+
     @Test("option errors name the option: gptq without --calib, --calib with rtn, a float scheme, a bad damp")
     func optionErrors() throws {
         var s = BuildSpec(source: "x")
@@ -133,5 +238,28 @@ struct CalibrationTests {
         #expect(option(s) == "method")
         s.scheme = "int4-g32"; s.method = .rtn
         #expect(option(s) == "calib")
+        s.clip = .mse
+        #expect(option(s) == nil, "--calib with --clip mse is importance-weighted RTN")
+        s.scheme = "bf16"
+        #expect(option(s) == "calib")
+        s.scheme = "int4-g32"; s.method = .awq
+        #expect(option(s) == nil)
+        s.awq.grid = 0
+        #expect(option(s) == "awq_grid")
+        s.awq.grid = 20; s.calibration = nil
+        #expect(option(s) == "calib")
+        s.calibration = CalibrationOptions(file: "t.txt"); s.scheme = "f16"
+        #expect(option(s) == "method")
+    }
+}
+
+extension Array where Element == [UInt8] {
+    func withUnsafeBufferPointersForTest<R>(_ body: ([UnsafeRawBufferPointer]) throws -> R) rethrows -> R {
+        var ptrs: [UnsafeRawBufferPointer] = []
+        func go(_ i: Int) throws -> R {
+            if i == count { return try body(ptrs) }
+            return try self[i].withUnsafeBytes { p in ptrs.append(p); return try go(i + 1) }
+        }
+        return try go(0)
     }
 }
