@@ -32,6 +32,8 @@ public struct BuildSpec: Sendable, Equatable {
     public var gptq = GPTQOptions()
     /// AWQ's options (used by `awq` only).
     public var awq = AWQOptions()
+    /// Bit allocation (`--target-bpw`): per-matrix schemes from measured sensitivity; needs `calibration`.
+    public var allocation: AllocationOptions?
     /// Threads of a calibrated build (its forward passes and Hessians); not part of the
     /// build's identity: any count gives the same bytes.
     public var threads = ProcessInfo.processInfo.activeProcessorCount
@@ -52,7 +54,7 @@ public struct BuildSpec: Sendable, Equatable {
         }
         switch method {
         case .rtn:
-            if calibration != nil && clip != .mse {
+            if calibration != nil && clip != .mse && allocation == nil {
                 throw BuildSpecError(option: "calib", reason: "--calib with --method rtn weights the range search by the inputs' importance: add --clip mse, or choose --method gptq or awq")
             }
             if calibration != nil && !s.isQuantized {
@@ -67,6 +69,13 @@ public struct BuildSpec: Sendable, Equatable {
             }
             guard gptq.damp >= 0 && gptq.damp <= 1 && gptq.damp.isFinite else { throw BuildSpecError(option: "damp", reason: "--damp must be in 0...1 (a fraction of the Hessian's mean diagonal), got \(gptq.damp)") }
             guard gptq.blockSize >= 1 && gptq.blockSize <= 4096 else { throw BuildSpecError(option: "block_size", reason: "--block-size must be in 1...4096, got \(gptq.blockSize)") }
+        }
+        if let a = allocation {
+            guard calibration != nil else { throw BuildSpecError(option: "calib", reason: "--target-bpw measures each matrix's sensitivity on calibration text: add --calib FILE") }
+            guard a.targetBPW > 0 && a.targetBPW.isFinite else { throw BuildSpecError(option: "target_bpw", reason: "--target-bpw must be a positive number of bits per weight, got \(a.targetBPW)") }
+            guard a.samples >= 1 else { throw BuildSpecError(option: "alloc_samples", reason: "--alloc-samples must be at least 1, got \(a.samples)") }
+            _ = try BitAllocator.parseCandidates(a.candidates)
+            guard s.isQuantized else { throw BuildSpecError(option: "target_bpw", reason: "--target-bpw chooses among integer schemes; the default scheme \(s.name) stores floats") }
         }
         if let cal = calibration {
             guard cal.samples >= 1 else { throw BuildSpecError(option: "calib_samples", reason: "--calib-samples must be at least 1, got \(cal.samples)") }
@@ -100,6 +109,10 @@ public struct BuildSpec: Sendable, Equatable {
             if method == .gptq {
                 fields.append(("gptq", .object([("damp", .double(gptq.damp)), ("act_order", .bool(gptq.actOrder)), ("block_size", .int(Int64(gptq.blockSize)))])))
             }
+            if let al = allocation {
+                fields.append(("allocation", .object([("target_bpw", .double(al.targetBPW)), ("candidates", .array(al.candidates.map { .string($0) })),
+                                                      ("samples", .int(Int64(al.samples)))])))
+            }
             if method == .awq {
                 var a: [(String, JSON)] = [("grid", .int(Int64(awq.grid)))]
                 if let f = awq.fixedAlpha { a.append(("alpha", .double(Double(f)))) }
@@ -117,7 +130,7 @@ public struct BuildSpec: Sendable, Equatable {
     /// Provenance: the tool, the canonical build, the source's file name and digest.
     /// `progress` makes a reporter given the tensor count.
     public func build(output: String, tool: String = "lmkit 0.1.0", progress: ((Int) -> ProgressReporter)? = nil) throws -> QuantizeSummary {
-        let r = try recipe()
+        var r = try recipe()
         let model = try ModelSource.open(source, llama2cTokenizer: tokenizer)
         let provenance = JSON.object([
             ("tool", .string(tool)),
@@ -125,17 +138,32 @@ public struct BuildSpec: Sendable, Equatable {
             ("source", .string((source as NSString).lastPathComponent)),
             ("source_sha256", .string(try ModelSource.digest(source))),
         ])
-        let overrideStrings = r.overrides.map { $0.pattern + "=" + $0.scheme.name }
+        var overrideStrings = r.overrides.map { $0.pattern + "=" + $0.scheme.name }
         guard let cal = calibration else {
             return try Quantizer.run(model: model, recipe: r, overrideStrings: overrideStrings,
                                      output: output, provenance: provenance, progress: progress?(model.tensors.count))
         }
         guard let tj = model.tokenizer else { throw RecipeError("the input has no tokenizer (tokenizer.json); calibration tokenizes its text with it") }
         let set = try CalibrationSet.load(cal, tokenizer: try Tokenizer(json: tj, source: "tokenizer.json"))
+        var chosen: Allocation?
+        if let a = allocation {
+            let al = try BitAllocator.allocate(model: model, recipe: r, calibration: set, options: a, threads: threads,
+                                               progress: progress?(model.config.numLayers))
+            for o in al.overrides { r.overrides.append(try Recipe.parseOverride(o, defaultGroup: nil)) }
+            overrideStrings += al.overrides
+            chosen = al
+            if method == .rtn && clip != .mse {
+                var summary = try Quantizer.run(model: model, recipe: r, overrideStrings: overrideStrings,
+                                                output: output, provenance: provenance, progress: progress?(model.tensors.count))
+                summary.allocation = al
+                return summary
+            }
+        }
         var (summary, report) = try LayerwiseQuantizer.run(model: model, recipe: r, method: method, calibration: set, gptq: gptq, awq: awq,
                                                            overrideStrings: overrideStrings, output: output, provenance: provenance,
                                                            threads: threads, progress: progress?(model.config.numLayers))
         summary.calibration = report
+        summary.allocation = chosen
         return summary
     }
 }

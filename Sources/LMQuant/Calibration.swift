@@ -292,8 +292,10 @@ enum LayerwiseQuantizer {
                         if factors[role.tap] == nil {
                             factors[role.tap] = try GPTQ.factor(hessian: h, damp: gptq.damp, actOrder: gptq.actOrder, tensor: t.name)
                         }
+                        // With --clip mse, group ranges weighted by the inputs' mean squares.
+                        let importance = recipe.clip == .mse ? h.meanSquares.map { Float($0) } : nil
                         let g = try GPTQ.quantize(weights: v, rows: rows, cols: cols, factorization: factors[role.tap]!, scheme: s,
-                                                  blockSize: gptq.blockSize, clip: recipe.clip, tensor: t.name)
+                                                  blockSize: gptq.blockSize, clip: recipe.clip, importance: importance, tensor: t.name)
                         report.solveSeconds += Date().timeIntervalSince(s0)
                         let rtnBack = dequantize(q), gBack = dequantize(g)
                         let hm = hessian(role.tap), base = weightedSquare(v, hm, rows: rows, cols: cols)

@@ -231,10 +231,15 @@ public enum GPTQ {
     }
 
     /// `quantize` with a factorization made by `factor` (its damp and act-order apply).
+    /// `importance` (`cols` weights in storage order, e.g. the inputs' mean squares): group
+    /// parameters by the importance-weighted range search (`weightedParameters`) instead of `clip`.
     public static func quantize(weights: [Float], rows: Int, cols: Int, factorization f: Factorization, scheme: QuantScheme,
-                                blockSize: Int = 128, clip: ClipMethod = .minmax, tensor: String) throws -> QuantizedTensor {
+                                blockSize: Int = 128, clip: ClipMethod = .minmax, importance: [Float]? = nil, tensor: String) throws -> QuantizedTensor {
         let codec = try validate(weights: weights, rows: rows, cols: cols, inputs: f.cols, scheme: scheme, blockSize: blockSize, tensor: tensor)
-        return run(codec, weights: weights, rows: rows, cols: cols, factorization: f, scheme: scheme, blockSize: blockSize, clip: clip)
+        if let imp = importance, imp.count != cols {
+            throw GPTQError(tensor: tensor, kind: .shapeMismatch, reason: "\(imp.count) importance weights for \(cols) columns")
+        }
+        return run(codec, weights: weights, rows: rows, cols: cols, factorization: f, scheme: scheme, blockSize: blockSize, clip: clip, importance: importance)
     }
 
     /// The checks both entry points make, in this order; returns the scheme's integer codec.
@@ -257,7 +262,7 @@ public enum GPTQ {
 
     /// The algorithm, with the codec's type opened.
     static func run<C: IntegerSchemeCodec>(_ codec: C, weights: [Float], rows: Int, cols n: Int, factorization f: Factorization,
-                                          scheme: QuantScheme, blockSize: Int, clip: ClipMethod) -> QuantizedTensor {
+                                          scheme: QuantScheme, blockSize: Int, clip: ClipMethod, importance: [Float]? = nil) -> QuantizedTensor {
         let G = scheme.groupSize == 0 ? n : scheme.groupSize
         let ng = scheme.groups(cols: n)
         let dead = f.dead, perm = f.perm, actOrder = f.actOrder
@@ -280,7 +285,17 @@ public enum GPTQ {
         func chooseGroup(_ g: Int, _ source: (Int, Int) -> Float) {
             let lo = g * G, count = min(G, n - lo)
             for k in 0..<count { for r in 0..<rows { tmp[r * count + k] = source(lo + k, r) } }
-            for r in 0..<rows { params[r * ng + g] = codec.chooseParameters(tmp + r * count, count: count, clip: clip, scheme: scheme) }
+            if let importance {
+                importance.withUnsafeBufferPointer { w in
+                    let scratch = UnsafeMutablePointer<Int32>.allocate(capacity: count)
+                    defer { scratch.deallocate() }
+                    for r in 0..<rows {
+                        params[r * ng + g] = codec.weightedParameters(tmp + r * count, importance: w.baseAddress! + lo, count: count, scheme: scheme, codes: scratch)
+                    }
+                }
+            } else {
+                for r in 0..<rows { params[r * ng + g] = codec.chooseParameters(tmp + r * count, count: count, clip: clip, scheme: scheme) }
+            }
         }
         if actOrder {
             // Static groups: original (dead-zeroed) weights, storage order.

@@ -76,6 +76,8 @@ public struct QuantizeSummary: Sendable {
     public var peakRSSBytes: Int
     /// What a calibrated method measured (nil for round-to-nearest).
     public var calibration: CalibrationReport? = nil
+    /// What the bit allocator chose (nil without `--target-bpw`).
+    public var allocation: Allocation? = nil
     public var bitsPerWeight: Double { Double(tensorBytes * 8) / Double(max(parameters, 1)) }
 }
 

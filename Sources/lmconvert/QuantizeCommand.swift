@@ -62,11 +62,20 @@ struct QuantizeCommand: ParsableCommand {
                                                                       ("alpha", .double(Double($0.alpha)))]) })),
                 ])))
             }
+            if let a = s.allocation {
+                fields.append(("allocation", .object([
+                    ("target_bpw", .double(spec.allocation?.targetBPW ?? 0)), ("bits_per_weight", .double(a.bitsPerWeight)),
+                    ("fixed_bytes", .int(Int64(a.fixedBytes))), ("seconds", .double(a.seconds)), ("total_damage", .double(a.totalDamage)),
+                    ("choices", .array(a.choices.map { .object([("tensor", .string($0.tensor)), ("scheme", .string($0.scheme)),
+                                                                ("bytes", .int(Int64($0.bytes))), ("damage", .double($0.damage))]) })),
+                ])))
+            }
             print(JSON.object(fields).serialized(pretty: true))
         } else {
             print(String(format: "wrote %@: %d tensors, %.1f M parameters, %.2f MiB, %.3f bits/weight, %.1f s, peak RSS %.0f MiB",
                          output, s.tensors, Double(s.parameters) / 1e6, Double(s.fileBytes) / 1_048_576, s.bitsPerWeight, s.seconds,
                          Double(s.peakRSSBytes) / 1_048_576))
+            if let a = s.allocation { printAllocation(a) }
             if let r = s.calibration {
                 print(String(format: "%@: %d windows, %d tokens (activations %.1f MiB); forward %.1f s, Hessians %.1f s, solver %.1f s",
                              spec.method.rawValue, r.samples, r.tokens, Double(r.activationBytes) / 1_048_576, r.forwardSeconds, r.hessianSeconds, r.solveSeconds))
@@ -110,6 +119,12 @@ struct BuildOptions: ParsableArguments {
     var blockSize: Int = 128
     @Option(help: "Threads of a calibrated build (default: every core); the bytes do not depend on it.")
     var threads: Int?
+    @Option(help: "Bit allocation: choose each decoder matrix's scheme from --candidates so the file averages at most this many bits per weight (all tensors counted), at the least measured damage; needs --calib.")
+    var targetBpw: Double?
+    @Option(help: "Schemes the bit allocator may give a matrix (comma-separated).")
+    var candidates: String = AllocationOptions.defaultCandidates.joined(separator: ",")
+    @Option(help: "Calibration windows the allocator's sensitivity pass runs on.")
+    var allocSamples: Int = 4
 
     /// The build of `source` these options describe.
     func spec(source: String) -> BuildSpec {
@@ -118,6 +133,10 @@ struct BuildOptions: ParsableArguments {
         s.calibration = calib.map { CalibrationOptions(file: $0, samples: calibSamples, ctx: calibCtx, seed: seed) }
         s.gptq = GPTQOptions(damp: damp, actOrder: actOrder, blockSize: blockSize)
         if let t = threads { s.threads = max(1, t) }
+        if let b = targetBpw {
+            s.allocation = AllocationOptions(targetBPW: b, candidates: candidates.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) },
+                                             samples: allocSamples)
+        }
         return s
     }
 
@@ -207,5 +226,26 @@ struct VerifyCommand: ParsableCommand {
             _ = try f.tokenizerJSON()
             print("ok  \(file): \(f.tensors.count) tensors, structure and CRCs valid")
         }
+    }
+}
+
+/// The allocation as a table: per matrix role, how many layers got each scheme.
+func printAllocation(_ a: Allocation) {
+    var schemes: [String] = []
+    var table: [String: [String: Int]] = [:]
+    var roles: [String] = []
+    for ch in a.choices {
+        let parts = ch.tensor.split(separator: ".")
+        let role = parts.count >= 2 ? parts[parts.count - 2] : Substring(ch.tensor)
+        if table[String(role)] == nil { roles.append(String(role)); table[String(role)] = [:] }
+        table[String(role), default: [:]][ch.scheme, default: 0] += 1
+        if !schemes.contains(ch.scheme) { schemes.append(ch.scheme) }
+    }
+    schemes.sort { (try? QuantScheme(parsing: $0).sections(rows: 1, cols: 128).reduce(0) { $0 + $1.bytes }) ?? 0 < (try? QuantScheme(parsing: $1).sections(rows: 1, cols: 128).reduce(0) { $0 + $1.bytes }) ?? 0 }
+    print(String(format: "bit allocation: %.4f bits/weight (%d matrices; other tensors %.2f MiB), estimated damage %.4g, %.1f s",
+                 a.bitsPerWeight, a.choices.count, Double(a.fixedBytes) / 1_048_576, a.totalDamage, a.seconds))
+    print("  " + "matrix".padding(toLength: 10, withPad: " ", startingAt: 0) + schemes.map { $0.padding(toLength: 11, withPad: " ", startingAt: 0) }.joined())
+    for r in roles {
+        print("  " + r.padding(toLength: 10, withPad: " ", startingAt: 0) + schemes.map { String(table[r]![$0] ?? 0).padding(toLength: 11, withPad: " ", startingAt: 0) }.joined())
     }
 }

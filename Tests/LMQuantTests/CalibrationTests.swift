@@ -170,12 +170,12 @@ struct CalibrationTests {
         (try? CalibrationSet.load(CalibrationOptions(file: f.text, samples: 6, ctx: 48, seed: 3), tokenizer: f.tok))!
     }
 
-    @Test("AWQ and importance-weighted clipping builds: lower Hessian-weighted error than RTN, same bytes for 1 and 2 threads, provenance")
+    @Test("AWQ, importance-weighted RTN and GPTQ with importance-weighted ranges: lower Hessian-weighted error than RTN, same bytes for 1 and 2 threads, provenance")
     func awqBuild() throws {
         var big = SyntheticModelSpec(); big.hidden = 128; big.intermediate = 352; big.heads = 4; big.kvHeads = 2; big.headDim = 32
         let f = try fixture("awq", spec: big)
         defer { try? FileManager.default.removeItem(atPath: f.dir) }
-        for (method, clip) in [(QuantMethod.awq, ClipMethod.minmax), (.rtn, .mse)] {
+        for (method, clip) in [(QuantMethod.awq, ClipMethod.minmax), (.rtn, .mse), (.gptq, .mse)] {
             var s = BuildSpec(source: f.dir + "/m", scheme: "int3-g32", clip: clip)
             s.method = method
             s.calibration = CalibrationOptions(file: f.text, samples: 6, ctx: 48, seed: 3)
@@ -261,5 +261,57 @@ extension Array where Element == [UInt8] {
             return try self[i].withUnsafeBytes { p in ptrs.append(p); return try go(i + 1) }
         }
         return try go(0)
+    }
+}
+
+@Suite("Bit allocation (--target-bpw)", .serialized)
+struct BitAllocationTests {
+    @Test("meets the budget at no more estimated damage than the uniform scheme of the same bits, deterministic, an ordinary file whose schemes are the allocation")
+    func allocate() throws {
+        var big = SyntheticModelSpec(); big.hidden = 128; big.intermediate = 352; big.heads = 4; big.kvHeads = 2; big.headDim = 32
+        let f = try fixture("alloc", spec: big)
+        defer { try? FileManager.default.removeItem(atPath: f.dir) }
+        let uniform = try BuildSpec(source: f.dir + "/m", scheme: "int4-g64").build(output: f.dir + "/u.lmpk")
+        var s = BuildSpec(source: f.dir + "/m", scheme: "int4-g64")
+        s.calibration = CalibrationOptions(file: f.text, samples: 6, ctx: 48, seed: 3)
+        s.allocation = AllocationOptions(targetBPW: uniform.bitsPerWeight, samples: 3)
+        s.threads = 2
+        let r = try s.build(output: f.dir + "/a.lmpk")
+        s.threads = 1
+        _ = try s.build(output: f.dir + "/b.lmpk")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: f.dir + "/a.lmpk")) == Data(contentsOf: URL(fileURLWithPath: f.dir + "/b.lmpk")))
+        let a = try #require(r.allocation)
+        #expect(a.choices.count == 14 && a.bitsPerWeight <= uniform.bitsPerWeight && abs(r.bitsPerWeight - a.bitsPerWeight) < 1e-12)
+        let u = try #require(a.candidates.firstIndex(of: "int4-g64"))
+        let uniformDamage = a.choices.reduce(0) { $0 + $1.damages[u] }
+        print(String(format: "allocation %.4f bits/weight, damage %.4g vs uniform int4-g64 %.4g; schemes %@", a.bitsPerWeight, a.totalDamage, uniformDamage,
+                     Set(a.choices.map(\.scheme)).sorted().joined(separator: ",")))
+        #expect(a.totalDamage <= uniformDamage * (1 + 1e-9))
+        #expect(Set(a.choices.map(\.scheme)).count >= 2, "a mix, not the uniform scheme")
+        // Damage falls with bytes within a tensor's candidates of one family.
+        for c in a.choices { #expect(c.damages[a.candidates.firstIndex(of: "int4-g32")!] <= c.damages[a.candidates.firstIndex(of: "int4-g128")!]) }
+        let file = try LMPKFile(path: f.dir + "/a.lmpk")
+        for c in a.choices { #expect(file[c.tensor]?.scheme.name == c.scheme) }
+        #expect(file.header["provenance"]?["build"]?["allocation"]?["target_bpw"]?.double == uniform.bitsPerWeight)
+        _ = try LlamaModel.load(lmpk: file)
+    }
+
+    @Test("a target below the cheapest allocation, no --calib, bad candidates: clear errors before any work, no file")
+    func errors() throws {
+        let f = try fixture("allocerr")
+        defer { try? FileManager.default.removeItem(atPath: f.dir) }
+        var s = BuildSpec(source: f.dir + "/m", scheme: "int4-g32")
+        s.allocation = AllocationOptions(targetBPW: 4)
+        func option(_ s: BuildSpec) -> String? { do { _ = try s.recipe(); return nil } catch let e as BuildSpecError { return e.option } catch { return "?" } }
+        #expect(option(s) == "calib")
+        s.calibration = CalibrationOptions(file: f.text, samples: 6, ctx: 48, seed: 3)
+        #expect(option(s) == nil)
+        s.allocation?.candidates = ["int4-g32", "f16"]
+        #expect(option(s) == "candidates")
+        s.allocation?.candidates = ["int3-g64", "int4-g32"]
+        s.allocation?.targetBPW = 1
+        #expect(throws: RecipeError.self) { _ = try s.build(output: f.dir + "/x.lmpk") }
+        do { _ = try s.build(output: f.dir + "/x.lmpk") } catch { #expect("\(error)".contains("below the cheapest allocation"), "\(error)") }
+        #expect(!FileManager.default.fileExists(atPath: f.dir + "/x.lmpk"))
     }
 }

@@ -1,0 +1,207 @@
+import Foundation
+import LMCore
+import LMFormats
+import LMRuntime
+
+/// Bit allocation (`lmconvert quantize --target-bpw B`): per-matrix schemes chosen from
+/// `candidates` so the whole file averages at most `targetBPW` bits per weight (every
+/// tensor's bytes counted, embeddings and norms included) at the least total measured damage.
+public struct AllocationOptions: Sendable, Equatable {
+    public var targetBPW: Double
+    /// Schemes a decoder matrix may get (integer schemes; names as `--scheme` takes them).
+    public var candidates: [String]
+    /// Calibration windows (the first ones, in text order) the sensitivity pass runs on.
+    public var samples: Int
+    public static let defaultCandidates = ["int3-g64", "int3-g32", "int4-g128", "int4-g64", "int4-g32", "int8"]
+    public init(targetBPW: Double, candidates: [String] = defaultCandidates, samples: Int = 4) {
+        self.targetBPW = targetBPW; self.candidates = candidates; self.samples = samples
+    }
+}
+
+/// What the allocator chose and measured.
+public struct Allocation: Sendable {
+    public struct Choice: Sendable {
+        public let tensor: String
+        public let scheme: String
+        public let bytes: Int
+        /// Estimated damage at the chosen scheme (relative squared change of the layer's output).
+        public let damage: Double
+        /// Estimated damage at each of `Allocation.candidates`.
+        public let damages: [Double]
+    }
+    /// The candidates' resolved names, in the order of `Choice.damages`.
+    public var candidates: [String] = []
+    public var choices: [Choice] = []
+    /// Bytes of the tensors the allocator does not choose for (embeddings, norms, overridden
+    /// tensors), and of all tensors.
+    public var fixedBytes = 0, totalBytes = 0
+    public var parameters = 0
+    public var seconds = 0.0
+    public var bitsPerWeight: Double { Double(totalBytes * 8) / Double(max(parameters, 1)) }
+    public var totalDamage: Double { choices.reduce(0) { $0 + $1.damage } }
+    /// `REGEX=SCHEME` overrides that reproduce the allocation (one exact name each).
+    public var overrides: [String] { choices.map { "^" + NSRegularExpression.escapedPattern(for: $0.tensor) + "$=" + $0.scheme } }
+}
+
+/// The allocator.
+///
+/// **Sensitivity.** A float pass over the first `samples` calibration windows, one decoder
+/// layer at a time (memory: one layer and the windows' activations). In layer k, for each
+/// of its seven matrices t:
+/// - `D(t, s₀)`: the layer is run with only t round-to-nearest quantized to its cheapest
+///   candidate s₀, and the change of the layer's output (the residual stream) is measured,
+///   `Σ‖Δh‖² / Σ‖h‖²` over the windows' tokens: one currency for every matrix and layer,
+///   the relative perturbation the next layer's RMSNorm sees;
+/// - for the other candidates s, `D(t, s) = D(t, s₀) · E(t, s) / E(t, s₀)` with
+///   `E = tr(ΔW·H·ΔWᵀ)`, the Hessian-weighted output error of that matrix alone.
+///
+/// **Choice.** Total damage is taken as additive over matrices. Each matrix's candidates
+/// are reduced to their lower convex hull (bytes vs damage); all start at the cheapest, then
+/// the upgrade with the largest damage decrease per byte that still fits the budget is
+/// applied until none fits (the greedy solution of the Lagrangian relaxation).
+enum BitAllocator {
+    static func allocate(model: ImportedModel, recipe: Recipe, calibration: CalibrationSet, options o: AllocationOptions,
+                         threads: Int, progress: ProgressReporter?) throws -> Allocation {
+        let start = Date()
+        let c = model.config
+        let candidates = try parseCandidates(o.candidates)
+        let schemes = try recipe.assign(model.tensors.map { ($0.name, $0.shape) })
+        func bytes(_ s: QuantScheme, _ shape: [Int]) -> Int {
+            let rows = shape.count == 2 ? shape[0] : 1, cols = shape.count == 2 ? shape[1] : shape.reduce(1, *)
+            return s.sections(rows: rows, cols: cols).reduce(0) { $0 + $1.bytes }
+        }
+        // Allocatable: decoder-layer matrices left at the default scheme.
+        var allocatable: [Int] = []
+        var alloc = Allocation()
+        for (i, t) in model.tensors.enumerated() {
+            alloc.parameters += t.shape.reduce(1, *)
+            if let l = LayerwiseQuantizer.layerIndex(t.name), l < c.numLayers,
+               LayerMatrix(rawValue: String(t.name.dropFirst("model.layers.\(l).".count))) != nil, schemes[i] == recipe.defaultScheme {
+                allocatable.append(i)
+            } else {
+                alloc.fixedBytes += bytes(schemes[i], t.shape)
+            }
+        }
+        let budget = Int((o.targetBPW * Double(alloc.parameters) / 8).rounded(.down))
+        let cheapest = alloc.fixedBytes + allocatable.reduce(0) { s, i in s + candidates.map { bytes($0, model.tensors[i].shape) }.min()! }
+        let cheapestBPW = Double(cheapest * 8) / Double(max(alloc.parameters, 1))
+        guard budget >= cheapest else {
+            throw RecipeError(String(format: "--target-bpw %.4g is below the cheapest allocation: %.4f bits/weight (every decoder matrix at its cheapest candidate of %@, the other tensors %.2f MiB as the recipe stores them); raise --target-bpw, add cheaper --candidates, or store the embedding smaller (--override)",
+                                     o.targetBPW, cheapestBPW, o.candidates.joined(separator: ","), Double(alloc.fixedBytes) / 1_048_576))
+        }
+        guard !allocatable.isEmpty else { throw RecipeError("--target-bpw: no decoder matrix is left at the default scheme to allocate") }
+
+        // Sensitivity pass.
+        let windows = Array(calibration.samples.prefix(max(1, o.samples)))
+        let D = c.hiddenSize
+        let context = ComputeContext(threads: threads)
+        guard let embT = model.tensors.first(where: { $0.name == "model.embed_tokens.weight" }) else {
+            throw RecipeError("tensor 'model.embed_tokens.weight' is missing; the sensitivity pass needs the token embedding")
+        }
+        let emb = try LayerwiseQuantizer.finite(embT)
+        embT.release()
+        var hidden = [Float](repeating: 0, count: windows.reduce(0) { $0 + $1.count } * D)
+        for (k, id) in windows.flatMap({ $0 }).enumerated() where id < embT.shape[0] {
+            for j in 0..<D { hidden[k * D + j] = emb[id * D + j] }
+        }
+        var damage: [Int: [Double]] = [:]   // tensor index → per candidate
+        let byLayer = Dictionary(grouping: allocatable) { LayerwiseQuantizer.layerIndex(model.tensors[$0].name)! }
+        for l in 0..<c.numLayers {
+            let p = "model.layers.\(l)."
+            var values: [String: [Float]] = [:]
+            for t in model.tensors where LayerwiseQuantizer.layerIndex(t.name) == l { values[t.name] = try LayerwiseQuantizer.finite(t); t.release() }
+            var H: [TapPoint: HessianAccumulator] = [:]
+            let widths: [TapPoint: Int] = [.attentionInput: D, .oProjInput: c.numHeads * c.headDim, .mlpInput: D, .downProjInput: c.intermediateSize]
+            for (tp, n) in widths { H[tp] = HessianAccumulator(cols: n) }
+            let layer = try LayerwiseQuantizer.makeLayer(prefix: p, c, values)
+            var out = hidden
+            try LayerwiseQuantizer.propagate(layer: layer, c, windows, hidden: &out, update: true, context: context) { _, point, x, rows, _ in
+                H[point]!.add(x, rows: rows, context: context)
+            }
+            var norm = 0.0
+            for v in out { norm += Double(v) * Double(v) }
+            for i in byLayer[l] ?? [] {
+                let t = model.tensors[i]
+                guard let role = LayerMatrix(rawValue: String(t.name.dropFirst(p.count))), let w = values[t.name] else { continue }
+                let rows = t.shape[0], cols = t.shape[1]
+                let hm = H[role.tap]!.hessian().map { Float($0) }
+                let ones = [Float](repeating: 1, count: cols)
+                let E = candidates.map { s in
+                    LayerwiseQuantizer.weightedSquare(AWQFold.roundTripError(w, rows: rows, cols: cols, scales: ones, scheme: s), hm, rows: rows, cols: cols)
+                }
+                let ref = candidates.indices.min { bytes(candidates[$0], t.shape) < bytes(candidates[$1], t.shape) }!
+                var changed = values
+                let d = AWQFold.roundTripError(w, rows: rows, cols: cols, scales: ones, scheme: candidates[ref])
+                changed[t.name] = zip(w, d).map { $0 + $1 }
+                var moved = hidden
+                try LayerwiseQuantizer.propagate(layer: try LayerwiseQuantizer.makeLayer(prefix: p, c, changed), c, windows, hidden: &moved,
+                                                 update: true, context: context, tap: nil)
+                var diff = 0.0
+                for k in moved.indices { let e = Double(moved[k] - out[k]); diff += e * e }
+                let dRef = norm > 0 ? diff / norm : 0
+                damage[i] = E.map { E[ref] > 0 ? dRef * $0 / E[ref] : 0 }
+            }
+            hidden = out
+            progress?.update(l + 1, extra: "sensitivity of layer \(l)")
+        }
+
+        // Choice: lower convex hull per tensor, then greedy upgrades by damage saved per byte.
+        struct Option { let scheme: Int; let bytes: Int; let damage: Double }
+        var hulls: [Int: [Option]] = [:]
+        for i in allocatable {
+            let shape = model.tensors[i].shape, dmg = damage[i]!
+            var opts: [Option] = []
+            for k in candidates.indices { opts.append(Option(scheme: k, bytes: bytes(candidates[k], shape), damage: dmg[k])) }
+            opts.sort { (a: Option, b: Option) -> Bool in a.bytes < b.bytes || (a.bytes == b.bytes && a.damage < b.damage) }
+            var hull: [Option] = []
+            for op in opts {
+                if let last = hull.last, op.damage >= last.damage { continue }     // dominated
+                while hull.count >= 2 {
+                    let a = hull[hull.count - 2], b = hull[hull.count - 1]
+                    // b is above the segment a–op: remove it.
+                    let lhs = (b.damage - a.damage) * Double(op.bytes - a.bytes), rhs = (op.damage - a.damage) * Double(b.bytes - a.bytes)
+                    if lhs >= rhs { hull.removeLast() } else { break }
+                }
+                hull.append(op)
+            }
+            hulls[i] = hull
+        }
+        var level = [Int: Int](uniqueKeysWithValues: allocatable.map { ($0, 0) })
+        var used = alloc.fixedBytes + allocatable.reduce(0) { $0 + hulls[$1]![0].bytes }
+        while true {
+            var best: (i: Int, gain: Double)? = nil
+            for i in allocatable {
+                let h = hulls[i]!, k = level[i]!
+                guard k + 1 < h.count else { continue }
+                let extra = h[k + 1].bytes - h[k].bytes
+                guard used + extra <= budget else { continue }
+                let gain = (h[k].damage - h[k + 1].damage) / Double(max(extra, 1))
+                if best == nil || gain > best!.gain || (gain == best!.gain && i < best!.i) { best = (i, gain) }
+            }
+            guard let b = best else { break }
+            let h = hulls[b.i]!, k = level[b.i]!
+            used += h[k + 1].bytes - h[k].bytes
+            level[b.i] = k + 1
+        }
+        alloc.choices = allocatable.map { i in
+            let op = hulls[i]![level[i]!]
+            return Allocation.Choice(tensor: model.tensors[i].name, scheme: candidates[op.scheme].name, bytes: op.bytes, damage: op.damage,
+                                     damages: damage[i]!)
+        }
+        alloc.candidates = candidates.map(\.name)
+        alloc.totalBytes = used
+        alloc.seconds = Date().timeIntervalSince(start)
+        return alloc
+    }
+
+    /// Candidate names → schemes (integer schemes only).
+    static func parseCandidates(_ names: [String]) throws -> [QuantScheme] {
+        guard !names.isEmpty else { throw BuildSpecError(option: "candidates", reason: "--candidates is empty") }
+        return try names.map { n in
+            let s: QuantScheme
+            do { s = try QuantScheme(parsing: n) } catch { throw BuildSpecError(option: "candidates", reason: "--candidates: \(error)") }
+            guard s.isQuantized else { throw BuildSpecError(option: "candidates", reason: "--candidates: \(n) stores floats; candidates are integer schemes") }
+            return s
+        }
+    }
+}
