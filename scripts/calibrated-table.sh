@@ -7,7 +7,9 @@
 #   stories260K: documents protocol, ctx 128, all 100 stories.
 #   SmolLM2:     chunks protocol, ctx 512, first $SMOL_CHUNKS chunks of wiki.test.raw.
 # Methods (METHODS): rtn (min/max), rtn-clip (--clip mse), rtn-imp (--clip mse --calib:
-# importance-weighted ranges), gptq, gptq-act (--act-order), awq.
+# importance-weighted ranges), gptq, gptq-act (--act-order), gptq-imp (--act-order --clip mse:
+# importance-weighted group ranges), awq; alloc-rtn / alloc-imp / alloc-awq: bit allocation
+# (--target-bpw $ALLOC_BPW, default candidates) then that method, SCHEME the default.
 # Calibration texts (CALIBS), both disjoint from both evaluation texts:
 #   tinystories: tinystories_v1_valid_prefix.txt;
 #   wiki2:       the second half of wiki.test.raw (from the first line at or after its
@@ -28,6 +30,7 @@ METHODS="${METHODS:-rtn gptq}"
 MODELS="${MODELS:-stories260k smol}"
 CALIBS="${CALIBS:-tinystories}"
 REUSE="${REUSE:-0}"
+ALLOC_BPW="${ALLOC_BPW:-5.256}"
 mkdir -p "$OUT"
 [ -d "$OUT/smol" ] || $BIN/lmconvert import -i "$DATA/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf" -o "$OUT/smol" >/dev/null
 python3 - "$DATA/text/wiki.test.raw" "$OUT/wiki2-calib.txt" <<'PY'
@@ -50,7 +53,11 @@ for model in $MODELS; do
         rtn-imp) base=(--clip mse); calibrated=1;;
         gptq) base=(--method gptq); calibrated=1;;
         gptq-act) base=(--method gptq --act-order); calibrated=1;;
+        gptq-imp) base=(--method gptq --act-order --clip mse); calibrated=1;;
         awq) base=(--method awq); calibrated=1;;
+        alloc-rtn) base=(--target-bpw "$ALLOC_BPW"); calibrated=1;;
+        alloc-imp) base=(--clip mse --target-bpw "$ALLOC_BPW"); calibrated=1;;
+        alloc-awq) base=(--method awq --target-bpw "$ALLOC_BPW"); calibrated=1;;
         *) echo "unknown method $method" >&2; exit 2;;
       esac
       calibs=$CALIBS; [ $calibrated = 1 ] || calibs=none

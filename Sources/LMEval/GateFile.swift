@@ -98,7 +98,7 @@ public struct GateFile: Sendable {
             case let (m?, nil): return .artifact(try expand(try str(m, ck + ".model"), ck + ".model"))
             case let (nil, r?):
                 let rk = ck + ".recipe"
-                let ro = try object(r, rk, allowed: ["source", "scheme", "group_size", "clip", "overrides", "method", "calib", "gptq", "prune", "shard", "kv_cache", "tokenizer"])
+                let ro = try object(r, rk, allowed: ["source", "scheme", "group_size", "clip", "overrides", "method", "calib", "gptq", "allocation", "prune", "shard", "kv_cache", "tokenizer"])
                 for reserved in ["prune"] where ro.contains(where: { $0.0 == reserved }) {
                     throw fail(rk + "." + reserved, "reserved for a later release: this lmkit cannot build '\(reserved)' candidates yet")
                 }
@@ -157,8 +157,20 @@ public struct GateFile: Sendable {
                     }
                     if let b = try optInt(gj["block_size"], rk + ".gptq.block_size") { spec.gptq.blockSize = b }
                 }
+                if let aj = r["allocation"] {
+                    _ = try object(aj, rk + ".allocation", allowed: ["target_bpw", "candidates", "samples"])
+                    guard let t = aj["target_bpw"]?.double else { throw fail(rk + ".allocation.target_bpw", "missing or not a number (bits per weight)") }
+                    var a = AllocationOptions(targetBPW: t)
+                    if let cj = aj["candidates"] {
+                        guard let arr = cj.array else { throw fail(rk + ".allocation.candidates", "must be an array of scheme names") }
+                        a.candidates = try arr.enumerated().map { try str($1, rk + ".allocation.candidates[\($0)]") }
+                    }
+                    if let n = try optInt(aj["samples"], rk + ".allocation.samples") { a.samples = n }
+                    spec.allocation = a
+                }
                 do { _ = try spec.recipe() } catch let e as BuildSpecError {
-                    let key = ["calib_samples": "calib.samples", "calib_ctx": "calib.ctx", "damp": "gptq.damp", "block_size": "gptq.block_size"][e.option] ?? e.option
+                    let key = ["calib_samples": "calib.samples", "calib_ctx": "calib.ctx", "damp": "gptq.damp", "block_size": "gptq.block_size",
+                               "target_bpw": "allocation.target_bpw", "candidates": "allocation.candidates", "alloc_samples": "allocation.samples"][e.option] ?? e.option
                     throw fail(rk + "." + key, e.reason)
                 }
                 return .recipe(spec)
