@@ -156,6 +156,7 @@ public struct BuildSpec: Sendable, Equatable {
                 var summary = try Quantizer.run(model: model, recipe: r, overrideStrings: overrideStrings,
                                                 output: output, provenance: provenance, progress: progress?(model.tensors.count))
                 summary.allocation = al
+                summary.seconds += al.seconds
                 return summary
             }
         }
@@ -164,6 +165,7 @@ public struct BuildSpec: Sendable, Equatable {
                                                            threads: threads, progress: progress?(model.config.numLayers))
         summary.calibration = report
         summary.allocation = chosen
+        summary.seconds += chosen?.seconds ?? 0
         return summary
     }
 }
