@@ -110,9 +110,8 @@ enum BitAllocator {
             let p = "model.layers.\(l)."
             var values: [String: [Float]] = [:]
             for t in model.tensors where LayerwiseQuantizer.layerIndex(t.name) == l { values[t.name] = try LayerwiseQuantizer.finite(t); t.release() }
-            var H: [TapPoint: HessianAccumulator] = [:]
-            let widths: [TapPoint: Int] = [.attentionInput: D, .oProjInput: c.numHeads * c.headDim, .mlpInput: D, .downProjInput: c.intermediateSize]
-            for (tp, n) in widths { H[tp] = HessianAccumulator(cols: n) }
+            var H = LayerwiseQuantizer.hessianAccumulators(c)
+            var hf: [TapPoint: [Float]] = [:]   // q/k/v and gate/up share theirs
             let layer = try LayerwiseQuantizer.makeLayer(prefix: p, c, values)
             var out = hidden
             try LayerwiseQuantizer.propagate(layer: layer, c, windows, hidden: &out, update: true, context: context) { _, point, x, rows, _ in
@@ -124,7 +123,8 @@ enum BitAllocator {
                 let t = model.tensors[i]
                 guard let role = LayerMatrix(rawValue: String(t.name.dropFirst(p.count))), let w = values[t.name] else { continue }
                 let rows = t.shape[0], cols = t.shape[1]
-                let hm = H[role.tap]!.hessian().map { Float($0) }
+                if hf[role.tap] == nil { hf[role.tap] = H[role.tap]!.hessian().map { Float($0) } }
+                let hm = hf[role.tap]!
                 let ones = [Float](repeating: 1, count: cols)
                 let E = candidates.map { s in
                     LayerwiseQuantizer.weightedSquare(AWQFold.roundTripError(w, rows: rows, cols: cols, scales: ones, scheme: s), hm, rows: rows, cols: cols)

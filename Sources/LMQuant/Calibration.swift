@@ -223,10 +223,9 @@ enum LayerwiseQuantizer {
                 let p = "model.layers.\(l)."
                 // Pass 1: the float layer's inputs → one Hessian per tap point.
                 let floatLayer = try makeLayer(prefix: p, c, values)
-                var H: [TapPoint: HessianAccumulator] = [:]
+                var H = hessianAccumulators(c)
                 var meanAbs: [TapPoint: [Double]] = [:]
-                let widths: [TapPoint: Int] = [.attentionInput: D, .oProjInput: c.numHeads * c.headDim, .mlpInput: D, .downProjInput: c.intermediateSize]
-                for (tp, n) in widths { H[tp] = HessianAccumulator(cols: n); if method == .awq { meanAbs[tp] = [Double](repeating: 0, count: n) } }
+                if method == .awq { for (tp, h) in H { meanAbs[tp] = [Double](repeating: 0, count: h.cols) } }
                 var hessianSeconds = 0.0
                 let t0 = Date()
                 try propagate(layer: floatLayer, c, calibration.samples, hidden: &hidden, update: false, context: context) { _, point, x, rows, cols in
@@ -266,7 +265,11 @@ enum LayerwiseQuantizer {
                     let t = model.tensors[i], s = schemes[i], v = values[t.name]!
                     let rows = t.shape.count == 2 ? t.shape[0] : 1, cols = t.shape.count == 2 ? t.shape[1] : t.shape[0]
                     let role = LayerMatrix(rawValue: String(t.name.dropFirst(p.count)))
-                    var q = RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: s, clip: recipe.clip)
+                    // Plain RTN of `v` (the report's reference, and what other tensors store); not
+                    // needed for an AWQ-folded matrix, whose reference is RTN of its original weights.
+                    let folded = awqFold.original[t.name] != nil && s.isQuantized && role != nil
+                    let rtnV = folded ? nil : RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: s, clip: recipe.clip)
+                    var q: QuantizedTensor
                     if let role, s.isQuantized, method != .gptq, let h = H[role.tap] {
                         // Importance-weighted clipping (RTN with --clip mse, and AWQ's clip search):
                         // the inputs' mean squares, in the scaled domain for AWQ (x / s).
@@ -279,8 +282,7 @@ enum LayerwiseQuantizer {
                         // Errors of the equivalent unscaled matrix, on the same H as plain RTN's.
                         let original = awqFold.original[t.name] ?? v
                         let hm = hessian(role.tap), base = weightedSquare(original, hm, rows: rows, cols: cols)
-                        let plain = awqFold.original[t.name] == nil ? dequantize(q)
-                            : dequantize(RoundToNearest.quantize(original, rows: rows, cols: cols, scheme: s, clip: recipe.clip))
+                        let plain = dequantize(rtnV ?? RoundToNearest.quantize(original, rows: rows, cols: cols, scheme: s, clip: recipe.clip))
                         let mBack = dequantize(m)
                         let effective = awqFold.unscale(role, mBack, rows: rows, cols: cols)
                         func error(_ q: [Float]) -> Double { base > 0 ? weightedSquare(zip(original, q).map { $0 - $1 }, hm, rows: rows, cols: cols) / base : 0 }
@@ -297,7 +299,7 @@ enum LayerwiseQuantizer {
                         let g = try GPTQ.quantize(weights: v, rows: rows, cols: cols, factorization: factors[role.tap]!, scheme: s,
                                                   blockSize: gptq.blockSize, clip: recipe.clip, importance: importance, tensor: t.name)
                         report.solveSeconds += Date().timeIntervalSince(s0)
-                        let rtnBack = dequantize(q), gBack = dequantize(g)
+                        let rtnBack = dequantize(rtnV!), gBack = dequantize(g)
                         let hm = hessian(role.tap), base = weightedSquare(v, hm, rows: rows, cols: cols)
                         func error(_ q: [Float]) -> Double { base > 0 ? weightedSquare(zip(v, q).map { $0 - $1 }, hm, rows: rows, cols: cols) / base : 0 }
                         let e0 = error(rtnBack), e1 = error(gBack)
@@ -305,6 +307,7 @@ enum LayerwiseQuantizer {
                         q = g
                         stored[t.name] = gBack
                     } else {
+                        q = rtnV!
                         stored[t.name] = s.isQuantized || s.kind != .f32 ? dequantize(q) : v
                     }
                     try RoundToNearest.checkRepresentable(q, values: v, tensor: t.name)
@@ -333,6 +336,13 @@ enum LayerwiseQuantizer {
         return (summary, report)
     }
 
+    /// An empty Hessian accumulator per tap point, at its input's width.
+    static func hessianAccumulators(_ c: ModelConfig) -> [TapPoint: HessianAccumulator] {
+        let widths: [TapPoint: Int] = [.attentionInput: c.hiddenSize, .oProjInput: c.numHeads * c.headDim, .mlpInput: c.hiddenSize,
+                                       .downProjInput: c.intermediateSize]
+        return widths.mapValues { HessianAccumulator(cols: $0) }
+    }
+
     /// `model.layers.K.…` → K.
     static func layerIndex(_ name: String) -> Int? {
         guard name.hasPrefix("model.layers.") else { return nil }
@@ -354,9 +364,7 @@ enum LayerwiseQuantizer {
         return (q, v.count)
     }
 
-    static func dequantize(_ q: QuantizedTensor) -> [Float] {
-        q.sections.map { $0.bytes }.withUnsafeBufferPointers { RoundToNearest.dequantize(scheme: q.scheme, rows: q.rows, cols: q.cols, sections: $0) }
-    }
+    static func dequantize(_ q: QuantizedTensor) -> [Float] { q.dequantized() }
 
     /// The windows' rows of the stored embedding, `[tokens, hidden]`.
     static func embeddings(_ q: QuantizedTensor, _ samples: [[Int]], hidden D: Int) -> [Float] {

@@ -8,6 +8,11 @@ public struct QuantizedTensor: Sendable {
     public let rows: Int
     public let cols: Int
     public var sections: [(role: String, bytes: [UInt8])]
+
+    /// The values these bytes decode to (the reference decoder), `[rows, cols]` row-major.
+    public func dequantized() -> [Float] {
+        sections.map { $0.bytes }.withUnsafeBufferPointers { RoundToNearest.dequantize(scheme: scheme, rows: rows, cols: cols, sections: $0) }
+    }
 }
 
 /// Round-to-nearest quantization into the `.lmpk` layouts, and the reference

@@ -78,25 +78,22 @@ extension IntegerSchemeCodec {
 
     /// choose parameters → choose codes → pack, group by group.
     public func encodeRow(_ x: UnsafePointer<Float>, row: Int, cols: Int, scheme: QuantScheme, clip: ClipMethod, out: [UnsafeMutableRawPointer]) {
-        let G = scheme.groupSize == 0 ? cols : scheme.groupSize
-        let ng = scheme.groups(cols: cols)
-        var params: [GroupParameters] = []
-        params.reserveCapacity(ng)
-        let codes = UnsafeMutablePointer<Int32>.allocate(capacity: max(cols, 1))
-        defer { codes.deallocate() }
-        for g in 0..<ng {
-            let lo = g * G, n = Swift.min(G, cols - lo)
-            let p = chooseParameters(x + lo, count: n, clip: clip, scheme: scheme)
-            params.append(p)
-            chooseCodes(x + lo, count: n, parameters: p, into: codes + lo)
-        }
-        pack(codes: codes, parameters: params, row: row, cols: cols, scheme: scheme, out: out)
+        encodeGroups(x, row: row, cols: cols, scheme: scheme, out: out) { lo, n, _ in chooseParameters(x + lo, count: n, clip: clip, scheme: scheme) }
     }
 
-    /// `encodeRow` with `importancePtr` (`cols` non-negative weights, one per column):
+    /// `encodeRow` with `importance` (`cols` non-negative weights, one per column):
     /// each group's parameters by `weightedParameters`.
     public func encodeRow(_ x: UnsafePointer<Float>, row: Int, cols: Int, scheme: QuantScheme, importance w: UnsafePointer<Float>,
                           out: [UnsafeMutableRawPointer]) {
+        encodeGroups(x, row: row, cols: cols, scheme: scheme, out: out) { lo, n, codes in
+            weightedParameters(x + lo, importance: w + lo, count: n, scheme: scheme, codes: codes)
+        }
+    }
+
+    /// The group loop of both encoders: `parameters(lo, count, scratch)` for each group,
+    /// its codes, then the row packed.
+    func encodeGroups(_ x: UnsafePointer<Float>, row: Int, cols: Int, scheme: QuantScheme, out: [UnsafeMutableRawPointer],
+                      parameters: (Int, Int, UnsafeMutablePointer<Int32>) -> GroupParameters) {
         let G = scheme.groupSize == 0 ? cols : scheme.groupSize
         let ng = scheme.groups(cols: cols)
         var params: [GroupParameters] = []
@@ -105,7 +102,7 @@ extension IntegerSchemeCodec {
         defer { codes.deallocate() }
         for g in 0..<ng {
             let lo = g * G, n = Swift.min(G, cols - lo)
-            let p = weightedParameters(x + lo, importance: w + lo, count: n, scheme: scheme, codes: codes + lo)
+            let p = parameters(lo, n, codes + lo)
             params.append(p)
             chooseCodes(x + lo, count: n, parameters: p, into: codes + lo)
         }

@@ -204,7 +204,7 @@ struct CalibrationTests {
         for i in x.indices { let u = uniform(); x[i] = (u - 0.5) * (u > 0.97 ? 8 : 1) }
         for j in 0..<cols { let u = uniform(); w[j] = u * u * u * u * 50 }
         func werr(_ q: QuantizedTensor) -> Double {
-            let back = q.sections.map { $0.bytes }.withUnsafeBufferPointersForTest { RoundToNearest.dequantize(scheme: q.scheme, rows: rows, cols: cols, sections: $0) }
+            let back = q.dequantized()
             var e = 0.0
             for i in x.indices { let d = Double(back[i] - x[i]); e += Double(w[i % cols]) * d * d }
             return e
@@ -253,16 +253,6 @@ struct CalibrationTests {
     }
 }
 
-extension Array where Element == [UInt8] {
-    func withUnsafeBufferPointersForTest<R>(_ body: ([UnsafeRawBufferPointer]) throws -> R) rethrows -> R {
-        var ptrs: [UnsafeRawBufferPointer] = []
-        func go(_ i: Int) throws -> R {
-            if i == count { return try body(ptrs) }
-            return try self[i].withUnsafeBytes { p in ptrs.append(p); return try go(i + 1) }
-        }
-        return try go(0)
-    }
-}
 
 @Suite("Bit allocation (--target-bpw)", .serialized)
 struct BitAllocationTests {
