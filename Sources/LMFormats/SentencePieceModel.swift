@@ -46,7 +46,12 @@ public enum SentencePieceModel {
                     guard len <= UInt64(sub.remaining) else { throw fail("piece text beyond its message") }
                     text = String(decoding: try sub.readBytes(Int(len)), as: UTF8.self)
                 case (2, 5): score = try sub.readFloat()
-                case (3, 0): type = Int(try varint(&sub))
+                case (3, 0):
+                    // sentencepiece's Type enum: 1 normal … 6 byte. Anything else (a corrupt
+                    // varint can be any 64-bit value) is an error, not a trap in Int(_:).
+                    let t = try varint(&sub)
+                    guard (1...6).contains(t) else { throw fail("piece \(pieces.count) has type \(t) (expected 1 normal … 6 byte)") }
+                    type = Int(t)
                 default: try skip(k & 7, &sub)
                 }
             }
