@@ -162,7 +162,7 @@ public final class GGUFFile: @unchecked Sendable {
             guard let count = Checked.product(i.dims) else { throw fail("tensor '\(i.name)': element count overflows") }
             let (be, bb) = i.type.block
             guard i.dims[0] % be == 0 else { throw fail("tensor '\(i.name)': row of \(i.dims[0]) is not a multiple of the \(i.type.name) block (\(be))") }
-            let nbytes = count / be * bb
+            guard let nbytes = Checked.mul(count / be, bb) else { throw fail("tensor '\(i.name)': byte size overflows (\(i.dims) of \(i.type.name))") }
             guard i.offset % alignment == 0 else { throw fail("tensor '\(i.name)': offset \(i.offset) is not aligned to \(alignment)") }
             guard let begin = Checked.add(dataStart, i.offset), let end = Checked.add(begin, nbytes), end <= m.bytes.count else {
                 throw fail("tensor '\(i.name)': data (\(nbytes) bytes at \(i.offset)) extends beyond the end of the file (truncated?)")
