@@ -48,6 +48,18 @@ struct FuzzRegressionTests {
         }
     }
 
+    @Test("the sentencepiece type and GGUF byte-size crashers are errors naming the file and what is wrong")
+    func readerErrors() throws {
+        let sp = FuzzRegressionTests.root + "/sentencepiece/huge-piece-type"
+        do { _ = try SentencePieceModel.load(path: sp); Issue.record("accepted") } catch {
+            #expect("\(error)".contains(sp) && "\(error)".contains("piece 0 has type 18446744073709551615"), "\(error)")
+        }
+        let gg = FuzzRegressionTests.root + "/gguf/byte-size-overflow"
+        do { _ = try GGUFFile(path: gg); Issue.record("accepted") } catch {
+            #expect("\(error)".contains(gg) && "\(error)".contains("byte size overflows"), "\(error)")
+        }
+    }
+
     // MARK: caps on header fields that size allocations
 
     @Test("a token id beyond the vocabulary cap is an error naming the file and key, not a huge table")
