@@ -146,7 +146,7 @@ public struct GateFile: Sendable {
                     spec.calibration = cal
                 }
                 if let gj = r["gptq"] {
-                    _ = try object(gj, rk + ".gptq", allowed: ["damp", "act_order", "block_size"])
+                    _ = try object(gj, rk + ".gptq", allowed: ["damp", "act_order", "block_size", "true_sequential"])
                     if let d = gj["damp"] {
                         guard let v = d.double else { throw fail(rk + ".gptq.damp", "must be a number") }
                         spec.gptq.damp = v
@@ -156,6 +156,10 @@ public struct GateFile: Sendable {
                         spec.gptq.actOrder = b
                     }
                     if let b = try optInt(gj["block_size"], rk + ".gptq.block_size") { spec.gptq.blockSize = b }
+                    if let a = gj["true_sequential"] {
+                        guard let b = a.bool else { throw fail(rk + ".gptq.true_sequential", "must be true or false") }
+                        spec.gptq.trueSequential = b
+                    }
                 }
                 if let aj = r["allocation"] {
                     _ = try object(aj, rk + ".allocation", allowed: ["target_bpw", "candidates", "samples"])

@@ -107,7 +107,8 @@ public struct BuildSpec: Sendable, Equatable {
             fields.append(("calibration", .object([("sha256", .string(try sha256Hex(file: cal.file))), ("samples", .int(Int64(cal.samples))),
                                                    ("ctx", .int(Int64(cal.ctx))), ("seed", .int(Int64(bitPattern: cal.seed)))])))
             if method == .gptq {
-                fields.append(("gptq", .object([("damp", .double(gptq.damp)), ("act_order", .bool(gptq.actOrder)), ("block_size", .int(Int64(gptq.blockSize)))])))
+                fields.append(("gptq", .object([("damp", .double(gptq.damp)), ("act_order", .bool(gptq.actOrder)), ("block_size", .int(Int64(gptq.blockSize))),
+                                                ("true_sequential", .bool(gptq.trueSequential))])))
             }
             if let al = allocation {
                 fields.append(("allocation", .object([("target_bpw", .double(al.targetBPW)), ("candidates", .array(al.candidates.map { .string($0) })),

@@ -42,13 +42,18 @@ public struct CalibrationOptions: Sendable, Equatable {
     }
 }
 
-/// GPTQ's options (`--damp`, `--act-order`, `--block-size`).
+/// GPTQ's options (`--damp`, `--act-order`, `--block-size`, `--[no-]true-sequential`).
 public struct GPTQOptions: Sendable, Equatable {
     public var damp: Double
     public var actOrder: Bool
     public var blockSize: Int
-    public init(damp: Double = 0.01, actOrder: Bool = false, blockSize: Int = 128) {
-        self.damp = damp; self.actOrder = actOrder; self.blockSize = blockSize
+    /// Within a layer, quantize q/k/v, then o, then gate/up, then down, each from the
+    /// inputs the already-quantized matrices before it produce (AutoGPTQ's default; the
+    /// layer runs once). Off: every matrix from the float layer's inputs, then a second
+    /// pass through the quantized layer (the GPTQ paper's code without `--true-sequential`).
+    public var trueSequential: Bool
+    public init(damp: Double = 0.01, actOrder: Bool = false, blockSize: Int = 128, trueSequential: Bool = true) {
+        self.damp = damp; self.actOrder = actOrder; self.blockSize = blockSize; self.trueSequential = trueSequential
     }
 }
 
@@ -152,18 +157,25 @@ enum LayerMatrix: String, CaseIterable {
 ///
 /// 1. The calibration windows' embeddings (from the *stored*, quantized embedding) are the
 ///    inputs of layer 0: `samples × ctx × hidden` floats, held for the whole run.
-/// 2. For layer k: its float weights are read; every window runs through it (the project's
-///    runtime, `LlamaModel.forwardLayers` on a one-layer stack) with taps that accumulate
-///    one Hessian per distinct input (q/k/v share one, gate/up share one, o and down one each).
-/// 3. Its matrices are quantized by the method (other tensors, and matrices in float
-///    schemes, as round-to-nearest) and written.
-/// 4. Every window runs through the layer as stored (its dequantized weights), and the
-///    outputs become layer k+1's inputs, so later layers calibrate on what the quantized
-///    model actually feeds them.
+/// 2. For layer k, its float weights are read, and one Hessian is accumulated per distinct
+///    input (q/k/v share one, gate/up share one, o and down one each) from every window,
+///    run through the project's runtime (`LlamaModel` on a one-layer stack):
+///    - GPTQ (true-sequential, the default): the layer's parts run in turn
+///      (`sequentialParts`): q/k/v are quantized from their inputs, o from the outputs of the
+///      quantized q/k/v, gate/up after the quantized o, down after the quantized gate/up;
+///      the last part's outputs are layer k+1's inputs. One pass through the layer.
+///    - AWQ, importance-weighted RTN and `--no-true-sequential` GPTQ: every matrix from the
+///      float layer's inputs (`forwardLayers` with taps), then a second pass through the
+///      layer as stored (its dequantized weights) gives layer k+1's inputs.
+///    Either way later layers calibrate on what the quantized model actually feeds them.
+/// 3. Its tensors are written in file order (tensors outside the four groups, and matrices
+///    in float schemes, by round to nearest).
 ///
-/// Memory: the activations (`samples·ctx·hidden·4` bytes), one layer in float32 twice
-/// (read and dequantized), its Hessians (`Σ cols²·8` bytes), and one window's workspace.
-/// Tensors outside the layers (embedding, final norm, untied head) are written first.
+/// Memory: the activations (`samples·ctx·hidden·4` bytes; true-sequential GPTQ also holds
+/// o_proj's inputs, then down_proj's: `samples·ctx·max(q, intermediate)·4` more), one layer
+/// in float32 twice (read and dequantized), its Hessians (`Σ cols²·8` bytes), and one
+/// window's workspace: independent of the number of layers. Tensors outside the layers
+/// (embedding, final norm, untied head) are written first.
 enum LayerwiseQuantizer {
     static func run(model: ImportedModel, recipe: Recipe, method: QuantMethod, calibration: CalibrationSet, gptq: GPTQOptions,
                     awq: AWQOptions = AWQOptions(), overrideStrings: [String], output: String, provenance: JSON, threads: Int,
@@ -215,62 +227,40 @@ enum LayerwiseQuantizer {
                 throw RecipeError("tensor 'model.embed_tokens.weight' is missing; calibration needs the token embedding")
             }
             report.activationBytes = hidden.count * 4
+            if method == .gptq && gptq.trueSequential {
+                report.activationBytes += calibration.tokens * max(c.numHeads * c.headDim, c.intermediateSize) * 4
+            }
             progress?.update(0, extra: "\(calibration.samples.count) windows × \(calibration.samples.first?.count ?? 0) tokens")
             for l in 0..<c.numLayers {
                 let idx = perLayer[l]
                 var values: [String: [Float]] = [:]
                 for i in idx { values[model.tensors[i].name] = try finite(model.tensors[i]) }
                 let p = "model.layers.\(l)."
-                // Pass 1: the float layer's inputs → one Hessian per tap point.
-                let floatLayer = try makeLayer(prefix: p, c, values)
                 var H = hessianAccumulators(c)
-                var meanAbs: [TapPoint: [Double]] = [:]
-                if method == .awq { for (tp, h) in H { meanAbs[tp] = [Double](repeating: 0, count: h.cols) } }
-                var hessianSeconds = 0.0
-                let t0 = Date()
-                try propagate(layer: floatLayer, c, calibration.samples, hidden: &hidden, update: false, context: context) { _, point, x, rows, cols in
-                    let h0 = Date()
-                    H[point]!.add(x, rows: rows, context: context)
-                    if method == .awq {
-                        meanAbs[point]!.withUnsafeMutableBufferPointer { a in
-                            for r in 0..<rows { for j in 0..<cols { a[j] += Double(abs(x[r * cols + j])) } }
-                        }
-                    }
-                    hessianSeconds += Date().timeIntervalSince(h0)
-                }
-                report.hessianSeconds += hessianSeconds
-                report.forwardSeconds += Date().timeIntervalSince(t0) - hessianSeconds
-                // Quantize and write this layer's tensors (in file order); keep the stored values.
-                var stored: [String: [Float]] = [:]
                 var hf: [TapPoint: [Float]] = [:]
                 func hessian(_ tp: TapPoint) -> [Float] {
                     if hf[tp] == nil { hf[tp] = H[tp]!.hessian().map { Float($0) } }
                     return hf[tp]!
                 }
                 var factors: [TapPoint: GPTQ.Factorization] = [:]
-                // AWQ: scales searched on the float weights, then folded into them (and into
-                // the norms / projections before), so `values` is what gets quantized.
                 var awqFold = AWQFold()
-                if method == .awq {
-                    let s0 = Date()
-                    let tokens = Double(calibration.tokens)
-                    let stats = meanAbs.mapValues { $0.map { $0 / tokens } }
-                    awqFold = try AWQFold.search(prefix: p, config: c, values: values, schemes: Dictionary(uniqueKeysWithValues: idx.map { (model.tensors[$0].name, schemes[$0]) }),
-                                                 meanAbs: stats, hessian: hessian, grid: awq.grid, fixedAlpha: awq.fixedAlpha)
-                    awqFold.apply(prefix: p, config: c, to: &values)
-                    for (tap, _) in AWQFold.groups { if let a = awqFold.alphas[tap] { report.scalings.append(.init(layer: l, input: tap, alpha: a)) } }
-                    report.solveSeconds += Date().timeIntervalSince(s0)
+                /// The role of tensor `i` when the method chooses its codes from a tap's inputs.
+                func calibratedRole(_ i: Int) -> LayerMatrix? {
+                    guard schemes[i].isQuantized, let r = LayerMatrix(rawValue: String(model.tensors[i].name.dropFirst(p.count))) else { return nil }
+                    return r
                 }
-                for i in idx {
+                /// Quantizes tensor `i` of this layer (its tap's Hessian complete when it has a
+                /// calibrated role); returns the codes and the values the stored model holds.
+                func quantizeOne(_ i: Int) throws -> (QuantizedTensor, [Float]) {
                     let t = model.tensors[i], s = schemes[i], v = values[t.name]!
                     let rows = t.shape.count == 2 ? t.shape[0] : 1, cols = t.shape.count == 2 ? t.shape[1] : t.shape[0]
-                    let role = LayerMatrix(rawValue: String(t.name.dropFirst(p.count)))
+                    let role = calibratedRole(i)
                     // Plain RTN of `v` (the report's reference, and what other tensors store); not
                     // needed for an AWQ-folded matrix, whose reference is RTN of its original weights.
-                    let folded = awqFold.original[t.name] != nil && s.isQuantized && role != nil
+                    let folded = awqFold.original[t.name] != nil && role != nil
                     let rtnV = folded ? nil : RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: s, clip: recipe.clip)
-                    var q: QuantizedTensor
-                    if let role, s.isQuantized, method != .gptq, let h = H[role.tap] {
+                    var q: QuantizedTensor, storedValues: [Float]
+                    if let role, method != .gptq, let h = H[role.tap] {
                         // Importance-weighted clipping (RTN with --clip mse, and AWQ's clip search):
                         // the inputs' mean squares, in the scaled domain for AWQ (x / s).
                         let s0 = Date()
@@ -288,8 +278,8 @@ enum LayerwiseQuantizer {
                         func error(_ q: [Float]) -> Double { base > 0 ? weightedSquare(zip(original, q).map { $0 - $1 }, hm, rows: rows, cols: cols) / base : 0 }
                         report.matrices.append(.init(name: t.name, scheme: s.name, rtnError: error(plain), methodError: error(effective)))
                         q = m
-                        stored[t.name] = mBack
-                    } else if let role, s.isQuantized, method == .gptq, let h = H[role.tap] {
+                        storedValues = mBack
+                    } else if let role, method == .gptq, let h = H[role.tap] {
                         let s0 = Date()
                         if factors[role.tap] == nil {
                             factors[role.tap] = try GPTQ.factor(hessian: h, damp: gptq.damp, actOrder: gptq.actOrder, tensor: t.name)
@@ -302,26 +292,83 @@ enum LayerwiseQuantizer {
                         let rtnBack = dequantize(rtnV!), gBack = dequantize(g)
                         let hm = hessian(role.tap), base = weightedSquare(v, hm, rows: rows, cols: cols)
                         func error(_ q: [Float]) -> Double { base > 0 ? weightedSquare(zip(v, q).map { $0 - $1 }, hm, rows: rows, cols: cols) / base : 0 }
-                        let e0 = error(rtnBack), e1 = error(gBack)
-                        report.matrices.append(.init(name: t.name, scheme: s.name, rtnError: e0, methodError: e1))
+                        report.matrices.append(.init(name: t.name, scheme: s.name, rtnError: error(rtnBack), methodError: error(gBack)))
                         q = g
-                        stored[t.name] = gBack
+                        storedValues = gBack
                     } else {
                         q = rtnV!
-                        stored[t.name] = s.isQuantized || s.kind != .f32 ? dequantize(q) : v
+                        storedValues = s.isQuantized || s.kind != .f32 ? dequantize(q) : v
                     }
                     try RoundToNearest.checkRepresentable(q, values: v, tensor: t.name)
+                    return (q, storedValues)
+                }
+                var codes: [Int: QuantizedTensor] = [:]
+                var stored: [String: [Float]] = [:]
+                if method == .gptq && gptq.trueSequential {
+                    // One pass, part by part (GPTQ's true-sequential mode): each group of
+                    // matrices is quantized from the inputs the already-quantized parts before
+                    // it produce, and the last part's outputs are the next layer's inputs.
+                    for i in idx where calibratedRole(i) == nil { (codes[i], stored[model.tensors[i].name]) = try quantizeOne(i) }
+                    let groups: [(TapPoint, [LayerMatrix])] = [(.attentionInput, [.q, .k, .v]), (.oProjInput, [.o]), (.mlpInput, [.gate, .up]), (.downProjInput, [.down])]
+                    try sequentialParts(prefix: p, c, calibration.samples, hidden: &hidden, last: l + 1 == c.numLayers, context: context,
+                                        current: { values.merging(stored) { _, new in new } },
+                                        tap: { tp, x, rows in
+                                            let h0 = Date()
+                                            H[tp]!.add(x, rows: rows, context: context)
+                                            report.hessianSeconds += Date().timeIntervalSince(h0)
+                                        },
+                                        timing: { report.forwardSeconds += $0 },
+                                        quantize: { tp in
+                                            let group = groups.first { $0.0 == tp }!.1
+                                            for i in idx { if let r = calibratedRole(i), group.contains(r) { (codes[i], stored[model.tensors[i].name]) = try quantizeOne(i) } }
+                                        })
+                } else {
+                    // Pass 1: the float layer's inputs → one Hessian per tap point.
+                    let floatLayer = try makeLayer(prefix: p, c, values)
+                    var meanAbs: [TapPoint: [Double]] = [:]
+                    if method == .awq { for (tp, h) in H { meanAbs[tp] = [Double](repeating: 0, count: h.cols) } }
+                    var hessianSeconds = 0.0
+                    let t0 = Date()
+                    try propagate(layer: floatLayer, c, calibration.samples, hidden: &hidden, update: false, context: context) { _, point, x, rows, cols in
+                        let h0 = Date()
+                        H[point]!.add(x, rows: rows, context: context)
+                        if method == .awq {
+                            meanAbs[point]!.withUnsafeMutableBufferPointer { a in
+                                for r in 0..<rows { for j in 0..<cols { a[j] += Double(abs(x[r * cols + j])) } }
+                            }
+                        }
+                        hessianSeconds += Date().timeIntervalSince(h0)
+                    }
+                    report.hessianSeconds += hessianSeconds
+                    report.forwardSeconds += Date().timeIntervalSince(t0) - hessianSeconds
+                    // AWQ: scales searched on the float weights, then folded into them (and into
+                    // the norms / projections before), so `values` is what gets quantized.
+                    if method == .awq {
+                        let s0 = Date()
+                        let tokens = Double(calibration.tokens)
+                        let stats = meanAbs.mapValues { $0.map { $0 / tokens } }
+                        awqFold = try AWQFold.search(prefix: p, config: c, values: values, schemes: Dictionary(uniqueKeysWithValues: idx.map { (model.tensors[$0].name, schemes[$0]) }),
+                                                     meanAbs: stats, hessian: hessian, grid: awq.grid, fixedAlpha: awq.fixedAlpha)
+                        awqFold.apply(prefix: p, config: c, to: &values)
+                        for (tap, _) in AWQFold.groups { if let a = awqFold.alphas[tap] { report.scalings.append(.init(layer: l, input: tap, alpha: a)) } }
+                        report.solveSeconds += Date().timeIntervalSince(s0)
+                    }
+                    for i in idx { (codes[i], stored[model.tensors[i].name]) = try quantizeOne(i) }
+                    // Pass 2: the stored layer's outputs are the next layer's inputs.
+                    if l + 1 < c.numLayers {
+                        let t1 = Date()
+                        try propagate(layer: try makeLayer(prefix: p, c, stored), c, calibration.samples, hidden: &hidden, update: true, context: context, tap: nil)
+                        report.forwardSeconds += Date().timeIntervalSince(t1)
+                    }
+                }
+                // Written in file order.
+                for i in idx {
+                    let q = codes[i]!
                     try w.write(sections: q.sections.map { $0.bytes })
-                    t.release()
-                    params += v.count; tbytes += q.sections.reduce(0) { $0 + $1.bytes.count }
+                    model.tensors[i].release()
+                    params += q.rows * q.cols; tbytes += q.sections.reduce(0) { $0 + $1.bytes.count }
                 }
                 values = [:]
-                // Pass 2: the stored layer's outputs are the next layer's inputs.
-                if l + 1 < c.numLayers {
-                    let t1 = Date()
-                    try propagate(layer: try makeLayer(prefix: p, c, stored), c, calibration.samples, hidden: &hidden, update: true, context: context, tap: nil)
-                    report.forwardSeconds += Date().timeIntervalSince(t1)
-                }
                 let ratio = report.meanErrorRatio
                 progress?.update(l + 1, extra: String(format: "layer %d: %@ error / RTN %.3f", l, method.rawValue, ratio))
             }
@@ -428,6 +475,91 @@ enum LayerwiseQuantizer {
                 }
             }
         }
+    }
+
+    /// One decoder layer, part by part over every window (GPTQ's true-sequential mode):
+    /// for each tap point in order, the parts before it run with the matrices quantized so
+    /// far (`current()`, rebuilt after each `quantize`), `tap` sees every window's input of
+    /// that point, then `quantize(point)` quantizes the matrices that read it. The layer
+    /// runs once in all: o_proj's inputs (`T·q` floats) and down_proj's inputs (`T·F`)
+    /// are held between the parts that make and use them, and `hidden` ends as the layer's
+    /// outputs (not updated past o_proj when `last`). `timing` gets the seconds spent in
+    /// the parts, taps excluded.
+    static func sequentialParts(prefix p: String, _ c: ModelConfig, _ samples: [[Int]], hidden: inout [Float], last: Bool, context: ComputeContext,
+                                current: () -> [String: [Float]], tap: (TapPoint, UnsafePointer<Float>, Int) throws -> Void,
+                                timing: (Double) -> Void, quantize: (TapPoint) throws -> Void) throws {
+        let D = c.hiddenSize, qDim = c.numHeads * c.headDim, F = c.intermediateSize
+        let maxLen = samples.map(\.count).max() ?? 0, T = samples.reduce(0) { $0 + $1.count }
+        guard maxLen > 0 else { return }
+        let xn = UnsafeMutablePointer<Float>.allocate(capacity: maxLen * D)
+        defer { xn.deallocate() }
+        var tapSeconds = 0.0
+        func timedTap(_ tp: TapPoint, _ x: UnsafePointer<Float>, _ n: Int) throws {
+            let t0 = Date(); try tap(tp, x, n); tapSeconds += Date().timeIntervalSince(t0)
+        }
+        try hidden.withUnsafeMutableBufferPointer { hb in
+            let h = hb.baseAddress!
+            /// Runs `body(model, cache, batch, window's hidden, token offset)` for every window
+            /// on the layer as it stands now.
+            func pass(_ body: (LlamaModel, KVCache, Batch, UnsafeMutablePointer<Float>, Int) throws -> Void) throws {
+                let t0 = Date(), tap0 = tapSeconds
+                let stack = LlamaModel.decoderStack(config: c, layers: [try makeLayer(prefix: p, c, current())])
+                let cache = try stack.makeCache(capacity: maxLen, sequences: 1)
+                var offset = 0
+                for s in samples {
+                    cache.reset()
+                    try body(stack, cache, Batch(s, sequence: 0, start: 0), h + offset * D, offset)
+                    offset += s.count
+                }
+                timing(Date().timeIntervalSince(t0) - (tapSeconds - tap0))
+            }
+            // q/k/v's input.
+            try pass { m, cache, b, x, _ in
+                try m.forwardPart(.attentionNorm, batch: b, hidden: x, input: nil, output: xn, cache: cache, context: context)
+                try timedTap(.attentionInput, xn, b.count)
+            }
+            try quantize(.attentionInput)
+            // o_proj's input, from the quantized q/k/v.
+            var attBuffer: FloatBuffer? = FloatBuffer(T * qDim)
+            let att = attBuffer!.p
+            try pass { m, cache, b, x, off in
+                try m.forwardPart(.attentionNorm, batch: b, hidden: x, input: nil, output: xn, cache: cache, context: context)
+                try m.forwardPart(.attention, batch: b, hidden: x, input: xn, output: att + off * qDim, cache: cache, context: context)
+                try timedTap(.oProjInput, att + off * qDim, b.count)
+            }
+            try quantize(.oProjInput)
+            // The residual after the quantized o_proj; gate/up's input.
+            try pass { m, cache, b, x, off in
+                try m.forwardPart(.oProj, batch: b, hidden: x, input: att + off * qDim, output: nil, cache: cache, context: context)
+                try m.forwardPart(.mlpNorm, batch: b, hidden: x, input: nil, output: xn, cache: cache, context: context)
+                try timedTap(.mlpInput, xn, b.count)
+            }
+            withExtendedLifetime(attBuffer) {}
+            attBuffer = nil
+            try quantize(.mlpInput)
+            // down_proj's input, from the quantized gate/up.
+            let gBuffer = FloatBuffer(T * F), g = gBuffer.p
+            try pass { m, cache, b, x, off in
+                try m.forwardPart(.mlpNorm, batch: b, hidden: x, input: nil, output: xn, cache: cache, context: context)
+                try m.forwardPart(.mlpUp, batch: b, hidden: x, input: xn, output: g + off * F, cache: cache, context: context)
+                try timedTap(.downProjInput, g + off * F, b.count)
+            }
+            try quantize(.downProjInput)
+            // The layer's outputs through the quantized down_proj.
+            if !last {
+                try pass { m, cache, b, x, off in
+                    try m.forwardPart(.down, batch: b, hidden: x, input: g + off * F, output: nil, cache: cache, context: context)
+                }
+            }
+            withExtendedLifetime(gBuffer) {}
+        }
+    }
+
+    /// A float array freed when the last reference goes (held across closures).
+    final class FloatBuffer {
+        let p: UnsafeMutablePointer<Float>
+        init(_ n: Int) { p = .allocate(capacity: max(n, 1)) }
+        deinit { p.deallocate() }
     }
 
     /// `tr(A·H·Aᵀ)` for `A` `[rows, cols]` and symmetric `H` `cols × cols` (the error

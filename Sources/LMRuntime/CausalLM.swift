@@ -56,6 +56,25 @@ public enum TapPoint: String, Sendable, CaseIterable {
     case downProjInput
 }
 
+/// The parts of one decoder layer, cut at its tap points; the forward runs them in this
+/// order (`LlamaModel.forwardPart` runs one). Widths: T tokens, `hidden`, `heads·headDim`
+/// (q), `intermediate` (F).
+public enum LayerPart: String, Sendable, CaseIterable {
+    /// `output` `[T, hidden]` = input_layernorm(`hidden`): q/k/v's input.
+    case attentionNorm
+    /// `output` `[T, q]` = causal attention of q/k/v(`input`), RoPE applied and K/V stored
+    /// in the cache: o_proj's input.
+    case attention
+    /// `hidden` += o_proj(`input`).
+    case oProj
+    /// `output` `[T, hidden]` = post_attention_layernorm(`hidden`): gate/up's input.
+    case mlpNorm
+    /// `output` `[T, F]` = silu(gate(`input`)) ⊙ up(`input`): down_proj's input.
+    case mlpUp
+    /// `hidden` += down_proj(`input`).
+    case down
+}
+
 /// Outputs of row-parallel projections, where a tensor-parallel communicator
 /// all-reduces (`oProj`, `downProj`, and `embed` for a vocab-parallel embedding) or
 /// all-gathers (`head`). With one rank: no-op (`embed` is not called).

@@ -339,83 +339,135 @@ extension LlamaModel {
         }
     }
 
-    /// Stage 2: decoder layer `li` on the residual stream `buffers.x`, in place.
+    /// Stage 2: decoder layer `li` on the residual stream `buffers.x`, in place: its parts
+    /// in order, with the taps between them.
     func layer(_ li: Int, batch: Batch, buffers b: Buffers, rope: RotaryTable.Snapshot, cache: KVCache,
                context: ComputeContext, hooks: ForwardHooks?) throws {
+        let c = config, T = batch.count
+        let D = c.hiddenSize, qDim = c.numHeads * c.headDim, F = c.intermediateSize
+        func run(_ p: LayerPart, _ input: UnsafePointer<Float>, _ output: UnsafeMutablePointer<Float>) throws {
+            try part(p, li, batch: batch, buffers: b, rope: rope, cache: cache, context: context, hooks: hooks, hidden: b.x, input: input, output: output)
+        }
+        try run(.attentionNorm, b.x, b.xn)
+        try hooks?.tap?(li, .attentionInput, b.xn, T, D)
+        try run(.attention, b.xn, b.att)
+        try hooks?.tap?(li, .oProjInput, b.att, T, qDim)
+        try run(.oProj, b.att, b.xn)
+        try run(.mlpNorm, b.x, b.xn)
+        try hooks?.tap?(li, .mlpInput, b.xn, T, D)
+        try run(.mlpUp, b.xn, b.g)
+        try hooks?.tap?(li, .downProjInput, b.g, T, F)
+        try run(.down, b.g, b.xn)
+    }
+
+    /// One part of decoder layer `li`. `hidden` is the residual stream (`[T, hidden]`);
+    /// `output` is the part's result, or its scratch for `.oProj`/`.down` (which add into
+    /// `hidden`). Scratch buffers come from `b` and never alias `input`/`output`.
+    func part(_ p: LayerPart, _ li: Int, batch: Batch, buffers b: Buffers, rope: RotaryTable.Snapshot, cache: KVCache,
+              context: ComputeContext, hooks: ForwardHooks?, hidden x: UnsafeMutablePointer<Float>,
+              input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>) throws {
         let c = config, L = layers[li]
         let T = batch.count
         let D = c.hiddenSize, H = c.numHeads, KVH = c.numKVHeads, hd = c.headDim, F = c.intermediateSize
         let qDim = H * hd, kvDim = KVH * hd
-        let xp = SendablePointer(b.x), xnp = SendablePointer(b.xn), qp = SendablePointer(b.q), kp = SendablePointer(b.k)
+        let xp = SendablePointer(x), op = SendablePointer(output)
+        let qp = SendablePointer(b.q), kp = SendablePointer(b.k)
         let tokenSlices = ComputeContext.ranges(T, parts: T >= 8 ? context.threads : 1)
         let positions = batch.positions
-        context.parallelFor(tokenSlices.count) { i in
-            for t in tokenSlices[i] { Ops.rmsNorm(xp.p + t * D, L.attnNorm, xnp.p + t * D, D, eps: c.rmsNormEps) }
-        }
-        try hooks?.tap?(li, .attentionInput, b.xn, T, D)
-        LinearGroup.apply([L.q, L.k, L.v], b.xn, tokens: T, outs: [b.q, b.k, b.v], ldOuts: [qDim, kvDim, kvDim], context: context)
-        if let qb = L.qBias, let kb = L.kBias, let vb = L.vBias {
-            for t in 0..<T { Ops.add(b.q + t * qDim, qb, qDim); Ops.add(b.k + t * kvDim, kb, kvDim); Ops.add(b.v + t * kvDim, vb, kvDim) }
-        }
-        context.parallelFor(tokenSlices.count) { i in
-            for t in tokenSlices[i] {
-                rope.apply(qp.p + t * qDim, heads: H, pos: positions[t])
-                rope.apply(kp.p + t * kvDim, heads: KVH, pos: positions[t])
+        switch p {
+        case .attentionNorm, .mlpNorm:
+            let w = p == .attentionNorm ? L.attnNorm : L.mlpNorm
+            context.parallelFor(tokenSlices.count) { i in
+                for t in tokenSlices[i] { Ops.rmsNorm(xp.p + t * D, w, op.p + t * D, D, eps: c.rmsNormEps) }
             }
-        }
-        let kvo = cache.options
-        if kvo.rotatesKeys || kvo.rotatesValues {
-            // --kv-rotate: Hadamard per head (q and k together keep q·k; v is rotated back below).
-            let vp = SendablePointer(b.v), rk = kvo.rotatesKeys, rv = kvo.rotatesValues
+        case .attention:
+            LinearGroup.apply([L.q, L.k, L.v], input, tokens: T, outs: [b.q, b.k, b.v], ldOuts: [qDim, kvDim, kvDim], context: context)
+            if let qb = L.qBias, let kb = L.kBias, let vb = L.vBias {
+                for t in 0..<T { Ops.add(b.q + t * qDim, qb, qDim); Ops.add(b.k + t * kvDim, kb, kvDim); Ops.add(b.v + t * kvDim, vb, kvDim) }
+            }
             context.parallelFor(tokenSlices.count) { i in
                 for t in tokenSlices[i] {
-                    if rk {
-                        for h in 0..<H { Ops.hadamard(qp.p + t * qDim + h * hd, hd) }
-                        for h in 0..<KVH { Ops.hadamard(kp.p + t * kvDim + h * hd, hd) }
+                    rope.apply(qp.p + t * qDim, heads: H, pos: positions[t])
+                    rope.apply(kp.p + t * kvDim, heads: KVH, pos: positions[t])
+                }
+            }
+            let kvo = cache.options
+            if kvo.rotatesKeys || kvo.rotatesValues {
+                // --kv-rotate: Hadamard per head (q and k together keep q·k; v is rotated back below).
+                let vp = SendablePointer(b.v), rk = kvo.rotatesKeys, rv = kvo.rotatesValues
+                context.parallelFor(tokenSlices.count) { i in
+                    for t in tokenSlices[i] {
+                        if rk {
+                            for h in 0..<H { Ops.hadamard(qp.p + t * qDim + h * hd, hd) }
+                            for h in 0..<KVH { Ops.hadamard(kp.p + t * kvDim + h * hd, hd) }
+                        }
+                        if rv { for h in 0..<KVH { Ops.hadamard(vp.p + t * kvDim + h * hd, hd) } }
                     }
-                    if rv { for h in 0..<KVH { Ops.hadamard(vp.p + t * kvDim + h * hd, hd) } }
                 }
             }
-        }
-        if cache.keyScheme.isPerChannel {
-            // The float32 rows of each span's first block stored before this call: prefill
-            // reads a position's own (incomplete) block in full precision, as decode does.
-            let B = cache.blockSize
-            for (si, sp) in batch.spans.enumerated() where sp.count > 1 && sp.start % B > 0 {
-                for h in 0..<KVH {
-                    (b.prefix + (si * KVH + h) * B * hd).update(from: cache.tailRows(layer: li, sequence: sp.sequence, head: h)!, count: (sp.start % B) * hd)
+            if cache.keyScheme.isPerChannel {
+                // The float32 rows of each span's first block stored before this call: prefill
+                // reads a position's own (incomplete) block in full precision, as decode does.
+                let B = cache.blockSize
+                for (si, sp) in batch.spans.enumerated() where sp.count > 1 && sp.start % B > 0 {
+                    for h in 0..<KVH {
+                        (b.prefix + (si * KVH + h) * B * hd).update(from: cache.tailRows(layer: li, sequence: sp.sequence, head: h)!, count: (sp.start % B) * hd)
+                    }
                 }
             }
-        }
-        for sp in batch.spans {
-            try cache.store(layer: li, sequence: sp.sequence, start: sp.start, keys: b.k + sp.first * kvDim, values: b.v + sp.first * kvDim,
-                            tokens: sp.count, stride: kvDim)
-        }
-        attention(layer: li, batch: batch, q: b.q, k: b.k, prefix: b.prefix, out: b.att, cache: cache, scores: b.scores, kvScratch: b.kvScratch, context: context)
-        if kvo.rotatesValues {
-            let ap = SendablePointer(b.att)
+            for sp in batch.spans {
+                try cache.store(layer: li, sequence: sp.sequence, start: sp.start, keys: b.k + sp.first * kvDim, values: b.v + sp.first * kvDim,
+                                tokens: sp.count, stride: kvDim)
+            }
+            attention(layer: li, batch: batch, q: b.q, k: b.k, prefix: b.prefix, out: output, cache: cache, scores: b.scores, kvScratch: b.kvScratch, context: context)
+            if kvo.rotatesValues {
+                context.parallelFor(tokenSlices.count) { i in
+                    for t in tokenSlices[i] { for h in 0..<H { Ops.hadamard(op.p + t * qDim + h * hd, hd) } }
+                }
+            }
+        case .oProj, .down:
+            (p == .oProj ? L.o : L.down).apply(input, tokens: T, out: output, ldOut: D, context: context)
+            try hooks?.reduce?(li, p == .oProj ? .oProj : .downProj, output, T, D)
+            Ops.add(x, output, T * D)
+        case .mlpUp:
+            LinearGroup.apply([L.gate, L.up], input, tokens: T, outs: [output, b.u], ldOuts: [F, F], context: context)
+            let up = SendablePointer(b.u)
             context.parallelFor(tokenSlices.count) { i in
-                for t in tokenSlices[i] { for h in 0..<H { Ops.hadamard(ap.p + t * qDim + h * hd, hd) } }
+                let r = tokenSlices[i]
+                Ops.siluMul(op.p + r.lowerBound * F, up.p + r.lowerBound * F, r.count * F)
             }
         }
-        try hooks?.tap?(li, .oProjInput, b.att, T, qDim)
-        L.o.apply(b.att, tokens: T, out: b.xn, ldOut: D, context: context)
-        try hooks?.reduce?(li, .oProj, b.xn, T, D)
-        Ops.add(b.x, b.xn, T * D)
-        context.parallelFor(tokenSlices.count) { i in
-            for t in tokenSlices[i] { Ops.rmsNorm(xp.p + t * D, L.mlpNorm, xnp.p + t * D, D, eps: c.rmsNormEps) }
+    }
+
+    /// Runs one part of decoder layer `layer` on caller-owned arrays, for calibration that
+    /// quantizes a layer's matrices in order (GPTQ's true-sequential mode runs a part over
+    /// every window before the next). `hidden` is the residual stream `[T, hidden]`;
+    /// `.attentionNorm`/`.mlpNorm` read it into `output`, `.oProj`/`.down` add their
+    /// product into it; `.attention` and `.mlpUp` map `input` to `output` (widths in
+    /// `LayerPart`). `.attention` stores the batch's K/V in `cache` but does not advance it
+    /// (reset the cache, or call `forwardLayers`, before the next batch). Reduce hooks run
+    /// as in `forward`; taps do not (the caller holds each part's output).
+    /// - Throws: `RuntimeError` for a layer out of range, a missing `input` or `output`,
+    ///   or a batch the cache does not admit.
+    public func forwardPart(_ p: LayerPart, layer li: Int = 0, batch: Batch, hidden: UnsafeMutablePointer<Float>, input: UnsafePointer<Float>?,
+                            output: UnsafeMutablePointer<Float>?, cache: KVCache, context: ComputeContext, hooks: ForwardHooks? = nil) throws {
+        guard li >= 0 && li < layers.count else { throw RuntimeError("forwardPart: layer \(li) is outside this model's \(layers.count) layers") }
+        try validate(batch, cache: cache)
+        let ws = context.workspace
+        ws.lock.lock()
+        defer { ws.lock.unlock() }
+        let b = buffers(batch, cache: cache, context: context)
+        let needsInput: Bool, needsOutput: Bool
+        switch p {
+        case .attentionNorm, .mlpNorm: needsInput = false; needsOutput = true
+        case .attention, .mlpUp: needsInput = true; needsOutput = true
+        case .oProj, .down: needsInput = true; needsOutput = false
         }
-        try hooks?.tap?(li, .mlpInput, b.xn, T, D)
-        LinearGroup.apply([L.gate, L.up], b.xn, tokens: T, outs: [b.g, b.u], ldOuts: [F, F], context: context)
-        let gp = SendablePointer(b.g), up = SendablePointer(b.u)
-        context.parallelFor(tokenSlices.count) { i in
-            let r = tokenSlices[i]
-            Ops.siluMul(gp.p + r.lowerBound * F, up.p + r.lowerBound * F, r.count * F)
-        }
-        try hooks?.tap?(li, .downProjInput, b.g, T, F)
-        L.down.apply(b.g, tokens: T, out: b.xn, ldOut: D, context: context)
-        try hooks?.reduce?(li, .downProj, b.xn, T, D)
-        Ops.add(b.x, b.xn, T * D)
+        guard !needsInput || input != nil else { throw RuntimeError("forwardPart(.\(p)): the part reads an input; none was given") }
+        guard !needsOutput || output != nil else { throw RuntimeError("forwardPart(.\(p)): the part writes an output; none was given") }
+        let rope = p == .attention ? self.rope.upTo(batch.spans.map { $0.start + $0.count }.max()!) : self.rope.upTo(0)
+        try part(p, li, batch: batch, buffers: b, rope: rope, cache: cache, context: context, hooks: hooks, hidden: hidden,
+                 input: input ?? UnsafePointer(hidden), output: output ?? b.xn)
     }
 
     /// Score rows a worker needs: a query block, or a decode row's group of heads.

@@ -117,6 +117,8 @@ struct BuildOptions: ParsableArguments {
     var actOrder = false
     @Option(help: "GPTQ: columns per lazy block.")
     var blockSize: Int = 128
+    @Flag(inversion: .prefixedNo, help: "GPTQ: quantize q/k/v, o, gate/up, down in turn, each from the inputs of the matrices already quantized (one pass per layer); --no-true-sequential takes every matrix's inputs from the float layer (two passes).")
+    var trueSequential = true
     @Option(help: "Threads of a calibrated build (default: every core); the bytes do not depend on it.")
     var threads: Int?
     @Option(help: "Bit allocation: choose each decoder matrix's scheme from --candidates so the file averages at most this many bits per weight (all tensors counted), at the least measured damage; needs --calib.")
@@ -131,7 +133,7 @@ struct BuildOptions: ParsableArguments {
         var s = BuildSpec(source: source, scheme: scheme, groupSize: groupSize, clip: clip, overrides: overrides, tokenizer: tokenizer)
         s.method = method
         s.calibration = calib.map { CalibrationOptions(file: $0, samples: calibSamples, ctx: calibCtx, seed: seed) }
-        s.gptq = GPTQOptions(damp: damp, actOrder: actOrder, blockSize: blockSize)
+        s.gptq = GPTQOptions(damp: damp, actOrder: actOrder, blockSize: blockSize, trueSequential: trueSequential)
         if let t = threads { s.threads = max(1, t) }
         if let b = targetBpw {
             s.allocation = AllocationOptions(targetBPW: b, candidates: candidates.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) },

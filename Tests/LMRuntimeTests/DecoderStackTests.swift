@@ -42,6 +42,41 @@ struct DecoderStackTests {
         #expect(sameLayered, "one layer at a time differs from forward")
     }
 
+    @Test("a layer's parts run one at a time (attention norm → attention → o_proj → MLP norm → gate/up → down) give forwardLayers' hidden states bit for bit; a missing input or output is an error")
+    func partsMatchLayer() throws {
+        let dir = tempDir("stack-parts")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var spec = SyntheticModelSpec(); spec.biases = true
+        try SyntheticModel.write(spec, to: dir)
+        let m = try LlamaModel.load(folder: dir)
+        let c = m.config, D = c.hiddenSize, q = c.numHeads * c.headDim, F = c.intermediateSize, ctx = ComputeContext(threads: 2)
+        let tokens = (0..<45).map { ($0 * 17 + 3) % c.vocabSize }, T = tokens.count
+        let batch = Batch(tokens, sequence: 0, start: 0)
+        var h0 = [Float](repeating: 0, count: T * D)
+        h0.withUnsafeMutableBufferPointer { p in for (t, id) in tokens.enumerated() { m.embedding.row(id, into: p.baseAddress! + t * D) } }
+        for li in 0..<c.numLayers {
+            let s = LlamaModel.decoderStack(config: c, layers: [m.layers[li]])
+            var want = h0
+            try want.withUnsafeMutableBufferPointer { try s.forwardLayers(batch, hidden: $0.baseAddress!, cache: s.makeCache(capacity: 64), context: ctx, hooks: nil) }
+            var h = h0, xn = [Float](repeating: 0, count: T * D), att = [Float](repeating: 0, count: T * q), g = [Float](repeating: 0, count: T * F)
+            let cache = try s.makeCache(capacity: 64)
+            try h.withUnsafeMutableBufferPointer { hp in try xn.withUnsafeMutableBufferPointer { x in try att.withUnsafeMutableBufferPointer { a in try g.withUnsafeMutableBufferPointer { gp in
+                let H = hp.baseAddress!
+                try s.forwardPart(.attentionNorm, batch: batch, hidden: H, input: nil, output: x.baseAddress!, cache: cache, context: ctx)
+                try s.forwardPart(.attention, batch: batch, hidden: H, input: x.baseAddress!, output: a.baseAddress!, cache: cache, context: ctx)
+                try s.forwardPart(.oProj, batch: batch, hidden: H, input: a.baseAddress!, output: nil, cache: cache, context: ctx)
+                try s.forwardPart(.mlpNorm, batch: batch, hidden: H, input: nil, output: x.baseAddress!, cache: cache, context: ctx)
+                try s.forwardPart(.mlpUp, batch: batch, hidden: H, input: x.baseAddress!, output: gp.baseAddress!, cache: cache, context: ctx)
+                try s.forwardPart(.down, batch: batch, hidden: H, input: gp.baseAddress!, output: nil, cache: cache, context: ctx)
+                #expect(throws: RuntimeError.self) { try s.forwardPart(.attention, batch: batch, hidden: H, input: nil, output: a.baseAddress!, cache: cache, context: ctx) }
+                #expect(throws: RuntimeError.self) { try s.forwardPart(.mlpUp, batch: batch, hidden: H, input: x.baseAddress!, output: nil, cache: cache, context: ctx) }
+                #expect(throws: RuntimeError.self) { try s.forwardPart(.down, layer: 1, batch: batch, hidden: H, input: gp.baseAddress!, output: nil, cache: cache, context: ctx) }
+            } } } }
+            #expect(h.elementsEqual(want, by: { $0.bitPattern == $1.bitPattern }), "layer \(li): parts differ from forwardLayers")
+            h0 = want
+        }
+    }
+
     @Test("a decoder stack refuses forward (it has no embedding or head)")
     func refusesForward() throws {
         let dir = tempDir("stack-refuse")
