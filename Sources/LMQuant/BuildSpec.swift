@@ -138,7 +138,7 @@ public struct BuildSpec: Sendable, Equatable {
             ("build", try canonical()),
             ("source", .string((source as NSString).lastPathComponent)),
             ("source_sha256", .string(try ModelSource.digest(source))),
-        ])
+        ] + (calibration == nil ? [] : [("blas_kernels", .string("OpenBLAS " + BLASKernels.coreName))]))
         var overrideStrings = r.overrides.map { $0.pattern + "=" + $0.scheme.name }
         guard let cal = calibration else {
             return try Quantizer.run(model: model, recipe: r, overrideStrings: overrideStrings,

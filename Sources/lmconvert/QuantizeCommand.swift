@@ -41,8 +41,10 @@ struct QuantizeCommand: ParsableCommand {
     }
 
     func run() throws {
-        InterruptCleanup.install()
         let calibrated = spec.calibration != nil
+        // Calibrated builds run OpenBLAS: pin its kernels so the bytes match on every host.
+        if calibrated { BLASKernels.pinForReproducibility() }
+        InterruptCleanup.install()
         let s = try spec.build(output: output) {
             ProgressReporter(label: calibrated ? spec.method.rawValue : "quantize", total: $0, unit: calibrated ? " layers" : " tensors")
         }

@@ -15,6 +15,8 @@ struct GateCommand: ParsableCommand {
     @Option(help: "Write a Markdown table (for a CI job summary).") var markdown: String?
 
     func run() throws {
+        // Calibrated candidates run OpenBLAS: pin its kernels so every host measures the same builds.
+        BLASKernels.pinForReproducibility()
         let report: GateReport
         do {
             let g = try GateFile.load(file)

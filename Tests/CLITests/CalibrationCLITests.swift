@@ -33,6 +33,33 @@ struct CalibrationCLITests {
         #expect(p.status == 0 && p.stdout.contains("ratio"), "\(p.stderr)")
     }
 
+    @Test("calibrated builds pin OpenBLAS's kernels (Haswell) unless OPENBLAS_CORETYPE is set: the same bytes as an explicit pin, and the provenance names the kernels")
+    func blasPin() throws {
+        let (dir, text) = try setUp("blas-pin")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        guard let exe = binary("lmconvert") else { throw CLIError("lmconvert not built") }
+        func build(_ out: String, core: String?) throws -> (Data, String?) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: exe)
+            p.arguments = ["quantize", "-i", dir + "/m", "-o", dir + "/" + out, "--scheme", "int4-g32", "--method", "awq", "--calib", text,
+                           "--calib-samples", "4", "--calib-ctx", "32"]
+            var env = ProcessInfo.processInfo.environment
+            env["OPENBLAS_CORETYPE"] = core
+            p.environment = env
+            p.standardOutput = FileHandle.nullDevice; p.standardError = FileHandle.nullDevice
+            try p.run(); p.waitUntilExit()
+            #expect(p.terminationStatus == 0)
+            let f = try LMPKFile(path: dir + "/" + out)
+            return (try Data(contentsOf: URL(fileURLWithPath: dir + "/" + out)), f.header["provenance"]?["blas_kernels"]?.string)
+        }
+        let (unset, pu) = try build("a.lmpk", core: nil), (pinned, pp) = try build("b.lmpk", core: "Haswell")
+        #expect(pu == "OpenBLAS Haswell" && pp == "OpenBLAS Haswell", "\(pu ?? "nil"), \(pp ?? "nil")")
+        #expect(unset == pinned, "an unset OPENBLAS_CORETYPE must build what the Haswell pin builds")
+        // An explicit choice is kept (Prescott: SSE3 kernels, which every x86-64 runs).
+        let (_, px) = try build("c.lmpk", core: "Prescott")
+        #expect(px == "OpenBLAS Prescott", "\(px ?? "nil")")
+    }
+
     @Test("bad calibration options fail before any work and leave no file, naming the flag")
     func errors() throws {
         let (dir, text) = try setUp("gptq-err")
