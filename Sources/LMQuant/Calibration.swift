@@ -490,7 +490,7 @@ enum LayerwiseQuantizer {
                                 timing: (Double) -> Void, quantize: (TapPoint) throws -> Void) throws {
         let D = c.hiddenSize, qDim = c.numHeads * c.headDim, F = c.intermediateSize
         let maxLen = samples.map(\.count).max() ?? 0, T = samples.reduce(0) { $0 + $1.count }
-        guard maxLen > 0 else { return }
+        guard maxLen > 0 else { throw CalibrationError("calibration has no tokens to run layer \(p)'s parts on") }
         let xn = UnsafeMutablePointer<Float>.allocate(capacity: maxLen * D)
         defer { xn.deallocate() }
         var tapSeconds = 0.0

@@ -24,11 +24,16 @@ public enum BLASKernels {
 
     /// Re-executes this process with `OPENBLAS_CORETYPE=Haswell` when the variable is unset
     /// and the CPU has AVX2 and FMA (what those kernels need); returns when nothing is to
-    /// be done, or when the re-execution fails (the build then runs on the native kernels,
-    /// and its provenance says which). An explicit `OPENBLAS_CORETYPE`, any value, is kept.
-    /// Call it first, before any output.
+    /// be done, when `/proc/self/exe` is not this program (started through a loader,
+    /// valgrind or an emulator), or when the re-execution fails — the build then runs on
+    /// the native kernels, and its provenance says which. An explicit `OPENBLAS_CORETYPE`,
+    /// any value, is kept. Call it first, before any output.
     public static func pinForReproducibility() {
         guard ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil, (try? KernelSet.named("avx2")) != nil else { return }
+        // Only when /proc/self/exe is this program (not a loader, valgrind or an emulator
+        // that started it): otherwise exec would run the wrong binary.
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+        guard !exe.isEmpty, (exe as NSString).lastPathComponent == (CommandLine.arguments[0] as NSString).lastPathComponent else { return }
         setenv("OPENBLAS_CORETYPE", pinnedCore, 1)
         fflush(nil)  // every output stream, so nothing buffered is printed twice
         execv("/proc/self/exe", CommandLine.unsafeArgv)

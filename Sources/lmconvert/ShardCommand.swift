@@ -44,6 +44,8 @@ struct ShardCommand: ParsableCommand {
     }
 
     func run() throws {
+        // A calibrated build of the source runs OpenBLAS: pin its kernels, as `quantize` does.
+        if !input.hasSuffix(".lmpk") && spec.calibration != nil { BLASKernels.pinForReproducibility() }
         InterruptCleanup.install()
         var sourcePath = input
         var temp: String? = nil
