@@ -68,8 +68,10 @@ struct QuantizeCommand: ParsableCommand {
                 fields.append(("allocation", .object([
                     ("target_bpw", .double(spec.allocation?.targetBPW ?? 0)), ("bits_per_weight", .double(a.bitsPerWeight)),
                     ("fixed_bytes", .int(Int64(a.fixedBytes))), ("seconds", .double(a.seconds)), ("total_damage", .double(a.totalDamage)),
+                    ("candidates", .array(a.candidates.map { .string($0) })),
                     ("choices", .array(a.choices.map { .object([("tensor", .string($0.tensor)), ("scheme", .string($0.scheme)),
-                                                                ("bytes", .int(Int64($0.bytes))), ("damage", .double($0.damage))]) })),
+                                                                ("bytes", .int(Int64($0.bytes))), ("damage", .double($0.damage)),
+                                                                ("damages", .array($0.damages.map { .double($0) }))]) })),
                 ])))
             }
             print(JSON.object(fields).serialized(pretty: true))
