@@ -246,8 +246,7 @@ enum LayerwiseQuantizer {
                 var awqFold = AWQFold()
                 /// The role of tensor `i` when the method chooses its codes from a tap's inputs.
                 func calibratedRole(_ i: Int) -> LayerMatrix? {
-                    guard schemes[i].isQuantized, let r = LayerMatrix(rawValue: String(model.tensors[i].name.dropFirst(p.count))) else { return nil }
-                    return r
+                    schemes[i].isQuantized ? LayerMatrix(rawValue: String(model.tensors[i].name.dropFirst(p.count))) : nil
                 }
                 /// Quantizes tensor `i` of this layer (its tap's Hessian complete when it has a
                 /// calibrated role); returns the codes and the values the stored model holds.
@@ -309,7 +308,6 @@ enum LayerwiseQuantizer {
                     // matrices is quantized from the inputs the already-quantized parts before
                     // it produce, and the last part's outputs are the next layer's inputs.
                     for i in idx where calibratedRole(i) == nil { (codes[i], stored[model.tensors[i].name]) = try quantizeOne(i) }
-                    let groups: [(TapPoint, [LayerMatrix])] = [(.attentionInput, [.q, .k, .v]), (.oProjInput, [.o]), (.mlpInput, [.gate, .up]), (.downProjInput, [.down])]
                     try sequentialParts(prefix: p, c, calibration.samples, hidden: &hidden, last: l + 1 == c.numLayers, context: context,
                                         current: { values.merging(stored) { _, new in new } },
                                         tap: { tp, x, rows in
@@ -319,8 +317,7 @@ enum LayerwiseQuantizer {
                                         },
                                         timing: { report.forwardSeconds += $0 },
                                         quantize: { tp in
-                                            let group = groups.first { $0.0 == tp }!.1
-                                            for i in idx { if let r = calibratedRole(i), group.contains(r) { (codes[i], stored[model.tensors[i].name]) = try quantizeOne(i) } }
+                                            for i in idx where calibratedRole(i)?.tap == tp { (codes[i], stored[model.tensors[i].name]) = try quantizeOne(i) }
                                         })
                 } else {
                     // Pass 1: the float layer's inputs → one Hessian per tap point.

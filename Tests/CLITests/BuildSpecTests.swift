@@ -32,6 +32,27 @@ struct BuildSpecTests {
         #expect(f["model.layers.0.self_attn.q_proj.weight"]?.scheme.name == "int4-g64")
     }
 
+    @Test("a gate recipe's gptq.true_sequential: false is read, is part of the canonical build, and a non-boolean is an error naming the key")
+    func trueSequentialKey() throws {
+        let dir = scratch("spec-ts")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "story".write(toFile: dir + "/c.txt", atomically: true, encoding: .utf8)
+        func gate(_ v: String) throws -> GateFile {
+            let j = #"{"version": 1, "suites": [{"name": "s", "data": {"text": "t.txt", "sha256": "00", "protocol": "chunks", "ctx": 64},"#
+                + #" "baseline": {"model": "m"}, "candidates": [{"name": "c", "recipe": {"source": "m", "scheme": "int4-g32", "method": "gptq","#
+                + #" "calib": {"text": "c.txt", "samples": 4, "ctx": 32}, "gptq": {"true_sequential": "# + v + #"}}, "limits": {"mean_kl_max": 1}}]}]}"#
+            try j.write(toFile: dir + "/g.json", atomically: true, encoding: .utf8)
+            return try GateFile.load(dir + "/g.json")
+        }
+        guard case let .recipe(spec) = try gate("false").suites[0].candidates[0].source else { Issue.record("not a recipe"); return }
+        #expect(spec.gptq.trueSequential == false)
+        var on = spec; on.gptq.trueSequential = true
+        #expect(try spec.canonicalString() != on.canonicalString())
+        do { _ = try gate(#""yes""#); Issue.record("a string was accepted") } catch {
+            #expect("\(error)".contains("gptq.true_sequential") && "\(error)".contains("true or false"), "\(error)")
+        }
+    }
+
     @Test("canonical form: equivalent spellings are one build; different options are not")
     func canonical() throws {
         let a = try BuildSpec(source: "x", scheme: "int4", groupSize: 64).canonicalString()

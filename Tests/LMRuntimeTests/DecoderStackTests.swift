@@ -7,13 +7,18 @@ import Testing
 
 @Suite("Decoder stacks: stage 2 alone on hidden states (calibration's capture path)")
 struct DecoderStackTests {
-    @Test("embed → forwardLayers (all layers, or one layer at a time) → final norm → head gives forward's logits bit for bit")
-    func matchesForward() throws {
-        let dir = tempDir("stack")
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+    /// A synthetic model with q/k/v biases (every branch of a layer), and its folder.
+    func biasedModel(_ name: String) throws -> (LlamaModel, String) {
+        let dir = tempDir(name)
         var spec = SyntheticModelSpec(); spec.biases = true
         try SyntheticModel.write(spec, to: dir)
-        let m = try LlamaModel.load(folder: dir)
+        return (try LlamaModel.load(folder: dir), dir)
+    }
+
+    @Test("embed → forwardLayers (all layers, or one layer at a time) → final norm → head gives forward's logits bit for bit")
+    func matchesForward() throws {
+        let (m, dir) = try biasedModel("stack")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
         let c = m.config, D = c.hiddenSize, ctx = ComputeContext(threads: 2)
         let tokens = (0..<45).map { ($0 * 17 + 3) % c.vocabSize }
         let want = try m.forward(tokens, cache: m.makeCache(capacity: 64), logits: .all, context: ctx)
@@ -44,11 +49,8 @@ struct DecoderStackTests {
 
     @Test("a layer's parts run one at a time (attention norm → attention → o_proj → MLP norm → gate/up → down) give forwardLayers' hidden states bit for bit; a missing input or output is an error")
     func partsMatchLayer() throws {
-        let dir = tempDir("stack-parts")
+        let (m, dir) = try biasedModel("stack-parts")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        var spec = SyntheticModelSpec(); spec.biases = true
-        try SyntheticModel.write(spec, to: dir)
-        let m = try LlamaModel.load(folder: dir)
         let c = m.config, D = c.hiddenSize, q = c.numHeads * c.headDim, F = c.intermediateSize, ctx = ComputeContext(threads: 2)
         let tokens = (0..<45).map { ($0 * 17 + 3) % c.vocabSize }, T = tokens.count
         let batch = Batch(tokens, sequence: 0, start: 0)
