@@ -162,7 +162,7 @@ public struct GateFile: Sendable {
                     }
                 }
                 if let aj = r["allocation"] {
-                    _ = try object(aj, rk + ".allocation", allowed: ["target_bpw", "candidates", "samples"])
+                    _ = try object(aj, rk + ".allocation", allowed: ["target_bpw", "candidates", "samples", "kl_samples"])
                     guard let t = aj["target_bpw"]?.double else { throw fail(rk + ".allocation.target_bpw", "missing or not a number (bits per weight)") }
                     var a = AllocationOptions(targetBPW: t)
                     if let cj = aj["candidates"] {
@@ -170,11 +170,12 @@ public struct GateFile: Sendable {
                         a.candidates = try arr.enumerated().map { try str($1, rk + ".allocation.candidates[\($0)]") }
                     }
                     if let n = try optInt(aj["samples"], rk + ".allocation.samples") { a.samples = n }
+                    if let n = try optInt(aj["kl_samples"], rk + ".allocation.kl_samples") { a.klSamples = n }
                     spec.allocation = a
                 }
                 do { _ = try spec.recipe() } catch let e as BuildSpecError {
                     let key = ["calib_samples": "calib.samples", "calib_ctx": "calib.ctx", "damp": "gptq.damp", "block_size": "gptq.block_size",
-                               "target_bpw": "allocation.target_bpw", "candidates": "allocation.candidates", "alloc_samples": "allocation.samples"][e.option] ?? e.option
+                               "target_bpw": "allocation.target_bpw", "candidates": "allocation.candidates", "alloc_samples": "allocation.samples", "alloc_kl_samples": "allocation.kl_samples"][e.option] ?? e.option
                     throw fail(rk + "." + key, e.reason)
                 }
                 return .recipe(spec)

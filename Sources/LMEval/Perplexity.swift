@@ -301,7 +301,7 @@ public enum Perplexity {
                 let rows = Array(off..<(off + w.rows.count))
                 if let observer { logits.withUnsafeMutableBufferPointer { observer($0.baseAddress!, V, rows, w.targets) } }
                 if baseline != nil {
-                    let (kl, top1) = Scoring.klAndTop1(base: bl, model: logits, vocab: V, rows: rows, context: context)
+                    let (kl, top1) = Divergence.klAndTop1(base: bl, model: logits, vocab: V, rows: rows, context: context)
                     r.tokenKL += kl
                     r.top1Agreements += top1.filter { $0 }.count
                     for x in Scoring.nll(logits: &bl, vocab: V, rows: rows, targets: w.targets, context: context) { r.baselineNLLSum! += x }

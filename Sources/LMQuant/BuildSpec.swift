@@ -74,6 +74,9 @@ public struct BuildSpec: Sendable, Equatable {
             guard calibration != nil else { throw BuildSpecError(option: "calib", reason: "--target-bpw measures each matrix's sensitivity on calibration text: add --calib FILE") }
             guard a.targetBPW > 0 && a.targetBPW.isFinite else { throw BuildSpecError(option: "target_bpw", reason: "--target-bpw must be a positive number of bits per weight, got \(a.targetBPW)") }
             guard a.samples >= 1 else { throw BuildSpecError(option: "alloc_samples", reason: "--alloc-samples must be at least 1, got \(a.samples)") }
+            guard a.klSamples >= 1 && a.klSamples <= a.samples else {
+                throw BuildSpecError(option: "alloc_kl_samples", reason: "--alloc-kl-samples must be in 1...--alloc-samples (\(a.samples)), got \(a.klSamples)")
+            }
             _ = try BitAllocator.parseCandidates(a.candidates)
             guard s.isQuantized else { throw BuildSpecError(option: "target_bpw", reason: "--target-bpw chooses among integer schemes; the default scheme \(s.name) stores floats") }
         }
@@ -112,7 +115,7 @@ public struct BuildSpec: Sendable, Equatable {
             }
             if let al = allocation {
                 fields.append(("allocation", .object([("target_bpw", .double(al.targetBPW)), ("candidates", .array(al.candidates.map { .string($0) })),
-                                                      ("samples", .int(Int64(al.samples)))])))
+                                                      ("samples", .int(Int64(al.samples))), ("kl_samples", .int(Int64(al.klSamples)))])))
             }
             if method == .awq {
                 var a: [(String, JSON)] = [("grid", .int(Int64(awq.grid)))]

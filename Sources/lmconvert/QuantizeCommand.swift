@@ -69,6 +69,9 @@ struct QuantizeCommand: ParsableCommand {
                     ("target_bpw", .double(spec.allocation?.targetBPW ?? 0)), ("bits_per_weight", .double(a.bitsPerWeight)),
                     ("fixed_bytes", .int(Int64(a.fixedBytes))), ("seconds", .double(a.seconds)), ("total_damage", .double(a.totalDamage)),
                     ("candidates", .array(a.candidates.map { .string($0) })),
+                    ("layers", .array(a.layers.map { .object([("layer", .int(Int64($0.layer))), ("kl", .double($0.kl)),
+                                                              ("relative_change", .double($0.relativeChange)), ("joint_change", .double($0.jointChange)),
+                                                              ("rate", .double($0.rate))]) })),
                     ("choices", .array(a.choices.map { .object([("tensor", .string($0.tensor)), ("scheme", .string($0.scheme)),
                                                                 ("bytes", .int(Int64($0.bytes))), ("damage", .double($0.damage)),
                                                                 ("damages", .array($0.damages.map { .double($0) }))]) })),
@@ -131,6 +134,8 @@ struct BuildOptions: ParsableArguments {
     var candidates: String = AllocationOptions.defaultCandidates.joined(separator: ",")
     @Option(help: "Calibration windows the allocator's sensitivity pass runs on.")
     var allocSamples: Int = 4
+    @Option(help: "Of those, the windows each layer's end-to-end KL (the allocator's exchange rate) is measured on.")
+    var allocKlSamples: Int = 1
 
     /// The build of `source` these options describe.
     func spec(source: String) -> BuildSpec {
@@ -141,7 +146,7 @@ struct BuildOptions: ParsableArguments {
         if let t = threads { s.threads = max(1, t) }
         if let b = targetBpw {
             s.allocation = AllocationOptions(targetBPW: b, candidates: candidates.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) },
-                                             samples: allocSamples)
+                                             samples: allocSamples, klSamples: allocKlSamples)
         }
         return s
     }
@@ -248,7 +253,7 @@ func printAllocation(_ a: Allocation) {
         if !schemes.contains(ch.scheme) { schemes.append(ch.scheme) }
     }
     schemes.sort { (try? QuantScheme(parsing: $0).sections(rows: 1, cols: 128).reduce(0) { $0 + $1.bytes }) ?? 0 < (try? QuantScheme(parsing: $1).sections(rows: 1, cols: 128).reduce(0) { $0 + $1.bytes }) ?? 0 }
-    print(String(format: "bit allocation: %.4f bits/weight (%d matrices; other tensors %.2f MiB), estimated damage %.4g, %.1f s",
+    print(String(format: "bit allocation: %.4f bits/weight (%d matrices; other tensors %.2f MiB), estimated mean KL %.4g, %.1f s",
                  a.bitsPerWeight, a.choices.count, Double(a.fixedBytes) / 1_048_576, a.totalDamage, a.seconds))
     print("  " + "matrix".padding(toLength: 10, withPad: " ", startingAt: 0) + schemes.map { $0.padding(toLength: 11, withPad: " ", startingAt: 0) }.joined())
     for r in roles {

@@ -53,6 +53,28 @@ struct BuildSpecTests {
         }
     }
 
+    @Test("a gate recipe's allocation.kl_samples is read, is part of the canonical build, and one above allocation.samples is an error naming the key")
+    func allocationKLSamplesKey() throws {
+        let dir = scratch("spec-klalloc")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "story".write(toFile: dir + "/c.txt", atomically: true, encoding: .utf8)
+        func gate(_ n: Int) throws -> GateFile {
+            let j = #"{"version": 1, "suites": [{"name": "s", "data": {"text": "t.txt", "sha256": "00", "protocol": "chunks", "ctx": 64},"#
+                + #" "baseline": {"model": "m"}, "candidates": [{"name": "c", "recipe": {"source": "m", "scheme": "int4-g64", "clip": "mse","#
+                + #" "calib": {"text": "c.txt", "samples": 8, "ctx": 32}, "allocation": {"target_bpw": 5.2, "samples": 4, "kl_samples": "# + "\(n)"
+                + #"}}, "limits": {"mean_kl_max": 1}}]}]}"#
+            try j.write(toFile: dir + "/g.json", atomically: true, encoding: .utf8)
+            return try GateFile.load(dir + "/g.json")
+        }
+        guard case let .recipe(spec) = try gate(2).suites[0].candidates[0].source else { Issue.record("not a recipe"); return }
+        #expect(spec.allocation?.klSamples == 2 && spec.allocation?.samples == 4)
+        var one = spec; one.allocation?.klSamples = 1
+        #expect(try spec.canonicalString() != one.canonicalString())
+        do { _ = try gate(5); Issue.record("kl_samples above samples was accepted") } catch {
+            #expect("\(error)".contains("allocation.kl_samples"), "\(error)")
+        }
+    }
+
     @Test("canonical form: equivalent spellings are one build; different options are not")
     func canonical() throws {
         let a = try BuildSpec(source: "x", scheme: "int4", groupSize: 64).canonicalString()
