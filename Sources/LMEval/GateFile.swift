@@ -99,9 +99,7 @@ public struct GateFile: Sendable {
             case let (nil, r?):
                 let rk = ck + ".recipe"
                 let ro = try object(r, rk, allowed: ["source", "scheme", "group_size", "clip", "overrides", "method", "calib", "gptq", "allocation", "prune", "shard", "kv_cache", "tokenizer"])
-                for reserved in ["prune"] where ro.contains(where: { $0.0 == reserved }) {
-                    throw fail(rk + "." + reserved, "reserved for a later release: this lmkit cannot build '\(reserved)' candidates yet")
-                }
+                _ = ro
                 let source = try expand(try str(r["source"], rk + ".source"), rk + ".source")
                 var clip = ClipMethod.minmax
                 if let c = r["clip"] {
@@ -173,9 +171,27 @@ public struct GateFile: Sendable {
                     if let n = try optInt(aj["kl_samples"], rk + ".allocation.kl_samples") { a.klSamples = n }
                     spec.allocation = a
                 }
+                if let pj = r["prune"] {
+                    _ = try object(pj, rk + ".prune", allowed: ["method", "sparsity", "pattern"])
+                    guard let m = PruneMethod(rawValue: try str(pj["method"], rk + ".prune.method")) else {
+                        throw fail(rk + ".prune.method", "must be one of \(PruneMethod.allCases.map(\.rawValue).joined(separator: ", "))")
+                    }
+                    var po = PruneOptions(method: m)
+                    if let sj = pj["sparsity"] {
+                        guard let v = sj.double else { throw fail(rk + ".prune.sparsity", "must be a number in [0, 1)") }
+                        po.sparsity = v
+                    }
+                    if let pt = pj["pattern"] {
+                        do { po.pattern = try SparsityPattern(parsing: try str(pt, rk + ".prune.pattern")) } catch let e as BuildSpecError {
+                            throw fail(rk + ".prune.pattern", e.reason)
+                        }
+                    }
+                    spec.prune = po
+                }
                 do { _ = try spec.recipe() } catch let e as BuildSpecError {
                     let key = ["calib_samples": "calib.samples", "calib_ctx": "calib.ctx", "damp": "gptq.damp", "block_size": "gptq.block_size",
-                               "target_bpw": "allocation.target_bpw", "candidates": "allocation.candidates", "alloc_samples": "allocation.samples", "alloc_kl_samples": "allocation.kl_samples"][e.option] ?? e.option
+                               "target_bpw": "allocation.target_bpw", "candidates": "allocation.candidates", "alloc_samples": "allocation.samples", "alloc_kl_samples": "allocation.kl_samples",
+                               "sparsity": "prune.sparsity", "pattern": "prune.pattern"][e.option] ?? e.option
                     throw fail(rk + "." + key, e.reason)
                 }
                 return .recipe(spec)

@@ -79,7 +79,10 @@ public struct Allocation: Sendable {
 /// over every position, `KL_l`, divided by the sum of those matrices' `d(t, s₀)` is the rate
 /// `r_l`. A matrix's damage is `D(t, s) = r_l · d(t, s)`, in nats of KL: at s₀ the layer's
 /// matrices' damages add up to the KL measured. Cost: on top of the sensitivity pass's `8L`
-/// layer runs, `L` more and `L(L−1)/2` runs of `klSamples` windows, and `L` head passes.
+/// layer runs, `L` more and `L(L−1)/2` runs of `klSamples` windows, and `L + 1` head passes
+/// (the float stream's too). Memory: the `L` streams, `L·klSamples·ctx·hidden` floats (35 MiB
+/// on SmolLM2), and the head in float32 during the KL (`vocab·hidden`). A layer without
+/// allocatable matrices has no stream and no rate.
 ///
 /// **Choice.** Total damage is taken as additive over matrices (KL is quadratic in small
 /// independent perturbations). Each matrix's candidates
@@ -125,11 +128,13 @@ enum BitAllocator {
         guard let embT = model.tensors.first(where: { $0.name == "model.embed_tokens.weight" }) else {
             throw RecipeError("tensor 'model.embed_tokens.weight' is missing; the sensitivity pass needs the token embedding")
         }
-        let emb = try LayerwiseQuantizer.finite(embT)
-        embT.release()
         var hidden = [Float](repeating: 0, count: windows.reduce(0) { $0 + $1.count } * D)
-        for (k, id) in windows.flatMap({ $0 }).enumerated() where id < embT.shape[0] {
-            for j in 0..<D { hidden[k * D + j] = emb[id * D + j] }
+        do {   // the float embedding lives only for the lookup
+            let emb = try LayerwiseQuantizer.finite(embT)
+            embT.release()
+            for (k, id) in windows.flatMap({ $0 }).enumerated() where id < embT.shape[0] {
+                for j in 0..<D { hidden[k * D + j] = emb[id * D + j] }
+            }
         }
         var damage: [Int: [Double]] = [:]   // tensor index → per candidate
         // Exchange-rate streams: the first klSamples windows, one stream per layer.
@@ -176,7 +181,7 @@ enum BitAllocator {
                 var diff = 0.0
                 for k in moved.indices { let e = Double(moved[k] - out[k]); diff += e * e }
                 let dRef = norm > 0 ? diff / norm : 0
-                relative += dRef
+                relative += E[ref] > 0 ? dRef : 0   // a matrix whose damages are 0 adds none to the rate's base
                 damage[i] = E.map { E[ref] > 0 ? dRef * $0 / E[ref] : 0 }
             }
             if byLayer[l] != nil {
@@ -252,14 +257,14 @@ enum BitAllocator {
     }
 
     /// Mean KL(P_ref ‖ P_stream) over every position, per stream: the final RMSNorm
-    /// (`model.norm.weight`) and the head (`lm_head.weight`, or the token embedding when tied
-    /// or absent) on the float values, 128 positions at a time.
+    /// (`model.norm.weight`) and the head (`lm_head.weight`, or the token embedding when tied,
+    /// as the runtime reads it) on the float values, 128 positions at a time.
     static func endToEndKL(model: ImportedModel, reference: [Float], streams: [[Float]], context: ComputeContext) throws -> [Double] {
         let c = model.config, D = c.hiddenSize
         guard !streams.isEmpty else { return [] }
         func tensor(_ n: String) -> PendingTensor? { model.tensors.first { $0.name == n } }
         guard let normT = tensor("model.norm.weight") else { throw RecipeError("tensor 'model.norm.weight' is missing; the allocator's end-to-end KL needs the final norm") }
-        let headName = !c.tieWordEmbeddings && tensor("lm_head.weight") != nil ? "lm_head.weight" : "model.embed_tokens.weight"
+        let headName = c.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight"   // as the runtime reads it
         guard let headT = tensor(headName), headT.shape.count == 2, headT.shape[1] == D else {
             throw RecipeError("tensor '\(headName)' is missing or not [vocab, \(D)]; the allocator's end-to-end KL needs the head")
         }

@@ -34,6 +34,9 @@ public struct BuildSpec: Sendable, Equatable {
     public var awq = AWQOptions()
     /// Bit allocation (`--target-bpw`): per-matrix schemes from measured sensitivity; needs `calibration`.
     public var allocation: AllocationOptions?
+    /// Pruning of the decoder matrices before they are stored (`lmconvert prune`); Wanda and
+    /// SparseGPT need `calibration`; SparseGPT uses `gptq.damp` and `gptq.blockSize`.
+    public var prune: PruneOptions?
     /// Threads of a calibrated build (its forward passes and Hessians); not part of the
     /// build's identity: any count gives the same bytes.
     public var threads = ProcessInfo.processInfo.activeProcessorCount
@@ -52,12 +55,31 @@ public struct BuildSpec: Sendable, Equatable {
         if let g = groupSize, scheme.contains("-g") {
             throw BuildSpecError(option: "group_size", reason: "group size \(g) conflicts with the group in scheme \(scheme)")
         }
+        // Wanda and SparseGPT read the calibration inputs for the pruning itself.
+        let calibratedPruning = prune.map { $0.method != .magnitude } ?? false
+        if let pr = prune {
+            try pr.validate()
+            guard method == .rtn else {
+                throw BuildSpecError(option: "method", reason: "a pruned build quantizes by round-to-nearest (optionally --clip mse --calib); GPTQ or AWQ after pruning (SparseGPT's joint mode) is not built yet")
+            }
+            guard allocation == nil else { throw BuildSpecError(option: "target_bpw", reason: "bit allocation of a pruned model is not built yet; prune at one scheme") }
+            if pr.method == .magnitude && calibration != nil && clip != .mse {
+                throw BuildSpecError(option: "calib", reason: "pruning by magnitude reads no calibration; --calib is only used with --clip mse and an integer --scheme (importance-weighted ranges)")
+            }
+            if calibratedPruning && calibration == nil {
+                throw BuildSpecError(option: "calib", reason: "pruning by \(pr.method.rawValue) reads the inputs' statistics: add --calib FILE (text like the model's use)")
+            }
+            if pr.method == .sparsegpt {
+                guard gptq.damp >= 0 && gptq.damp <= 1 && gptq.damp.isFinite else { throw BuildSpecError(option: "damp", reason: "--damp must be in 0...1 (a fraction of the Hessian's mean diagonal), got \(gptq.damp)") }
+                guard gptq.blockSize >= 1 && gptq.blockSize <= 4096 else { throw BuildSpecError(option: "block_size", reason: "--block-size must be in 1...4096, got \(gptq.blockSize)") }
+            }
+        }
         switch method {
         case .rtn:
-            if calibration != nil && clip != .mse && allocation == nil {
+            if calibration != nil && !calibratedPruning && clip != .mse && allocation == nil {
                 throw BuildSpecError(option: "calib", reason: "--calib with --method rtn weights the range search by the inputs' importance: add --clip mse, or choose --method gptq or awq")
             }
-            if calibration != nil && !s.isQuantized {
+            if calibration != nil && clip == .mse && !s.isQuantized {
                 throw BuildSpecError(option: "calib", reason: "importance-weighted clipping (--calib with --clip mse) quantizes to an integer scheme; \(s.name) stores floats")
             }
         case .gptq, .awq:
@@ -123,6 +145,12 @@ public struct BuildSpec: Sendable, Equatable {
                 fields.append(("awq", .object(a)))
             }
         }
+        if let pr = prune {
+            var p: [(String, JSON)] = []
+            if case let .object(o) = pr.json { p = o }
+            if pr.method == .sparsegpt { p += [("damp", .double(gptq.damp)), ("block_size", .int(Int64(gptq.blockSize)))] }
+            fields.append(("prune", .object(p)))
+        }
         if let s = shard { fields.append(("shard", .object([("tp", .int(Int64(s.tp))), ("vocab_parallel", .bool(s.vocabParallel))]))) }
         return .object(fields)
     }
@@ -143,9 +171,13 @@ public struct BuildSpec: Sendable, Equatable {
             ("source_sha256", .string(try ModelSource.digest(source))),
         ] + (calibration == nil ? [] : [("blas_kernels", .string("OpenBLAS " + BLASKernels.coreName))]))
         var overrideStrings = r.overrides.map { $0.pattern + "=" + $0.scheme.name }
+        if let pr = prune {
+            let shapes = model.tensors.map { ($0.name, $0.shape) }
+            try Pruner.checkPlan(pr, tensors: shapes, schemes: try r.assign(shapes), layers: model.config.numLayers)
+        }
         guard let cal = calibration else {
             return try Quantizer.run(model: model, recipe: r, overrideStrings: overrideStrings,
-                                     output: output, provenance: provenance, progress: progress?(model.tensors.count))
+                                     output: output, provenance: provenance, prune: prune, progress: progress?(model.tensors.count))
         }
         guard let tj = model.tokenizer else { throw RecipeError("the input has no tokenizer (tokenizer.json); calibration tokenizes its text with it") }
         let set = try CalibrationSet.load(cal, tokenizer: try Tokenizer(json: tj, source: "tokenizer.json"))
@@ -165,7 +197,7 @@ public struct BuildSpec: Sendable, Equatable {
             }
         }
         var (summary, report) = try LayerwiseQuantizer.run(model: model, recipe: r, method: method, calibration: set, gptq: gptq, awq: awq,
-                                                           overrideStrings: overrideStrings, output: output, provenance: provenance,
+                                                           prune: prune, overrideStrings: overrideStrings, output: output, provenance: provenance,
                                                            threads: threads, progress: progress?(model.config.numLayers))
         summary.calibration = report
         summary.allocation = chosen

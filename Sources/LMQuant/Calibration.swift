@@ -178,7 +178,7 @@ enum LayerMatrix: String, CaseIterable {
 /// (embedding, final norm, untied head) are written first.
 enum LayerwiseQuantizer {
     static func run(model: ImportedModel, recipe: Recipe, method: QuantMethod, calibration: CalibrationSet, gptq: GPTQOptions,
-                    awq: AWQOptions = AWQOptions(), overrideStrings: [String], output: String, provenance: JSON, threads: Int,
+                    awq: AWQOptions = AWQOptions(), prune: PruneOptions? = nil, overrideStrings: [String], output: String, provenance: JSON, threads: Int,
                     progress: ProgressReporter?) throws -> (QuantizeSummary, CalibrationReport) {
         let start = Date()
         let c = model.config
@@ -202,8 +202,10 @@ enum LayerwiseQuantizer {
         let specs = order.map { LMPKTensorSpec(name: model.tensors[$0].name, shape: model.tensors[$0].shape, scheme: schemes[$0]) }
         let w = try LMPKWriter(path: output, config: c, tokenizerJSON: Array(tok.serialized().utf8),
                                meta: [("recipe", recipe.json(overrideStrings: overrideStrings)), ("provenance", provenance),
-                                      ("tensor_parallel", .object([("world_size", .int(1)), ("rank", .int(0))]))],
+                                      ("tensor_parallel", .object([("world_size", .int(1)), ("rank", .int(0))]))]
+                                   + (prune.map { [Pruner.meta($0, tensors: model.tensors.map { ($0.name, $0.shape) }, layers: c.numLayers)] } ?? []),
                                tensors: specs)
+        if prune != nil && method == .gptq { throw RecipeError("pruning with GPTQ (SparseGPT's joint mode) is not built yet") }
         var report = CalibrationReport()
         report.samples = calibration.samples.count
         report.tokens = calibration.tokens
@@ -243,6 +245,7 @@ enum LayerwiseQuantizer {
                     return hf[tp]!
                 }
                 var factors: [TapPoint: GPTQ.Factorization] = [:]
+                var pruneFactors: [TapPoint: GPTQ.Factorization] = [:]
                 var awqFold = AWQFold()
                 /// The role of tensor `i` when the method chooses its codes from a tap's inputs.
                 func calibratedRole(_ i: Int) -> LayerMatrix? {
@@ -251,15 +254,36 @@ enum LayerwiseQuantizer {
                 /// Quantizes tensor `i` of this layer (its tap's Hessian complete when it has a
                 /// calibrated role); returns the codes and the values the stored model holds.
                 func quantizeOne(_ i: Int) throws -> (QuantizedTensor, [Float]) {
-                    let t = model.tensors[i], s = schemes[i], v = values[t.name]!
+                    let t = model.tensors[i], s = schemes[i]
                     let rows = t.shape.count == 2 ? t.shape[0] : 1, cols = t.shape.count == 2 ? t.shape[1] : t.shape[0]
+                    // Pruning first (its mask from this layer's inputs), then the scheme.
+                    var keep: [Bool]? = nil
+                    if let pr = prune, t.shape.count == 2, let pm = LayerMatrix(rawValue: String(t.name.dropFirst(p.count))), let h = H[pm.tap] {
+                        let s0 = Date()
+                        let pruned: (weights: [Float], keep: [Bool])
+                        switch pr.method {
+                        case .magnitude:
+                            pruned = try Pruner.prune(weights: values[t.name]!, rows: rows, cols: cols, options: pr, tensor: t.name)
+                        case .wanda:
+                            pruned = try Pruner.prune(weights: values[t.name]!, rows: rows, cols: cols, options: pr,
+                                                      columnNorms: h.meanSquares.map { $0.squareRoot() }, tensor: t.name)
+                        case .sparsegpt:
+                            if pruneFactors[pm.tap] == nil { pruneFactors[pm.tap] = try GPTQ.factor(hessian: h, damp: gptq.damp, actOrder: false, tensor: t.name) }
+                            pruned = try Pruner.sparseGPT(weights: values[t.name]!, rows: rows, cols: cols, factorization: pruneFactors[pm.tap]!,
+                                                          options: pr, blockSize: gptq.blockSize, tensor: t.name)
+                        }
+                        values[t.name] = pruned.weights
+                        keep = pruned.keep
+                        report.solveSeconds += Date().timeIntervalSince(s0)
+                    }
+                    let v = values[t.name]!
                     let role = calibratedRole(i)
                     // Plain RTN of `v` (the report's reference, and what other tensors store); not
                     // needed for an AWQ-folded matrix, whose reference is RTN of its original weights.
                     let folded = awqFold.original[t.name] != nil && role != nil
                     let rtnV = folded ? nil : RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: s, clip: recipe.clip)
                     var q: QuantizedTensor, storedValues: [Float]
-                    if let role, method != .gptq, let h = H[role.tap] {
+                    if let role, method == .awq || recipe.clip == .mse, method != .gptq, let h = H[role.tap] {
                         // Importance-weighted clipping (RTN with --clip mse, and AWQ's clip search):
                         // the inputs' mean squares, in the scaled domain for AWQ (x / s).
                         let s0 = Date()
@@ -299,6 +323,7 @@ enum LayerwiseQuantizer {
                         storedValues = s.isQuantized || s.kind != .f32 ? dequantize(q) : v
                     }
                     try RoundToNearest.checkRepresentable(q, values: v, tensor: t.name)
+                    if let keep { try Pruner.checkZeros(storedValues, keep: keep, scheme: s, tensor: t.name) }
                     return (q, storedValues)
                 }
                 var codes: [Int: QuantizedTensor] = [:]

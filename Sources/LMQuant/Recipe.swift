@@ -85,8 +85,10 @@ public struct QuantizeSummary: Sendable {
 public enum Quantizer {
     /// Quantizes `model` into `output` with `recipe`. Checks (schemes, overrides,
     /// NaN/Inf) fail with the tensor's name; on any failure no output file is left.
+    /// `prune` (magnitude only: no calibration here) zeroes each decoder matrix's smallest
+    /// weights before it is quantized.
     public static func run(model: ImportedModel, recipe: Recipe, overrideStrings: [String], output: String,
-                           provenance: JSON, progress: ProgressReporter? = nil) throws -> QuantizeSummary {
+                           provenance: JSON, prune: PruneOptions? = nil, progress: ProgressReporter? = nil) throws -> QuantizeSummary {
         let start = Date()
         guard let tok = model.tokenizer else {
             throw RecipeError("the input has no tokenizer (tokenizer.json); an .lmpk embeds it to be self-contained")
@@ -97,14 +99,27 @@ public enum Quantizer {
         }
         let schemes = try recipe.assign(model.tensors.map { ($0.name, $0.shape) })
         let specs = zip(model.tensors, schemes).map { LMPKTensorSpec(name: $0.name, shape: $0.shape, scheme: $1) }
+        if let pr = prune, pr.method != .magnitude { throw RecipeError("pruning by \(pr.method.rawValue) needs calibration (--calib)") }
+        let layers = model.config.numLayers
         let w = try LMPKWriter(path: output, config: model.config, tokenizerJSON: Array(tok.serialized().utf8),
                                meta: [("recipe", recipe.json(overrideStrings: overrideStrings)), ("provenance", provenance),
-                                      ("tensor_parallel", .object([("world_size", .int(1)), ("rank", .int(0))]))],
+                                      ("tensor_parallel", .object([("world_size", .int(1)), ("rank", .int(0))]))]
+                                   + (prune.map { [Pruner.meta($0, tensors: model.tensors.map { ($0.name, $0.shape) }, layers: layers)] } ?? []),
                                tensors: specs)
         var params = 0, tbytes = 0
         do {
             for (i, (t, s)) in zip(model.tensors, schemes).enumerated() {
-                let (q, n) = try LayerwiseQuantizer.rtn(t, s, recipe.clip)
+                let q: QuantizedTensor, n: Int
+                if let pr = prune, t.shape.count == 2, Pruner.role(t.name, layers: layers) != nil {
+                    let v = try LayerwiseQuantizer.finite(t)
+                    let (pruned, keep) = try Pruner.prune(weights: v, rows: t.shape[0], cols: t.shape[1], options: pr, tensor: t.name)
+                    q = RoundToNearest.quantize(pruned, rows: t.shape[0], cols: t.shape[1], scheme: s, clip: recipe.clip)
+                    try RoundToNearest.checkRepresentable(q, values: pruned, tensor: t.name)
+                    try Pruner.checkZeros(s.isQuantized || s.kind != .f32 ? q.dequantized() : pruned, keep: keep, scheme: s, tensor: t.name)
+                    n = v.count
+                } else {
+                    (q, n) = try LayerwiseQuantizer.rtn(t, s, recipe.clip)
+                }
                 try w.write(sections: q.sections.map { $0.bytes })
                 t.release()
                 params += n

@@ -171,16 +171,26 @@ struct InspectCommand: ParsableCommand {
         let f = try LMPKFile(path: file)
         var rows: [JSON] = []
         var total = 0, params = 0
+        // A pruned file: each tensor's stored zeros, counted on its decoded values.
+        let pruned = f.header["pruning"] != nil
+        var zeros: [String: Double] = [:]
         for t in f.tensors {
             let n = t.shape.reduce(1, *)
             total += t.byteCount; params += n
-            rows.append(.object([("name", .string(t.name)), ("shape", .array(t.shape.map { .int(Int64($0)) })), ("scheme", .string(t.scheme.name)),
-                                 ("bytes", .int(Int64(t.byteCount))), ("bits_per_weight", .double(Double(t.byteCount * 8) / Double(n)))]))
+            var fields: [(String, JSON)] = [("name", .string(t.name)), ("shape", .array(t.shape.map { .int(Int64($0)) })), ("scheme", .string(t.scheme.name)),
+                                            ("bytes", .int(Int64(t.byteCount))), ("bits_per_weight", .double(Double(t.byteCount * 8) / Double(n)))]
+            if pruned {
+                let rows = t.shape.count == 2 ? t.shape[0] : 1, cols = t.shape.last ?? 0
+                let v = RoundToNearest.dequantize(scheme: t.scheme, rows: rows, cols: cols, sections: t.sections)
+                zeros[t.name] = Double(v.reduce(0) { $0 + ($1 == 0 ? 1 : 0) }) / Double(max(n, 1))
+                fields.append(("sparsity", .double(zeros[t.name]!)))
+            }
+            rows.append(.object(fields))
         }
         if json {
             print(JSON.object([("file", .string(file)), ("file_bytes", .int(Int64(f.fileBytes))), ("config", f.config.toJSON()),
                                ("recipe", f.header["recipe"] ?? .null), ("provenance", f.header["provenance"] ?? .null),
-                               ("tensor_parallel", f.header["tensor_parallel"] ?? .null),
+                               ("tensor_parallel", f.header["tensor_parallel"] ?? .null), ("pruning", f.header["pruning"] ?? .null),
                                ("tensors", .array(rows)), ("parameters", .int(Int64(params))), ("tensor_bytes", .int(Int64(total))),
                                ("bits_per_weight", .double(Double(total * 8) / Double(params)))]).serialized(pretty: true))
             return
@@ -194,14 +204,18 @@ struct InspectCommand: ParsableCommand {
         print("model       \(c.architecture): \(c.numLayers) layers, hidden \(c.hiddenSize), heads \(c.numHeads)/\(c.numKVHeads), vocab \(c.vocabSize)")
         print("recipe      \(f.header["recipe"]?.serialized() ?? "-")")
         print("provenance  \(f.header["provenance"]?.serialized() ?? "-")")
+        if let p = f.header["pruning"] {
+            print("pruning     \(p["method"]?.string ?? "?") at \(p["pattern"]?.string ?? p["sparsity"]?.double.map { String(format: "%.3f", $0) } ?? "?") (stored dense; zeros counted per tensor)")
+        }
         print("")
         let w = max(40, f.tensors.map { $0.name.count }.max() ?? 0)
-        print("name".padding(toLength: w, withPad: " ", startingAt: 0) + "  shape          scheme       bytes      bits/w")
+        print("name".padding(toLength: w, withPad: " ", startingAt: 0) + "  shape          scheme       bytes      bits/w" + (pruned ? "  zeros" : ""))
         for t in f.tensors {
             let n = t.shape.reduce(1, *)
             print(t.name.padding(toLength: w, withPad: " ", startingAt: 0) + "  " +
                   "\(t.shape)".padding(toLength: 13, withPad: " ", startingAt: 0) + "  " +
-                  t.scheme.name.padding(toLength: 11, withPad: " ", startingAt: 0) + String(format: "  %10d  %6.3f", t.byteCount, Double(t.byteCount * 8) / Double(n)))
+                  t.scheme.name.padding(toLength: 11, withPad: " ", startingAt: 0) + String(format: "  %10d  %6.3f", t.byteCount, Double(t.byteCount * 8) / Double(n))
+                  + (zeros[t.name].map { String(format: "  %5.1f %%", 100 * $0) } ?? ""))
         }
         print(String(format: "\ntotal       %d tensors, %.1f M parameters, %.2f MiB of tensors, %.3f bits/weight", f.tensors.count,
                      Double(params) / 1e6, Double(total) / 1_048_576, Double(total * 8) / Double(params)))

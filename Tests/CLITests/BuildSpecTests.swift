@@ -75,6 +75,30 @@ struct BuildSpecTests {
         }
     }
 
+    @Test("a gate recipe's prune is read into the build and its canonical form; a bad pattern or sparsity is an error naming the key")
+    func pruneKey() throws {
+        let dir = scratch("spec-prune")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "story".write(toFile: dir + "/c.txt", atomically: true, encoding: .utf8)
+        func gate(_ prune: String) throws -> GateFile {
+            let j = #"{"version": 1, "suites": [{"name": "s", "data": {"text": "t.txt", "sha256": "00", "protocol": "chunks", "ctx": 64},"#
+                + #" "baseline": {"model": "m"}, "candidates": [{"name": "c", "recipe": {"source": "m", "scheme": "f16","#
+                + #" "calib": {"text": "c.txt", "samples": 4, "ctx": 32}, "prune": "# + prune + #"}, "limits": {"mean_kl_max": 1}}]}]}"#
+            try j.write(toFile: dir + "/g.json", atomically: true, encoding: .utf8)
+            return try GateFile.load(dir + "/g.json")
+        }
+        guard case let .recipe(spec) = try gate(#"{"method": "sparsegpt", "pattern": "2:4"}"#).suites[0].candidates[0].source else { Issue.record("not a recipe"); return }
+        #expect(spec.prune == PruneOptions(method: .sparsegpt, pattern: try SparsityPattern(n: 2, m: 4)))
+        let canonical = try spec.canonicalString()
+        #expect(canonical.contains(#""prune":{"method":"sparsegpt","pattern":"2:4","damp":0.01,"block_size":128}"#), "\(canonical)")
+        var other = spec; other.prune?.pattern = try SparsityPattern(n: 4, m: 8)
+        #expect(try spec.canonicalString() != other.canonicalString())
+        for (p, key) in [(#"{"method": "wanda", "pattern": "2:2"}"#, "recipe.prune.pattern"), (#"{"method": "wanda", "sparsity": 1.0}"#, "recipe.prune.sparsity"),
+                         (#"{"method": "pruney", "sparsity": 0.5}"#, "recipe.prune.method"), (#"{"method": "wanda", "sparsity": 0.5, "n": 2}"#, "recipe.prune")] {
+            do { _ = try gate(p); Issue.record("\(p) was accepted") } catch { #expect("\(error)".contains(key), "\(p): \(error)") }
+        }
+    }
+
     @Test("canonical form: equivalent spellings are one build; different options are not")
     func canonical() throws {
         let a = try BuildSpec(source: "x", scheme: "int4", groupSize: 64).canonicalString()

@@ -301,33 +301,38 @@ struct BitAllocationTests {
 
     @Test("each layer's exchange rate: its KL equals a full forward of the model with only that layer's matrices at the cheapest candidate, and its matrices' damages there add up to it")
     func exchangeRate() throws {
-        let f = try fixture("allocrate")
+        var tied = SyntheticModelSpec(); tied.tied = true; tied.layers = 3
+        for (name, spec, klSamples) in [("untied", SyntheticModelSpec(), 1), ("tied", tied, 2)] {
+        let f = try fixture("allocrate-" + name, spec: spec)
         defer { try? FileManager.default.removeItem(atPath: f.dir) }
         let cal = CalibrationOptions(file: f.text, samples: 6, ctx: 48, seed: 3)
         var s = BuildSpec(source: f.dir + "/m", scheme: "int4-g64")
         s.calibration = cal
-        s.allocation = AllocationOptions(targetBPW: 9, candidates: ["int3-g64", "int4-g32", "int8"], samples: 3)
+        s.allocation = AllocationOptions(targetBPW: 9, candidates: ["int3-g64", "int4-g32", "int8"], samples: 3, klSamples: klSamples)
         s.threads = 2
         let a = try #require(try s.build(output: f.dir + "/a.lmpk").allocation)
         let layers = try LlamaModel.load(lmpk: LMPKFile(path: f.dir + "/a.lmpk")).config.numLayers
-        #expect(a.layers.map(\.layer) == Array(0..<layers))
-        let window = try CalibrationSet.load(cal, tokenizer: f.tok).samples[0]
+        #expect(a.layers.map(\.layer) == Array(0..<layers) && layers == spec.layers)
+        let windows = Array(try CalibrationSet.load(cal, tokenizer: f.tok).samples.prefix(klSamples))
         let context = ComputeContext(threads: 2)
-        func logits(_ overrides: [String]) throws -> [Float] {
-            _ = try BuildSpec(source: f.dir + "/m", scheme: "f32", overrides: ["embed_tokens=f32", "lm_head=f32"] + overrides).build(output: f.dir + "/r.lmpk")
+        func logits(_ overrides: [String]) throws -> [[Float]] {
+            _ = try BuildSpec(source: f.dir + "/m", scheme: "f32", overrides: ["embed_tokens=f32"] + (spec.tied ? [] : ["lm_head=f32"]) + overrides).build(output: f.dir + "/r.lmpk")
             let m = try LlamaModel.load(lmpk: LMPKFile(path: f.dir + "/r.lmpk"))
-            return try m.forward(window, cache: m.makeCache(capacity: window.count), logits: .all, context: context)
+            return try windows.map { try m.forward($0, cache: m.makeCache(capacity: $0.count), logits: .all, context: context) }
         }
         let base = try logits([])
-        let V = base.count / window.count
+        let V = base[0].count / windows[0].count, positions = windows.reduce(0) { $0 + $1.count }
         let s0 = try #require(a.candidates.firstIndex(of: "int3-g64"))
         for r in a.layers {
             let moved = try logits(["^model\\.layers\\.\(r.layer)\\..*_proj\\.weight$=int3-g64"])
-            let kl = Divergence.klAndTop1(base: base, model: moved, vocab: V, rows: Array(0..<window.count), context: context).kl.reduce(0, +) / Double(window.count)
-            print(String(format: "layer %d: streamed KL %.9g, full forward %.9g, relative change %.4g (joint %.4g), rate %.4g", r.layer, r.kl, kl, r.relativeChange, r.jointChange, r.rate))
+            let kl = zip(base, zip(moved, windows)).reduce(0.0) { sum, bm in
+                sum + Divergence.klAndTop1(base: bm.0, model: bm.1.0, vocab: V, rows: Array(0..<bm.1.1.count), context: context).kl.reduce(0, +)
+            } / Double(positions)
+            print(String(format: "\(name) layer %d: streamed KL %.9g, full forward %.9g, relative change %.4g (joint %.4g), rate %.4g", r.layer, r.kl, kl, r.relativeChange, r.jointChange, r.rate))
             #expect(kl > 0 && abs(r.kl - kl) <= 5e-6 * kl, "layer \(r.layer): \(r.kl) vs \(kl)")
             let sum = a.choices.filter { $0.tensor.hasPrefix("model.layers.\(r.layer).") }.reduce(0) { $0 + $1.damages[s0] }
             #expect(abs(sum - r.kl) <= 1e-9 * r.kl)
+        }
         }
     }
 

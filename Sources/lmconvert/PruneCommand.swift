@@ -1,0 +1,108 @@
+import ArgumentParser
+import Foundation
+import LMCore
+import LMFormats
+import LMQuant
+
+extension PruneMethod: ExpressibleByArgument {}
+
+struct PruneCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prune",
+        abstract: "Prune a model's decoder matrices (magnitude, Wanda, SparseGPT; unstructured or N:M) into an .lmpk file.",
+        discussion: """
+        The seven matrices of every decoder layer are pruned; embeddings, the head and the norms are not. \
+        --sparsity F zeroes ⌊F·inputs⌋ weights of each output row (unstructured, as Wanda compares); --pattern N:M \
+        keeps at most N of every M consecutive inputs. magnitude needs no calibration; wanda (|W|·‖X‖) and \
+        sparsegpt (OBS selection with weight updates, --damp and --block-size as GPTQ's) prune layer by layer \
+        on --calib text, each layer fed by the pruned layers before it.
+
+        The pruned weights are stored dense and exact zeros: --scheme f16 (default), bf16 or f32, or a symmetric \
+        integer scheme (int8, int8-gG, int4s-gG) by round-to-nearest (--clip mse with --calib: importance-weighted \
+        ranges). The header records the method and each tensor's sparsity (formats/lmpk.md, "Pruning").
+        """)
+
+    @Option(name: .shortAndLong, help: "Input: HF folder, .gguf, or llama2.c .bin.")
+    var input: String
+    @Option(name: .shortAndLong, help: "Output .lmpk file.")
+    var output: String
+    @Option(help: "How the pruned weights are chosen: magnitude, wanda or sparsegpt.")
+    var method: PruneMethod
+    @Option(help: "Unstructured sparsity: the fraction of each output row's weights set to zero, in [0, 1).")
+    var sparsity: Double?
+    @Option(help: "N:M structured sparsity, e.g. 2:4 or 4:8 (M must divide every matrix's inputs).")
+    var pattern: String?
+    @Option(help: "Scheme of the stored matrices: f16, bf16, f32, or a symmetric integer scheme (int8, int8-gG, int4s-gG).")
+    var scheme: String = "f16"
+    @Option(help: "Range selection of an integer --scheme: minmax, or mse (weighted by the inputs' mean squares with --calib).")
+    var clip: ClipMethod = .minmax
+    @Option(name: .customLong("override"), help: "Per-tensor scheme by name pattern, e.g. 'embed_tokens=f16'.")
+    var overrides: [String] = []
+    @Option(help: "Tokenizer for llama2.c input (.bin or .model).")
+    var tokenizer: String?
+    @Option(help: "Calibration text (UTF-8) for wanda and sparsegpt.")
+    var calib: String?
+    @Option(help: "Calibration windows drawn from the text.")
+    var calibSamples: Int = CalibrationOptions.defaultSamples
+    @Option(help: "Tokens per calibration window.")
+    var calibCtx: Int = CalibrationOptions.defaultCtx
+    @Option(help: "Seed of the calibration windows' draw.")
+    var seed: UInt64 = 0
+    @Option(help: "SparseGPT dampening: this fraction of the Hessian's mean diagonal is added to it.")
+    var damp: Double = 0.01
+    @Option(help: "SparseGPT: columns per lazy block (rounded down to a multiple of the pattern's M).")
+    var blockSize: Int = 128
+    @Option(help: "Threads of a calibrated build (default: every core); the bytes do not depend on it.")
+    var threads: Int?
+    @Flag(help: "Print a JSON summary instead of text.")
+    var json = false
+
+    /// The build these options describe (the same type the gate's recipes use).
+    func spec() throws -> BuildSpec {
+        var s = BuildSpec(source: input, scheme: scheme, clip: clip, overrides: overrides, tokenizer: tokenizer)
+        s.calibration = calib.map { CalibrationOptions(file: $0, samples: calibSamples, ctx: calibCtx, seed: seed) }
+        s.gptq = GPTQOptions(damp: damp, blockSize: blockSize)
+        if let t = threads { s.threads = max(1, t) }
+        s.prune = PruneOptions(method: method, sparsity: sparsity, pattern: try pattern.map { try SparsityPattern(parsing: $0) })
+        return s
+    }
+
+    /// Checks the options before anything is read, so errors show this command's usage.
+    func validate() throws {
+        guard output.hasSuffix(".lmpk") else { throw ValidationError("--output must end in .lmpk") }
+        if let t = threads, t < 1 || t > 256 { throw ValidationError("--threads must be in 1...256, got \(t)") }
+        if let f = calib, !FileManager.default.isReadableFile(atPath: f) { throw ValidationError("--calib: \(f): no such readable file") }
+        do { _ = try spec().recipe() } catch let e as BuildSpecError {
+            let flag = e.option.hasPrefix("overrides") ? "override" : e.option.replacingOccurrences(of: "_", with: "-")
+            throw ValidationError("--\(flag): \(e.reason)")
+        }
+    }
+
+    func run() throws {
+        let spec = try spec()
+        let calibrated = spec.calibration != nil
+        if calibrated { BLASKernels.pinForReproducibility() }
+        InterruptCleanup.install()
+        let s = try spec.build(output: output) {
+            ProgressReporter(label: "prune (\(method.rawValue))", total: $0, unit: calibrated ? " layers" : " tensors")
+        }
+        let sparsityText = spec.prune?.pattern?.description ?? String(format: "%.3f", spec.prune?.sparsity ?? 0)
+        if json {
+            var fields: [(String, JSON)] = [("output", .string(output)), ("method", .string(method.rawValue)), ("tensors", .int(Int64(s.tensors))),
+                                            ("parameters", .int(Int64(s.parameters))), ("file_bytes", .int(Int64(s.fileBytes))),
+                                            ("bits_per_weight", .double(s.bitsPerWeight)), ("seconds", .double(s.seconds)),
+                                            ("peak_rss_bytes", .int(Int64(s.peakRSSBytes)))]
+            if let p = spec.prune?.pattern { fields.append(("pattern", .string(p.description))) } else { fields.append(("sparsity", .double(spec.prune?.sparsity ?? 0))) }
+            if let r = s.calibration {
+                fields.append(("calibration", .object([("samples", .int(Int64(r.samples))), ("tokens", .int(Int64(r.tokens))),
+                                                       ("forward_seconds", .double(r.forwardSeconds)), ("hessian_seconds", .double(r.hessianSeconds)),
+                                                       ("solve_seconds", .double(r.solveSeconds))])))
+            }
+            print(JSON.object(fields).serialized(pretty: true))
+        } else {
+            print(String(format: "wrote %@: %@ pruning at %@, %d tensors, %.1f M parameters, %.2f MiB, %.3f bits/weight, %.1f s, peak RSS %.0f MiB",
+                         output, method.rawValue, sparsityText, s.tensors, Double(s.parameters) / 1e6, Double(s.fileBytes) / 1_048_576,
+                         s.bitsPerWeight, s.seconds, Double(s.peakRSSBytes) / 1_048_576))
+        }
+    }
+}
