@@ -191,7 +191,8 @@ public struct GateFile: Sendable {
                 do { _ = try spec.recipe() } catch let e as BuildSpecError {
                     let key = ["calib_samples": "calib.samples", "calib_ctx": "calib.ctx", "damp": "gptq.damp", "block_size": "gptq.block_size",
                                "target_bpw": "allocation.target_bpw", "candidates": "allocation.candidates", "alloc_samples": "allocation.samples", "alloc_kl_samples": "allocation.kl_samples",
-                               "sparsity": "prune.sparsity", "pattern": "prune.pattern"][e.option] ?? e.option
+                               "sparsity": "prune.sparsity", "pattern": "prune.pattern", "act_order": "gptq.act_order",
+                               "true_sequential": "gptq.true_sequential"][e.option] ?? e.option
                     throw fail(rk + "." + key, e.reason)
                 }
                 return .recipe(spec)

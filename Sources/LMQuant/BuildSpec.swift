@@ -69,6 +69,12 @@ public struct BuildSpec: Sendable, Equatable {
             if calibratedPruning && calibration == nil {
                 throw BuildSpecError(option: "calib", reason: "pruning by \(pr.method.rawValue) reads the inputs' statistics: add --calib FILE (text like the model's use)")
             }
+            guard !gptq.actOrder && gptq.trueSequential else {
+                throw BuildSpecError(option: gptq.actOrder ? "act_order" : "true_sequential", reason: "act-order and true-sequential are GPTQ options; pruning (SparseGPT too) runs in storage order, layer by layer")
+            }
+            if clip == .mse && !s.isQuantized {
+                throw BuildSpecError(option: "clip", reason: "--clip mse chooses an integer scheme's ranges; \(s.name) stores floats (use --scheme int8 or int4s-gG, or drop --clip)")
+            }
             if pr.method == .sparsegpt {
                 guard gptq.damp >= 0 && gptq.damp <= 1 && gptq.damp.isFinite else { throw BuildSpecError(option: "damp", reason: "--damp must be in 0...1 (a fraction of the Hessian's mean diagonal), got \(gptq.damp)") }
                 guard gptq.blockSize >= 1 && gptq.blockSize <= 4096 else { throw BuildSpecError(option: "block_size", reason: "--block-size must be in 1...4096, got \(gptq.blockSize)") }

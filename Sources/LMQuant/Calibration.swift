@@ -205,7 +205,7 @@ enum LayerwiseQuantizer {
                                       ("tensor_parallel", .object([("world_size", .int(1)), ("rank", .int(0))]))]
                                    + (prune.map { [Pruner.meta($0, tensors: model.tensors.map { ($0.name, $0.shape) }, layers: c.numLayers)] } ?? []),
                                tensors: specs)
-        if prune != nil && method == .gptq { throw RecipeError("pruning with GPTQ (SparseGPT's joint mode) is not built yet") }
+        if prune != nil && method != .rtn { w.abort(); throw RecipeError("pruning before \(method.rawValue) (SparseGPT's joint mode, AWQ on pruned weights) is not built yet") }
         var report = CalibrationReport()
         report.samples = calibration.samples.count
         report.tokens = calibration.tokens
@@ -392,7 +392,7 @@ enum LayerwiseQuantizer {
                 }
                 values = [:]
                 let ratio = report.meanErrorRatio
-                progress?.update(l + 1, extra: String(format: "layer %d: %@ error / RTN %.3f", l, method.rawValue, ratio))
+                progress?.update(l + 1, extra: prune.map { "layer \(l): pruned by \($0.method.rawValue)" } ?? String(format: "layer %d: %@ error / RTN %.3f", l, method.rawValue, ratio))
             }
             try w.commit()
         } catch {

@@ -40,7 +40,7 @@ public enum Sharder {
         let sharding = ShardInfo.shardingDigest(sourceSHA256: sourceSHA, ranges: plan.ranges)
         let tok = try f.tokenizerBytes()
         var meta: [(String, JSON)] = []
-        for k in ["recipe", "provenance"] { if let v = f.header[k] { meta.append((k, v)) } }
+        for k in ["recipe", "provenance", "pruning"] { if let v = f.header[k] { meta.append((k, v)) } }
         var done = 0
         for (r, rg) in plan.ranges.enumerated() {
             let info = ShardInfo(worldSize: plan.worldSize, rank: r, sharding: sharding, sourceSHA256: sourceSHA, ranges: rg)

@@ -21,16 +21,22 @@ struct PruneCLITests {
         #expect(j["pruning"]?["pattern"]?.string == "2:4")
         for t in j["tensors"]!.array! {
             let name = t["name"]!.string!, zeros = t["sparsity"]?.double ?? -1
-            if name.hasPrefix("model.layers.") && t["shape"]!.array!.count == 2 { #expect(zeros >= 0.5, "\(name): \(zeros)") } else { #expect(zeros < 0.5, "\(name): \(zeros)") }
+            if name.hasPrefix("model.layers.") && t["shape"]!.array!.count == 2 { #expect(zeros == 0.5, "\(name): \(zeros)") } else { #expect(zeros < 0.5, "\(name): \(zeros)") }
         }
         let m = try run("lmconvert", ["prune", "-i", dir + "/m", "-o", dir + "/g.lmpk", "--method", "magnitude", "--sparsity", "0.5", "--scheme", "int8"])
         #expect(m.status == 0, "\(m.stderr)")
         #expect(try run("lmconvert", ["verify", dir + "/g.lmpk"]).status == 0)
+        let g = try JSON.parse(Array(try run("lmconvert", ["inspect", "--json", dir + "/g.lmpk"]).stdout.utf8), source: "inspect")
+        for t in g["tensors"]!.array! where t["name"]!.string!.hasPrefix("model.layers.") && t["shape"]!.array!.count == 2 {
+            #expect((t["sparsity"]?.double ?? 0) >= 0.5 && t["scheme"]?.string == "int8", "\(t["name"]!.string!)")
+        }
         let p = try run("lmeval", ["perplexity", "-m", dir + "/w.lmpk", "--text", text, "--ctx", "64", "--baseline", dir + "/m", "--json", dir + "/p.json"])
         #expect(p.status == 0, "\(p.stderr)")
         let ppl = try JSON.parse(file: dir + "/p.json")["perplexity"]?.double ?? .nan
         let s = try run("lmconvert", ["shard", "--tp", "2", "-i", dir + "/w.lmpk", "-o", dir + "/tp2"])
         #expect(s.status == 0, "\(s.stderr)")
+        let r0 = try JSON.parse(Array(try run("lmconvert", ["inspect", "--json", dir + "/tp2/rank-0-of-2.lmpk"]).stdout.utf8), source: "inspect")
+        #expect(r0["pruning"]?["pattern"]?.string == "2:4", "a rank file lost the pruning record")
         let ps = try run("lmeval", ["perplexity", "--shards", dir + "/tp2", "--text", text, "--ctx", "64", "--json", dir + "/ps.json"])
         #expect(ps.status == 0, "\(ps.stderr)")
         let sharded = try JSON.parse(file: dir + "/ps.json")["perplexity"]?.double ?? .nan

@@ -58,7 +58,8 @@ private func correlatedInputs(samples: Int, cols: Int, seed: UInt64) -> [Float] 
 /// Reference twin of SparseGPT with an N:M pattern: Double, no lazy blocks, its own
 /// `U = chol((H + λI)⁻¹)ᵀ` (Gauss–Jordan inverse, Cholesky), each column fixed in turn and
 /// its error spread over every later column at once.
-private func referenceSparseGPT(_ w: [Float], rows: Int, cols n: Int, x: [Float], damp: Double, n keepN: Int, m: Int) -> [Float] {
+private func referenceSparseGPT(_ w: [Float], rows: Int, cols n: Int, x: [Float], damp: Double, n keepN: Int = 0, m: Int = 0,
+                                sparsity: Double = 0, block: Int = 0) -> [Float] {
     let samples = x.count / n
     var H = [Double](repeating: 0, count: n * n)
     for s in 0..<samples { for i in 0..<n { for j in 0..<n { H[i * n + j] += 2 / Double(samples) * Double(x[s * n + i]) * Double(x[s * n + j]) } } }
@@ -90,8 +91,16 @@ private func referenceSparseGPT(_ w: [Float], rows: Int, cols n: Int, x: [Float]
     }
     var W = w.map(Double.init)
     var keep = [Bool](repeating: true, count: rows * n)
+    func score(_ r: Int, _ c: Int) -> Double { W[r * n + c] * W[r * n + c] / (U[c * n + c] * U[c * n + c]) }
     for i in 0..<n {
-        if i % m == 0 {
+        if m == 0 && i % block == 0 {   // unstructured: each row's share of this block, ⌊s·end⌋ − ⌊s·start⌋
+            let end = min(i + block, n), count = Int((Double(end) * sparsity).rounded(.down)) - Int((Double(i) * sparsity).rounded(.down))
+            for r in 0..<rows {
+                let order = (i..<end).sorted { a, b in score(r, a) < score(r, b) || (score(r, a) == score(r, b) && a < b) }
+                for c in order.prefix(count) { keep[r * n + c] = false }
+            }
+        }
+        if m > 0 && i % m == 0 {
             for r in 0..<rows {
                 let order = (i..<(i + m)).sorted { a, b in
                     let sa = W[r * n + a] * W[r * n + a] / (U[a * n + a] * U[a * n + a]), sb = W[r * n + b] * W[r * n + b] / (U[b * n + b] * U[b * n + b])
@@ -181,6 +190,26 @@ struct PruningTests {
         }
         print("SparseGPT 2:4 vs reference twin: max |Δw| \(worst)")
         #expect(worst < 2e-6)
+        // Unstructured, per row per block: the block boundaries decide each row's share.
+        for b in [7, 16] {
+            let u = PruneOptions(method: .sparsegpt, sparsity: 0.55)
+            let s = try Pruner.sparseGPT(weights: w, rows: rows, cols: cols, factorization: f, options: u, blockSize: b, tensor: "t")
+            let r = referenceSparseGPT(w, rows: rows, cols: cols, x: x, damp: 0.01, sparsity: 0.55, block: b)
+            #expect(zip(s.weights, r).allSatisfy { ($0 == 0) == ($1 == 0) }, "unstructured block \(b): the mask differs from the reference's")
+            let d = zip(s.weights, r).map { abs($0 - $1) }.max()!
+            #expect(d < 2e-6, "unstructured block \(b): max |Δw| \(d)")
+            for row in 0..<rows { #expect((0..<cols).filter { s.weights[row * cols + $0] == 0 }.count == u.prunedPerRow(cols: cols)) }
+        }
+        // A dead input (always 0): its weights are zeroed and pruned first; nothing else changes in kind.
+        var xd = x
+        for t in 0..<200 { xd[t * cols + 5] = 0 }
+        var hd = HessianAccumulator(cols: cols)
+        hd.add(xd, rows: 200)
+        let dead = try Pruner.sparseGPT(weights: w, rows: rows, cols: cols, factorization: try GPTQ.factor(hessian: hd, damp: 0.01, tensor: "t"), options: o, tensor: "t")
+        for row in 0..<rows {
+            #expect(dead.weights[row * cols + 5] == 0 && !dead.keep[row * cols + 5])
+            #expect((0..<cols).filter { dead.weights[row * cols + $0] == 0 }.count == 24 && dead.weights.allSatisfy { $0.isFinite })
+        }
         let wa = try Pruner.prune(weights: w, rows: rows, cols: cols, options: PruneOptions(method: .wanda, pattern: try SparsityPattern(n: 2, m: 4)),
                                   columnNorms: h.meanSquares.map { $0.squareRoot() }, tensor: "t")
         let mg = try Pruner.prune(weights: w, rows: rows, cols: cols, options: PruneOptions(method: .magnitude, pattern: try SparsityPattern(n: 2, m: 4)), tensor: "t")
@@ -218,14 +247,27 @@ struct PruningTests {
                 let v = RoundToNearest.dequantize(scheme: t.scheme, rows: rows, cols: cols, sections: t.sections)
                 if t.name.hasPrefix("model.layers."), t.shape.count == 2 {
                     #expect(file.header["pruning"]?["tensors"]?[t.name]?.double == o.maskFraction(cols: cols))
+                    // Float schemes keep every kept weight nonzero (the synthetic weights have no zeros),
+                    // so the counts are exact; int4s may round a small kept weight to 0 too.
+                    let exact = !t.scheme.isQuantized
+                    func ok(_ zeros: Int, _ want: Int) -> Bool { exact ? zeros == want : zeros >= want }
                     for r in 0..<rows {
                         if let p = o.pattern {
                             for c0 in stride(from: 0, to: cols, by: p.m) {
-                                #expect((c0..<(c0 + p.m)).filter { v[r * cols + $0] == 0 }.count >= p.m - p.n, "\(t.name) row \(r)")
+                                #expect(ok((c0..<(c0 + p.m)).filter { v[r * cols + $0] == 0 }.count, p.m - p.n), "\(t.name) row \(r)")
                             }
                         } else {
-                            #expect((0..<cols).filter { v[r * cols + $0] == 0 }.count >= o.prunedPerRow(cols: cols), "\(t.name) row \(r)")
+                            #expect(ok((0..<cols).filter { v[r * cols + $0] == 0 }.count, o.prunedPerRow(cols: cols)), "\(t.name) row \(r)")
                         }
+                    }
+                    // The methods differ from plain magnitude pruning of the source: Wanda in its
+                    // mask, SparseGPT in its updated kept weights.
+                    let d = dense[t.name]!
+                    let src = RoundToNearest.dequantize(scheme: d.scheme, rows: rows, cols: cols, sections: d.sections)
+                    let mag = try Pruner.prune(weights: src, rows: rows, cols: cols, options: o, tensor: t.name)
+                    if method == .wanda { #expect(zip(mag.keep, v).contains { $0 != ($1 != 0) }, "\(t.name): Wanda's mask is magnitude's") }
+                    if method == .sparsegpt && exact {
+                        #expect(zip(src, v).contains { $1 != 0 && $0 != $1 }, "\(t.name): SparseGPT left the kept weights unchanged")
                     }
                 } else if t.scheme.kind == .f32, let d = dense[t.name] {
                     let same = RoundToNearest.dequantize(scheme: d.scheme, rows: rows, cols: cols, sections: d.sections) == v
@@ -256,6 +298,12 @@ struct PruningTests {
         #expect(option(s) == "calib")
         s.calibration = CalibrationOptions(file: f.text, samples: 4, ctx: 32, seed: 0)
         #expect(option(s) == nil)
+        s.clip = .mse
+        #expect(option(s) == "clip")
+        s.clip = .minmax
+        s.gptq.actOrder = true
+        #expect(option(s) == "act_order")
+        s.gptq.actOrder = false
         s.method = .gptq; s.scheme = "int4s-g32"
         #expect(option(s) == "method")
         s.method = .rtn
