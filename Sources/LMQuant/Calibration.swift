@@ -198,6 +198,7 @@ enum LayerwiseQuantizer {
                 throw RecipeError("tensor 'model.layers.\(l).\(m.rawValue)' is missing; calibrated methods need every decoder layer's seven matrices")
             }
         }
+        if prune != nil && method != .rtn { throw RecipeError("pruning before \(method.rawValue) (SparseGPT's joint mode, AWQ on pruned weights) is not built yet") }
         let order = outside + perLayer.flatMap { $0 }
         let specs = order.map { LMPKTensorSpec(name: model.tensors[$0].name, shape: model.tensors[$0].shape, scheme: schemes[$0]) }
         let w = try LMPKWriter(path: output, config: c, tokenizerJSON: Array(tok.serialized().utf8),
@@ -205,7 +206,6 @@ enum LayerwiseQuantizer {
                                       ("tensor_parallel", .object([("world_size", .int(1)), ("rank", .int(0))]))]
                                    + (prune.map { [Pruner.meta($0, tensors: model.tensors.map { ($0.name, $0.shape) }, layers: c.numLayers)] } ?? []),
                                tensors: specs)
-        if prune != nil && method != .rtn { w.abort(); throw RecipeError("pruning before \(method.rawValue) (SparseGPT's joint mode, AWQ on pruned weights) is not built yet") }
         var report = CalibrationReport()
         report.samples = calibration.samples.count
         report.tokens = calibration.tokens

@@ -40,29 +40,19 @@ struct PruneCommand: ParsableCommand {
     var overrides: [String] = []
     @Option(help: "Tokenizer for llama2.c input (.bin or .model).")
     var tokenizer: String?
-    @Option(help: "Calibration text (UTF-8) for wanda and sparsegpt.")
-    var calib: String?
-    @Option(help: "Calibration windows drawn from the text.")
-    var calibSamples: Int = CalibrationOptions.defaultSamples
-    @Option(help: "Tokens per calibration window.")
-    var calibCtx: Int = CalibrationOptions.defaultCtx
-    @Option(help: "Seed of the calibration windows' draw.")
-    var seed: UInt64 = 0
+    @OptionGroup var calibration: CalibrationArgs
     @Option(help: "SparseGPT dampening: this fraction of the Hessian's mean diagonal is added to it.")
     var damp: Double = 0.01
     @Option(help: "SparseGPT: columns per lazy block (rounded down to a multiple of the pattern's M).")
     var blockSize: Int = 128
-    @Option(help: "Threads of a calibrated build (default: every core); the bytes do not depend on it.")
-    var threads: Int?
     @Flag(help: "Print a JSON summary instead of text.")
     var json = false
 
     /// The build these options describe (the same type the gate's recipes use).
     func spec() throws -> BuildSpec {
         var s = BuildSpec(source: input, scheme: scheme, clip: clip, overrides: overrides, tokenizer: tokenizer)
-        s.calibration = calib.map { CalibrationOptions(file: $0, samples: calibSamples, ctx: calibCtx, seed: seed) }
+        calibration.apply(to: &s)
         s.gptq = GPTQOptions(damp: damp, blockSize: blockSize)
-        if let t = threads { s.threads = max(1, t) }
         s.prune = PruneOptions(method: method, sparsity: sparsity, pattern: try pattern.map { try SparsityPattern(parsing: $0) })
         return s
     }
@@ -70,12 +60,8 @@ struct PruneCommand: ParsableCommand {
     /// Checks the options before anything is read, so errors show this command's usage.
     func validate() throws {
         guard output.hasSuffix(".lmpk") else { throw ValidationError("--output must end in .lmpk") }
-        if let t = threads, t < 1 || t > 256 { throw ValidationError("--threads must be in 1...256, got \(t)") }
-        if let f = calib, !FileManager.default.isReadableFile(atPath: f) { throw ValidationError("--calib: \(f): no such readable file") }
-        do { _ = try spec().recipe() } catch let e as BuildSpecError {
-            let flag = e.option.hasPrefix("overrides") ? "override" : e.option.replacingOccurrences(of: "_", with: "-")
-            throw ValidationError("--\(flag): \(e.reason)")
-        }
+        try calibration.check()
+        do { try checkRecipe(try spec()) } catch let e as BuildSpecError { throw usageError(e) }
     }
 
     func run() throws {

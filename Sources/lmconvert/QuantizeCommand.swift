@@ -110,14 +110,7 @@ struct BuildOptions: ParsableArguments {
     var tokenizer: String?
     @Option(help: "How codes are chosen: rtn (round to nearest; with --calib and --clip mse, importance-weighted ranges), gptq or awq (calibrated, layer by layer; need --calib).")
     var method: QuantMethod = .rtn
-    @Option(help: "Calibration text (UTF-8) for --method gptq/awq, or for importance-weighted --clip mse.")
-    var calib: String?
-    @Option(help: "Calibration windows drawn from the text.")
-    var calibSamples: Int = CalibrationOptions.defaultSamples
-    @Option(help: "Tokens per calibration window.")
-    var calibCtx: Int = CalibrationOptions.defaultCtx
-    @Option(help: "Seed of the calibration windows' draw.")
-    var seed: UInt64 = 0
+    @OptionGroup var calibration: CalibrationArgs
     @Option(help: "GPTQ dampening: this fraction of the Hessian's mean diagonal is added to it.")
     var damp: Double = 0.01
     @Flag(help: "GPTQ: process columns by descending Hessian diagonal (groups stay in storage order).")
@@ -126,8 +119,6 @@ struct BuildOptions: ParsableArguments {
     var blockSize: Int = 128
     @Flag(inversion: .prefixedNo, help: "GPTQ: quantize q/k/v, o, gate/up, down in turn, each from the inputs of the matrices already quantized (one pass per layer); --no-true-sequential takes every matrix's inputs from the float layer (two passes).")
     var trueSequential = true
-    @Option(help: "Threads of a calibrated build (default: every core); the bytes do not depend on it.")
-    var threads: Int?
     @Option(help: "Bit allocation: choose each decoder matrix's scheme from --candidates so the file averages at most this many bits per weight (all tensors counted), at the least measured damage; needs --calib.")
     var targetBpw: Double?
     @Option(help: "Schemes the bit allocator may give a matrix (comma-separated).")
@@ -141,9 +132,8 @@ struct BuildOptions: ParsableArguments {
     func spec(source: String) -> BuildSpec {
         var s = BuildSpec(source: source, scheme: scheme, groupSize: groupSize, clip: clip, overrides: overrides, tokenizer: tokenizer)
         s.method = method
-        s.calibration = calib.map { CalibrationOptions(file: $0, samples: calibSamples, ctx: calibCtx, seed: seed) }
+        calibration.apply(to: &s)
         s.gptq = GPTQOptions(damp: damp, actOrder: actOrder, blockSize: blockSize, trueSequential: trueSequential)
-        if let t = threads { s.threads = max(1, t) }
         if let b = targetBpw {
             s.allocation = AllocationOptions(targetBPW: b, candidates: candidates.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) },
                                              samples: allocSamples, klSamples: allocKlSamples)
@@ -153,13 +143,44 @@ struct BuildOptions: ParsableArguments {
 
     /// A bad scheme, group size, override or calibration option as a usage error naming the flag.
     func check(source: String) throws {
+        try calibration.check()
+        try checkRecipe(spec(source: source))
+    }
+}
+
+/// Calibration text, windows and threads (`quantize`, `shard`, `prune`).
+struct CalibrationArgs: ParsableArguments {
+    @Option(help: "Calibration text (UTF-8): for --method gptq/awq, importance-weighted --clip mse, --target-bpw, and Wanda/SparseGPT pruning.")
+    var calib: String?
+    @Option(help: "Calibration windows drawn from the text.")
+    var calibSamples: Int = CalibrationOptions.defaultSamples
+    @Option(help: "Tokens per calibration window.")
+    var calibCtx: Int = CalibrationOptions.defaultCtx
+    @Option(help: "Seed of the calibration windows' draw.")
+    var seed: UInt64 = 0
+    @Option(help: "Threads of a calibrated build (default: every core); the bytes do not depend on it.")
+    var threads: Int?
+
+    func apply(to s: inout BuildSpec) {
+        s.calibration = calib.map { CalibrationOptions(file: $0, samples: calibSamples, ctx: calibCtx, seed: seed) }
+        if let t = threads { s.threads = max(1, t) }
+    }
+
+    func check() throws {
         if let t = threads, t < 1 || t > 256 { throw ValidationError("--threads must be in 1...256, got \(t)") }
         if let f = calib, !FileManager.default.isReadableFile(atPath: f) { throw ValidationError("--calib: \(f): no such readable file") }
-        do { _ = try spec(source: source).recipe() } catch let e as BuildSpecError {
-            let flag = e.option.hasPrefix("overrides") ? "override" : e.option.replacingOccurrences(of: "_", with: "-")
-            throw ValidationError("--\(flag): \(e.reason)")
-        }
     }
+}
+
+/// The build's recipe checks as a usage error naming the flag.
+func checkRecipe(_ spec: BuildSpec) throws {
+    do { _ = try spec.recipe() } catch let e as BuildSpecError { throw usageError(e) }
+}
+
+/// A build option error as the usage error of its flag (`overrides[i]` → `--override`, `calib_ctx` → `--calib-ctx`).
+func usageError(_ e: BuildSpecError) -> ValidationError {
+    let flag = e.option.hasPrefix("overrides") ? "override" : e.option.replacingOccurrences(of: "_", with: "-")
+    return ValidationError("--\(flag): \(e.reason)")
 }
 
 struct InspectCommand: ParsableCommand {

@@ -7,8 +7,8 @@ import LMRuntime
 import LMTokenizer
 import Testing
 
-/// A fixture model folder, a calibration text, and the tokenizer.
-private func fixture(_ name: String, spec: SyntheticModelSpec = SyntheticModelSpec()) throws -> (dir: String, text: String, tok: Tokenizer) {
+/// A fixture model folder, a calibration text, and the tokenizer (also used by PruningTests).
+func fixture(_ name: String, spec: SyntheticModelSpec = SyntheticModelSpec()) throws -> (dir: String, text: String, tok: Tokenizer) {
     let dir = NSTemporaryDirectory() + "lmkit-calib-\(name)-\(getpid())"
     try? FileManager.default.removeItem(atPath: dir)
     try SyntheticModel.write(spec, to: dir + "/m")

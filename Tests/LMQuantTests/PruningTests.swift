@@ -7,18 +7,10 @@ import LMRuntime
 import LMTokenizer
 import Testing
 
-/// A fixture model folder (every matrix's inputs a multiple of 8) and a calibration text.
-private func fixture(_ name: String, spec: SyntheticModelSpec? = nil) throws -> (dir: String, text: String) {
-    var s = SyntheticModelSpec()
-    if spec == nil { s.hidden = 64; s.intermediate = 96; s.heads = 4; s.kvHeads = 2; s.headDim = 16 } else { s = spec! }
-    let dir = NSTemporaryDirectory() + "lmkit-prune-\(name)-\(getpid())"
-    try? FileManager.default.removeItem(atPath: dir)
-    try SyntheticModel.write(s, to: dir + "/m")
-    var rng = SplitMix64(seed: 11)
-    let words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "big", "red", "sun", "—", "9", "é"]
-    let text = (0..<6000).map { _ in words[Int(rng.next() % UInt64(words.count))] }.joined(separator: " ")
-    try text.write(toFile: dir + "/calib.txt", atomically: true, encoding: .utf8)
-    return (dir, dir + "/calib.txt")
+/// A synthetic shape whose every matrix's inputs are a multiple of 8.
+private var divisible: SyntheticModelSpec {
+    var s = SyntheticModelSpec(); s.hidden = 64; s.intermediate = 96; s.heads = 4; s.kvHeads = 2; s.headDim = 16
+    return s
 }
 
 /// Uniform values in [-1, 1).
@@ -222,7 +214,7 @@ struct PruningTests {
 
     @Test("builds: every decoder matrix has the pattern's zeros, the rest is untouched, the header records it, same bytes at any thread count; int4s decodes pruned weights to exactly 0")
     func builds() throws {
-        let f = try fixture("build")
+        let f = try fixture("prune-build", spec: divisible)
         defer { try? FileManager.default.removeItem(atPath: f.dir) }
         let dense = try LMPKFile(path: { _ = try BuildSpec(source: f.dir + "/m", scheme: "f32").build(output: f.dir + "/d.lmpk"); return f.dir + "/d.lmpk" }())
         let cal = CalibrationOptions(file: f.text, samples: 6, ctx: 48, seed: 3)
@@ -280,7 +272,7 @@ struct PruningTests {
 
     @Test("bad input: sparsity outside [0, 1), both or neither, a pattern that does not divide, an asymmetric scheme, no calibration, GPTQ: clear errors before any work, no file")
     func errors() throws {
-        let f = try fixture("err", spec: SyntheticModelSpec())   // intermediate 37: 2:4 does not divide down_proj
+        let f = try fixture("prune-err")   // intermediate 37: 2:4 does not divide down_proj
         defer { try? FileManager.default.removeItem(atPath: f.dir) }
         func option(_ s: BuildSpec) -> String? { do { _ = try s.recipe(); return nil } catch let e as BuildSpecError { return e.option } catch { return "?" } }
         var s = BuildSpec(source: f.dir + "/m", scheme: "f16")
