@@ -38,11 +38,7 @@ struct BuildSpecTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try "story".write(toFile: dir + "/c.txt", atomically: true, encoding: .utf8)
         func gate(_ v: String) throws -> GateFile {
-            let j = #"{"version": 1, "suites": [{"name": "s", "data": {"text": "t.txt", "sha256": "00", "protocol": "chunks", "ctx": 64},"#
-                + #" "baseline": {"model": "m"}, "candidates": [{"name": "c", "recipe": {"source": "m", "scheme": "int4-g32", "method": "gptq","#
-                + #" "calib": {"text": "c.txt", "samples": 4, "ctx": 32}, "gptq": {"true_sequential": "# + v + #"}}, "limits": {"mean_kl_max": 1}}]}]}"#
-            try j.write(toFile: dir + "/g.json", atomically: true, encoding: .utf8)
-            return try GateFile.load(dir + "/g.json")
+            try oneRecipeGate(dir, #""scheme": "int4-g32", "method": "gptq", "calib": {"text": "c.txt", "samples": 4, "ctx": 32}, "gptq": {"true_sequential": "# + v + "}")
         }
         guard case let .recipe(spec) = try gate("false").suites[0].candidates[0].source else { Issue.record("not a recipe"); return }
         #expect(spec.gptq.trueSequential == false)
@@ -59,12 +55,7 @@ struct BuildSpecTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try "story".write(toFile: dir + "/c.txt", atomically: true, encoding: .utf8)
         func gate(_ n: Int) throws -> GateFile {
-            let j = #"{"version": 1, "suites": [{"name": "s", "data": {"text": "t.txt", "sha256": "00", "protocol": "chunks", "ctx": 64},"#
-                + #" "baseline": {"model": "m"}, "candidates": [{"name": "c", "recipe": {"source": "m", "scheme": "int4-g64", "clip": "mse","#
-                + #" "calib": {"text": "c.txt", "samples": 8, "ctx": 32}, "allocation": {"target_bpw": 5.2, "samples": 4, "kl_samples": "# + "\(n)"
-                + #"}}, "limits": {"mean_kl_max": 1}}]}]}"#
-            try j.write(toFile: dir + "/g.json", atomically: true, encoding: .utf8)
-            return try GateFile.load(dir + "/g.json")
+            try oneRecipeGate(dir, #""scheme": "int4-g64", "clip": "mse", "calib": {"text": "c.txt", "samples": 8, "ctx": 32}, "allocation": {"target_bpw": 5.2, "samples": 4, "kl_samples": "# + "\(n)}")
         }
         guard case let .recipe(spec) = try gate(2).suites[0].candidates[0].source else { Issue.record("not a recipe"); return }
         #expect(spec.allocation?.klSamples == 2 && spec.allocation?.samples == 4)
@@ -81,11 +72,7 @@ struct BuildSpecTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try "story".write(toFile: dir + "/c.txt", atomically: true, encoding: .utf8)
         func gate(_ prune: String) throws -> GateFile {
-            let j = #"{"version": 1, "suites": [{"name": "s", "data": {"text": "t.txt", "sha256": "00", "protocol": "chunks", "ctx": 64},"#
-                + #" "baseline": {"model": "m"}, "candidates": [{"name": "c", "recipe": {"source": "m", "scheme": "f16","#
-                + #" "calib": {"text": "c.txt", "samples": 4, "ctx": 32}, "prune": "# + prune + #"}, "limits": {"mean_kl_max": 1}}]}]}"#
-            try j.write(toFile: dir + "/g.json", atomically: true, encoding: .utf8)
-            return try GateFile.load(dir + "/g.json")
+            try oneRecipeGate(dir, #""scheme": "f16", "calib": {"text": "c.txt", "samples": 4, "ctx": 32}, "prune": "# + prune)
         }
         guard case let .recipe(spec) = try gate(#"{"method": "sparsegpt", "pattern": "2:4"}"#).suites[0].candidates[0].source else { Issue.record("not a recipe"); return }
         #expect(spec.prune == PruneOptions(method: .sparsegpt, pattern: try SparsityPattern(n: 2, m: 4)))
@@ -110,4 +97,13 @@ struct BuildSpecTests {
         #expect(throws: BuildSpecError.self) { try BuildSpec(source: "x", scheme: "int4-g64", groupSize: 32).recipe() }
         #expect(throws: BuildSpecError.self) { try BuildSpec(source: "x", scheme: "int4", overrides: ["(=int8"]).recipe() }
     }
+}
+
+/// Loads a one-suite, one-candidate gate file written to `dir`, whose recipe is
+/// `{"source": "m", <fields>}`.
+private func oneRecipeGate(_ dir: String, _ fields: String) throws -> GateFile {
+    let j = #"{"version": 1, "suites": [{"name": "s", "data": {"text": "t.txt", "sha256": "00", "protocol": "chunks", "ctx": 64},"#
+        + #" "baseline": {"model": "m"}, "candidates": [{"name": "c", "recipe": {"source": "m", "# + fields + #"}, "limits": {"mean_kl_max": 1}}]}]}"#
+    try j.write(toFile: dir + "/g.json", atomically: true, encoding: .utf8)
+    return try GateFile.load(dir + "/g.json")
 }
