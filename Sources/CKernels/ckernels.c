@@ -12,7 +12,8 @@ enum {
     F_F16C = 1 << 2,
     F_AVX512 = 1 << 3,   /* AVX512F + BW + VL, with the OS saving ZMM and opmask state */
     F_VNNI = 1 << 4,     /* AVX512_VNNI */
-    F_NO_OS_YMM = 1 << 5 /* the CPU has AVX but the OS does not save YMM state */
+    F_NO_OS_YMM = 1 << 5, /* the CPU has AVX but the OS does not save YMM state */
+    F_VBMI2 = 1 << 6     /* AVX512_VBMI + AVX512_VBMI2 */
 };
 
 LMK_TARGET_BASELINE static uint64_t xgetbv0(void) {
@@ -33,12 +34,13 @@ LMK_TARGET_BASELINE static unsigned cpu_features(void) {
     if (__get_cpuid_max(0, 0) >= 7) { __cpuid_count(7, 0, a, b7, c7, d); }
     const int avx2 = (b7 >> 5) & 1;
     const int avx512 = ((b7 >> 16) & 1) && ((b7 >> 30) & 1) && ((b7 >> 31) & 1);   /* F, BW, VL */
-    const int vnni = (c7 >> 11) & 1;
+    const int vnni = (c7 >> 11) & 1, vbmi2 = ((c7 >> 1) & 1) && ((c7 >> 6) & 1);
     if (ymm && avx2) f |= F_AVX2;
     if (ymm && fma) f |= F_FMA;
     if (ymm && f16c) f |= F_F16C;
     if (zmm && avx512) f |= F_AVX512;
     if (zmm && avx512 && vnni) f |= F_VNNI;
+    if (zmm && avx512 && vbmi2) f |= F_VBMI2;
     if (avx && !ymm) f |= F_NO_OS_YMM;
     return f;
 }
@@ -49,6 +51,7 @@ LMK_TARGET_BASELINE int lmk_cpu_supports(int level) {
     case LMK_LEVEL_GENERIC: return 1;
     case LMK_LEVEL_AVX2: return (f & base) == base;
     case LMK_LEVEL_AVX512VNNI: return (f & (base | F_AVX512 | F_VNNI)) == (base | F_AVX512 | F_VNNI);
+    case LMK_LEVEL_AVX512VBMI2: return (f & (base | F_AVX512 | F_VNNI | F_VBMI2)) == (base | F_AVX512 | F_VNNI | F_VBMI2);
     default: return 0;
     }
 }
@@ -93,6 +96,7 @@ LMK_TARGET_BASELINE const lmk_kernels *lmk_kernels_at(int level) {
     case LMK_LEVEL_GENERIC: return &lmk_table_generic;
     case LMK_LEVEL_AVX2: return &lmk_table_avx2;
     case LMK_LEVEL_AVX512VNNI: return &lmk_table_avx512vnni;
+    case LMK_LEVEL_AVX512VBMI2: return &lmk_table_avx512vbmi2;
     default: return 0;
     }
 }

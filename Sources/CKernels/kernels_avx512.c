@@ -520,6 +520,25 @@ const lmk_kernels lmk_table_avx512vnni = {
     .quantize_q8 = quantize_q8_avx512,
     .matvec_q4 = matvec_q4_avx512,
     .matvec_q8 = matvec_q8_avx512,
+    .matvec_nm = lmk_matvec_nm_avx512,
+    .matvec_nm_f = lmk_matvec_nm_f_avx512,
+    .matvec_q3 = matvec_q3_avx512,
+    .matvec_q2 = matvec_q2_avx512,
+    .dequant_q3 = dequant_q3_avx512,
+    .dequant_q2 = dequant_q2_avx512,
+    .exp = &lmk_exp_avx512,
+    .kv = &lmk_kv_avx512,
+};
+
+/* The VNNI level with the byte-compress N:M kernel (AVX-512 VBMI2). */
+const lmk_kernels lmk_table_avx512vbmi2 = {
+    .name = "avx512vbmi2",
+    .level = LMK_LEVEL_AVX512VBMI2,
+    .quantize_q8 = quantize_q8_avx512,
+    .matvec_q4 = matvec_q4_avx512,
+    .matvec_q8 = matvec_q8_avx512,
+    .matvec_nm = lmk_matvec_nm_vbmi2,
+    .matvec_nm_f = lmk_matvec_nm_f_vbmi2,
     .matvec_q3 = matvec_q3_avx512,
     .matvec_q2 = matvec_q2_avx512,
     .dequant_q3 = dequant_q3_avx512,

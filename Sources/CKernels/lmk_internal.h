@@ -41,6 +41,21 @@ static inline void lmk_lowbit_codes(const uint8_t *blk, int bits, uint8_t codes[
     }
 }
 
+#define LMK_NM_ARGS int kind, const void *q, const void *scales, const uint16_t *mins, const uint8_t *mask, \
+    int r0, int r1, int cols32, int ngroups, int group, const int8_t *qx, const float *dx, float *out
+#define LMK_NMF_ARGS int kind, const void *q, const uint8_t *mask, int r0, int r1, int cols, int cols32, const float *x, float *out
+void lmk_matvec_nm_generic(LMK_NM_ARGS);
+void lmk_matvec_nm_f_generic(LMK_NMF_ARGS);
+#ifdef LMK_X86
+void lmk_matvec_nm_avx2(LMK_NM_ARGS);
+void lmk_matvec_nm_avx512(LMK_NM_ARGS);
+void lmk_matvec_nm_vbmi2(LMK_NM_ARGS);
+void lmk_matvec_nm_f_avx2(LMK_NMF_ARGS);
+void lmk_matvec_nm_f_avx512(LMK_NMF_ARGS);
+void lmk_matvec_nm_f_vbmi2(LMK_NMF_ARGS);
+extern const lmk_kernels lmk_table_avx512vbmi2;
+#endif
+
 extern const lmk_kernels lmk_table_generic;
 extern const lmk_exp_kernels lmk_exp_generic;
 extern const lmk_kv_kernels lmk_kv_generic;

@@ -172,7 +172,7 @@ public struct GateFile: Sendable {
                     spec.allocation = a
                 }
                 if let pj = r["prune"] {
-                    _ = try object(pj, rk + ".prune", allowed: ["method", "sparsity", "pattern"])
+                    _ = try object(pj, rk + ".prune", allowed: ["method", "sparsity", "pattern", "storage"])
                     guard let m = PruneMethod(rawValue: try str(pj["method"], rk + ".prune.method")) else {
                         throw fail(rk + ".prune.method", "must be one of \(PruneMethod.allCases.map(\.rawValue).joined(separator: ", "))")
                     }
@@ -186,12 +186,16 @@ public struct GateFile: Sendable {
                             throw fail(rk + ".prune.pattern", e.reason)
                         }
                     }
+                    if let st = pj["storage"] {
+                        guard let v = PruneStorage(rawValue: try str(st, rk + ".prune.storage")) else { throw fail(rk + ".prune.storage", "must be compressed or dense") }
+                        po.storage = v
+                    }
                     spec.prune = po
                 }
                 do { _ = try spec.recipe() } catch let e as BuildSpecError {
                     let key = ["calib_samples": "calib.samples", "calib_ctx": "calib.ctx", "damp": "gptq.damp", "block_size": "gptq.block_size",
                                "target_bpw": "allocation.target_bpw", "candidates": "allocation.candidates", "alloc_samples": "allocation.samples", "alloc_kl_samples": "allocation.kl_samples",
-                               "sparsity": "prune.sparsity", "pattern": "prune.pattern", "act_order": "gptq.act_order",
+                               "sparsity": "prune.sparsity", "pattern": "prune.pattern", "storage": "prune.storage", "act_order": "gptq.act_order",
                                "true_sequential": "gptq.true_sequential"][e.option] ?? e.option
                     throw fail(rk + "." + key, e.reason)
                 }

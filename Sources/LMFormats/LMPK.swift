@@ -237,6 +237,10 @@ public final class LMPKFile: @unchecked Sendable {
             let scheme: QuantScheme
             do { scheme = try QuantScheme(parsing: t["scheme"]?.string ?? "?") } catch { throw fail("tensor '\(name)': \(error)") }
             let rows = shape.count == 2 ? shape[0] : 1, cols = shape.count == 2 ? shape[1] : shape[0]
+            if let sp = scheme.sparsity {
+                guard shape.count == 2 else { throw fail("tensor '\(name)': a vector cannot be stored compressed (\(scheme.name))") }
+                guard cols % sp.m == 0 else { throw fail("tensor '\(name)': \(scheme.name) needs a column count divisible by \(sp.m), got \(cols)") }
+            }
             let expected = scheme.sections(rows: rows, cols: cols)
             guard let secJ = t["sections"]?.array, secJ.count == expected.count else {
                 throw fail("tensor '\(name)': scheme \(scheme.name) needs \(expected.count) sections")

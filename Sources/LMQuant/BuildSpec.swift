@@ -116,6 +116,13 @@ public struct BuildSpec: Sendable, Equatable {
         for (i, o) in overrides.enumerated() {
             do { r.overrides.append(try Recipe.parseOverride(o, defaultGroup: groupSize)) } catch { throw BuildSpecError(option: "overrides[\(i)]", reason: "\(error)") }
         }
+        r.compressed = prune?.compressedPattern
+        if s.sparsity != nil || r.overrides.contains(where: { $0.scheme.sparsity != nil }) {
+            guard method == .rtn else {
+                throw BuildSpecError(option: "method", reason: "\(method.rawValue) of compressed N:M schemes (+N:M) is not built yet; quantize those by round-to-nearest")
+            }
+            guard allocation == nil else { throw BuildSpecError(option: "target_bpw", reason: "bit allocation among compressed N:M schemes is not built yet") }
+        }
         return r
     }
 

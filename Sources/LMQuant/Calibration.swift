@@ -277,6 +277,7 @@ enum LayerwiseQuantizer {
                         report.solveSeconds += Date().timeIntervalSince(s0)
                     }
                     let v = values[t.name]!
+                    try Pruner.checkSparse(v, rows: rows, cols: cols, scheme: s, tensor: t.name)
                     let role = calibratedRole(i)
                     // Plain RTN of `v` (the report's reference, and what other tensors store); not
                     // needed for an AWQ-folded matrix, whose reference is RTN of its original weights.
@@ -428,6 +429,7 @@ enum LayerwiseQuantizer {
     static func rtn(_ t: PendingTensor, _ s: QuantScheme, _ clip: ClipMethod) throws -> (QuantizedTensor, Int) {
         let v = try finite(t)
         let rows = t.shape.count == 2 ? t.shape[0] : 1, cols = t.shape.count == 2 ? t.shape[1] : t.shape[0]
+        try Pruner.checkSparse(v, rows: rows, cols: cols, scheme: s, tensor: t.name)
         let q = RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: s, clip: clip)
         try RoundToNearest.checkRepresentable(q, values: v, tensor: t.name)
         return (q, v.count)

@@ -27,6 +27,14 @@ public struct SparsityPattern: Sendable, Equatable, CustomStringConvertible {
     public var sparsity: Double { Double(m - n) / Double(m) }
 }
 
+/// How pruned matrices are stored (`--storage`).
+public enum PruneStorage: String, Sendable, CaseIterable {
+    /// Kept values plus a bit mask (`+N:M` schemes): half the value bytes for 2:4.
+    case compressed
+    /// Exact zeros in place, in a scheme that decodes 0 exactly.
+    case dense
+}
+
 /// How pruning chooses the weights to zero.
 public enum PruneMethod: String, Sendable, CaseIterable {
     /// The smallest `|W|` (no calibration).
@@ -48,8 +56,19 @@ public struct PruneOptions: Sendable, Equatable {
     public var sparsity: Double?
     /// N:M structured sparsity. Nil with `sparsity`.
     public var pattern: SparsityPattern?
-    public init(method: PruneMethod, sparsity: Double? = nil, pattern: SparsityPattern? = nil) {
-        self.method = method; self.sparsity = sparsity; self.pattern = pattern
+    /// How the pruned matrices are stored: nil (the default) compresses the N:M patterns that
+    /// keep 4 of every 8 inputs (1:2, 2:4, 4:8: `+N:M` schemes, `NMCodec`) and stores
+    /// everything else dense; `.dense` stores exact zeros in place.
+    public var storage: PruneStorage?
+    public init(method: PruneMethod, sparsity: Double? = nil, pattern: SparsityPattern? = nil, storage: PruneStorage? = nil) {
+        self.method = method; self.sparsity = sparsity; self.pattern = pattern; self.storage = storage
+    }
+
+    /// The `+N:M` storage of the pruned matrices, or nil when they are stored dense.
+    public var compressedPattern: QuantScheme.Sparsity? {
+        guard storage != .dense, let p = pattern else { return nil }
+        let s = QuantScheme.Sparsity(n: p.n, m: p.m)
+        return QuantScheme.Sparsity.supported.contains(s) ? s : nil
     }
 
     /// Checks the options alone (the shapes are checked per tensor).
@@ -63,6 +82,9 @@ public struct PruneOptions: Sendable, Equatable {
                 throw BuildSpecError(option: "sparsity", reason: "--sparsity must be in [0, 1) (the fraction of each row's weights set to zero), got \(s)")
             }
         case (nil, .some): break
+        }
+        if storage == .compressed && compressedPattern == nil {
+            throw BuildSpecError(option: "storage", reason: "compressed storage holds the N:M patterns that keep half of every 8 inputs (--pattern 1:2, 2:4 or 4:8); \(pattern.map { "--pattern \($0)" } ?? "unstructured sparsity") is stored dense (bitmask storage is not built yet): drop --storage compressed")
         }
     }
 
@@ -80,6 +102,7 @@ public struct PruneOptions: Sendable, Equatable {
         var f: [(String, JSON)] = [("method", .string(method.rawValue))]
         if let s = sparsity { f.append(("sparsity", .double(s))) }
         if let p = pattern { f.append(("pattern", .string(p.description))) }
+        if pattern != nil { f.append(("storage", .string(compressedPattern != nil ? "compressed" : "dense"))) }
         return .object(f)
     }
 }
@@ -223,7 +246,7 @@ public enum Pruner {
     /// symmetric integer ones (int8, int4s: code `zeroCode` decodes to 0). Asymmetric
     /// grids (int4, int3, int2: `s·q + m`) generally have no exact 0.
     public static func storesExactZero(_ scheme: QuantScheme) -> Bool {
-        guard scheme.isQuantized else { return true }
+        guard scheme.isQuantized, scheme.sparsity == nil else { return true }
         return (scheme.codec as? any IntegerSchemeCodec)?.zeroCode != nil
     }
 }
@@ -233,6 +256,18 @@ extension Pruner {
     static func role(_ name: String, layers: Int) -> LayerMatrix? {
         guard let l = LayerwiseQuantizer.layerIndex(name), l < layers else { return nil }
         return LayerMatrix(rawValue: String(name.dropFirst("model.layers.\(l).".count)))
+    }
+
+    /// Throws when `scheme` is compressed N:M (`+n:m`) and `v` has more than `n` nonzero
+    /// weights in some aligned run of `m` inputs.
+    public static func checkSparse(_ v: [Float], rows: Int, cols: Int, scheme: QuantScheme, tensor: String) throws {
+        guard let sp = scheme.sparsity, let codec = scheme.codec as? NMCodec else { return }
+        guard cols % sp.m == 0 else {
+            throw RecipeError("tensor '\(tensor)': \(scheme.name) needs a column count divisible by \(sp.m), got \(cols); store it dense")
+        }
+        if let (r, c) = v.withUnsafeBufferPointer({ codec.firstViolation($0.baseAddress!, rows: rows, cols: cols) }) {
+            throw RecipeError("tensor '\(tensor)' is not \(sp) sparse (row \(r), columns \(c)..<\(c + sp.m) hold more than \(sp.n) nonzero weights): prune it first (lmconvert prune --pattern \(sp)) or choose a dense scheme (\(scheme.dense.name))")
+        }
     }
 
     /// Throws unless the stored values are exactly 0 wherever the mask pruned.
@@ -259,6 +294,11 @@ extension Pruner {
     /// and an N:M pattern that does not divide a matrix's inputs.
     static func checkPlan(_ o: PruneOptions, tensors: [(name: String, shape: [Int])], schemes: [QuantScheme], layers: Int) throws {
         for (t, s) in zip(tensors, schemes) where t.shape.count == 2 && role(t.name, layers: layers) != nil {
+            if let c = s.sparsity {
+                guard let p = o.pattern, c.m % p.m == 0, p.n * (c.m / p.m) <= c.n else {
+                    throw RecipeError("tensor '\(t.name)' is stored as \(s.name), but pruning \(o.pattern.map { "to \($0)" } ?? "unstructured") does not guarantee \(c) sparsity; prune with --pattern \(c) or store it dense")
+                }
+            }
             guard storesExactZero(s) else {
                 throw RecipeError("tensor '\(t.name)' would be pruned and stored as \(s.name), whose asymmetric grid has no exact 0 (pruned weights would decode non-zero); use a float scheme (f16, bf16, f32) or a symmetric one (int8, int8-gG, int4s-gG)")
             }

@@ -15,6 +15,10 @@ public struct Recipe: Sendable {
     public var clip: ClipMethod
     public var overrides: [(pattern: String, scheme: QuantScheme)]
     public var embeddingScheme: QuantScheme?
+    /// Compressed N:M storage of the seven decoder matrices (`lmconvert prune --pattern`,
+    /// `--storage compressed`): their schemes, after the overrides, get `+N:M` (value
+    /// families `NMCodec.valueFamilies`; others stay dense).
+    public var compressed: QuantScheme.Sparsity?
 
     public init(defaultScheme: QuantScheme, clip: ClipMethod = .minmax, overrides: [(pattern: String, scheme: QuantScheme)] = []) {
         self.defaultScheme = defaultScheme; self.clip = clip; self.overrides = overrides
@@ -52,7 +56,26 @@ public struct Recipe: Sendable {
             }
             if !matched { throw RecipeError("override '\(pattern)=\(scheme.name)' matches no tensor (names look like 'model.layers.0.mlp.down_proj.weight')") }
         }
+        if let c = compressed {
+            for (i, t) in tensors.enumerated() where t.shape.count == 2 && Recipe.isDecoderMatrix(t.name)
+                && out[i].sparsity == nil && NMCodec.valueFamilies.contains(out[i].kind.rawValue) {
+                out[i] = out[i].compressed(c)
+            }
+        }
+        for (i, t) in tensors.enumerated() where out[i].sparsity != nil && t.shape.count != 2 {
+            throw RecipeError("tensor '\(t.name)' is a vector; it cannot be stored compressed (\(out[i].name))")
+        }
         return out
+    }
+
+    /// True for the seven matrices of a decoder layer (`model.layers.L.self_attn.{q,k,v,o}_proj.weight`,
+    /// `model.layers.L.mlp.{gate,up,down}_proj.weight`), the ones pruning touches.
+    public static func isDecoderMatrix(_ name: String) -> Bool {
+        guard name.hasPrefix("model.layers."), name.hasSuffix("_proj.weight") else { return false }
+        let parts = name.split(separator: ".")
+        guard parts.count == 6, Int(parts[2]) != nil else { return false }
+        return ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+            .contains("\(parts[3]).\(parts[4])")
     }
 
     public func json(overrideStrings: [String]) -> JSON {
@@ -113,6 +136,7 @@ public enum Quantizer {
                 if let pr = prune, t.shape.count == 2, Pruner.role(t.name, layers: layers) != nil {
                     let v = try LayerwiseQuantizer.finite(t)
                     let (pruned, keep) = try Pruner.prune(weights: v, rows: t.shape[0], cols: t.shape[1], options: pr, tensor: t.name)
+                    try Pruner.checkSparse(pruned, rows: t.shape[0], cols: t.shape[1], scheme: s, tensor: t.name)
                     q = RoundToNearest.quantize(pruned, rows: t.shape[0], cols: t.shape[1], scheme: s, clip: recipe.clip)
                     try RoundToNearest.checkRepresentable(q, values: pruned, tensor: t.name)
                     try Pruner.checkZeros(s.isQuantized || s.kind != .f32 ? q.dequantized() : pruned, keep: keep, scheme: s, tensor: t.name)

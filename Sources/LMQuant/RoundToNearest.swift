@@ -29,7 +29,7 @@ public enum RoundToNearest {
         precondition(values.count == rows * cols)
         precondition(importance == nil || importance!.count == cols)
         let codec = scheme.codec
-        let weighted = importance != nil ? codec as? any IntegerSchemeCodec : nil
+        let weighted = importance != nil ? codec as? any ImportanceWeightedCodec : nil
         let imp = importance ?? []
         let layout = scheme.sections(rows: rows, cols: cols)
         let workers = ProcessInfo.processInfo.activeProcessorCount

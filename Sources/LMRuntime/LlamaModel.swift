@@ -125,6 +125,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         func matrix(_ n: String) throws -> LinearWeight {
             let x = try t(n)
             guard x.shape.count == 2 else { throw LMPKError(file: f.path, reason: "tensor '\(n)' must be a matrix") }
+            do { try x.scheme.codec.validate(x.packed, name: n) } catch { throw LMPKError(file: f.path, reason: "\(error)") }
             return PackedLinear.make(x.packed, owner: f)
         }
         func vector(_ n: String) throws -> [Float] {

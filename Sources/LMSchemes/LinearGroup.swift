@@ -95,7 +95,7 @@ public enum LinearGroup {
                             let xsum = UnsafePointer(sp.p + sumOffset(p.group))
                             if useQ8 && p.integerDecode && p.scheme.isQuantized,
                                p.matvecQ8(kernels, qv.p, dx: dp.p, xsum: xsum, rows: r.lowerBound, r.upperBound, out: out) { return }
-                            p.matvec(UnsafePointer(xv.p), xsum: xsum, rows: r.lowerBound, r.upperBound, out: out)
+                            p.matvec(kernels, UnsafePointer(xv.p), xsum: xsum, rows: r.lowerBound, r.upperBound, out: out)
                         case let .dense(d):
                             if tokens == 1 {
                                 cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(r.count), Int32(cols), 1, d.data + r.lowerBound * cols, Int32(cols),

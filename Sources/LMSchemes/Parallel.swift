@@ -24,7 +24,7 @@ public struct KernelSet: @unchecked Sendable, Equatable, CustomStringConvertible
     public static func == (a: KernelSet, b: KernelSet) -> Bool { a.table == b.table }
 
     /// Level names, lowest first.
-    public static let levelNames = ["generic", "avx2", "avx512vnni"]
+    public static let levelNames = ["generic", "avx2", "avx512vnni", "avx512vbmi2"]
 
     /// The set of `level`, or nil when unknown or this CPU lacks it.
     public init?(level: Int) {
@@ -45,7 +45,7 @@ public struct KernelSet: @unchecked Sendable, Equatable, CustomStringConvertible
         return try named(s)
     }
 
-    /// The set called `name` ("generic", "avx2", "avx512vnni").
+    /// The set called `name` ("generic", "avx2", "avx512vnni", "avx512vbmi2").
     public static func named(_ name: String) throws -> KernelSet {
         guard let level = levelNames.firstIndex(of: name.lowercased()) else {
             throw RuntimeError("unknown kernel set '\(name)' (known: \(levelNames.joined(separator: ", ")))")

@@ -31,6 +31,11 @@ public class PackedLinear: LinearWeight, @unchecked Sendable {
     /// `Σ_c W[r,c]·x[c]` for rows `r0..<r1` into `out[r]`; `x` is padded to `cols32`
     /// with zeros and `xsum[g]` holds the activation sum of group `g`.
     func matvec(_ x: UnsafePointer<Float>, xsum: UnsafePointer<Float>, rows r0: Int, _ r1: Int, out: UnsafeMutablePointer<Float>) { fatalError("abstract") }
+    /// `matvec` with the calling context's kernel set, for schemes whose float-activation
+    /// kernel is C per level (compressed N:M); the default is `matvec`.
+    func matvec(_ k: UnsafePointer<lmk_kernels>, _ x: UnsafePointer<Float>, xsum: UnsafePointer<Float>, rows r0: Int, _ r1: Int, out: UnsafeMutablePointer<Float>) {
+        matvec(x, xsum: xsum, rows: r0, r1, out: out)
+    }
     /// Dequantizes rows `r0..<r1` into `out` (`[r1-r0, cols]`, row stride `cols`).
     func decodeRows(_ r0: Int, _ r1: Int, into out: UnsafeMutablePointer<Float>) { fatalError("abstract") }
     /// Prefill's tile: rows `r0..<r1` as floats (as `decodeRows`), with the kernel set of
@@ -70,6 +75,7 @@ public class PackedLinear: LinearWeight, @unchecked Sendable {
         }
         let storage = AlignedBytes(sections)
         let t = PackedTensor(rows: rows, cols: cols, scheme: scheme, sections: storage.sections)
+        try scheme.codec.validate(t, name: name)
         return make(t, owner: storage)
     }
 

@@ -37,6 +37,14 @@ public protocol SchemeCodec: Sendable {
     func decodeRow(row: Int, cols: Int, scheme: QuantScheme, sections: [UnsafeRawBufferPointer], into out: UnsafeMutablePointer<Float>)
     /// The runtime weight over stored sections (used in place; `owner` keeps them alive).
     func makeLinear(_ t: PackedTensor, owner: AnyObject) -> LinearWeight
+    /// Checks stored bytes the kernels rely on beyond their sizes (compressed N:M: the
+    /// mask's pattern), before the tensor is used. Default: nothing to check.
+    /// - Throws: `RuntimeError` naming the tensor.
+    func validate(_ t: PackedTensor, name: String) throws
+}
+
+extension SchemeCodec {
+    public func validate(_ t: PackedTensor, name: String) throws {}
 }
 
 /// Parameters of one group of an integer scheme, at their storage precision:
@@ -51,7 +59,7 @@ public struct GroupParameters: Sendable, Equatable {
 /// dimension. The reference encoder is split into *choose parameters → choose codes →
 /// pack*, so a method like GPTQ can choose its own codes (and parameters) and reuse the
 /// packer; `value` is the dequantization formula.
-public protocol IntegerSchemeCodec: SchemeCodec {
+public protocol IntegerSchemeCodec: ImportanceWeightedCodec {
     /// Stored codes lie in this range.
     var codeRange: ClosedRange<Int32> { get }
     /// The code stored in padding columns (up to the 32-column unit; any value is

@@ -5,6 +5,7 @@ import LMFormats
 import LMQuant
 
 extension PruneMethod: ExpressibleByArgument {}
+extension PruneStorage: ExpressibleByArgument {}
 
 struct PruneCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -17,8 +18,12 @@ struct PruneCommand: ParsableCommand {
         sparsegpt (OBS selection with weight updates, --damp and --block-size as GPTQ's) prune layer by layer \
         on --calib text, each layer fed by the pruned layers before it.
 
-        The pruned weights are stored dense and exact zeros: --scheme f16 (default), bf16 or f32, or a symmetric \
-        integer scheme (int8, int8-gG, int4s-gG) by round-to-nearest (--clip mse with --calib: importance-weighted \
+        --pattern 1:2, 2:4 and 4:8 are stored compressed (--storage compressed, the default for them): each pruned \
+        matrix keeps only its kept values, in --scheme (f16 default, bf16, f32, int8, int8-gG, int4-gG, int4s-gG), \
+        plus one mask bit per weight (scheme name +N:M, e.g. f16+2:4): 2:4 at f16 is 1.78x smaller than dense, \
+        and the runtime's kernels read it directly. Other patterns, unstructured sparsity and --storage dense store \
+        exact zeros in place, in a scheme that decodes 0 exactly: f16, bf16, f32 or a symmetric integer scheme \
+        (int8, int8-gG, int4s-gG). Integer schemes by round-to-nearest (--clip mse with --calib: importance-weighted \
         ranges). The header records the method and each tensor's sparsity (formats/lmpk.md, "Pruning").
         """)
 
@@ -32,8 +37,10 @@ struct PruneCommand: ParsableCommand {
     var sparsity: Double?
     @Option(help: "N:M structured sparsity, e.g. 2:4 or 4:8 (M must divide every matrix's inputs).")
     var pattern: String?
-    @Option(help: "Scheme of the stored matrices: f16, bf16, f32, or a symmetric integer scheme (int8, int8-gG, int4s-gG).")
+    @Option(help: "Scheme of the stored matrices' values: f16, bf16, f32, int8, int8-gG, int4s-gG (int4-gG compressed only).")
     var scheme: String = "f16"
+    @Option(help: "compressed (kept values + mask; the default for --pattern 1:2, 2:4, 4:8) or dense (exact zeros in place).")
+    var storage: PruneStorage?
     @Option(help: "Range selection of an integer --scheme: minmax, or mse (weighted by the inputs' mean squares with --calib).")
     var clip: ClipMethod = .minmax
     @Option(name: .customLong("override"), help: "Per-tensor scheme by name pattern, e.g. 'embed_tokens=f16'.")
@@ -53,7 +60,7 @@ struct PruneCommand: ParsableCommand {
         var s = BuildSpec(source: input, scheme: scheme, clip: clip, overrides: overrides, tokenizer: tokenizer)
         calibration.apply(to: &s)
         s.gptq = GPTQOptions(damp: damp, blockSize: blockSize)
-        s.prune = PruneOptions(method: method, sparsity: sparsity, pattern: try pattern.map { try SparsityPattern(parsing: $0) })
+        s.prune = PruneOptions(method: method, sparsity: sparsity, pattern: try pattern.map { try SparsityPattern(parsing: $0) }, storage: storage)
         return s
     }
 

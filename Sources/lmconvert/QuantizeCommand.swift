@@ -226,7 +226,7 @@ struct InspectCommand: ParsableCommand {
         print("recipe      \(f.header["recipe"]?.serialized() ?? "-")")
         print("provenance  \(f.header["provenance"]?.serialized() ?? "-")")
         if let p = f.header["pruning"] {
-            print("pruning     \(p["method"]?.string ?? "?") at \(p["pattern"]?.string ?? p["sparsity"]?.double.map { String(format: "%.3f", $0) } ?? "?") (stored dense; zeros counted per tensor)")
+            print("pruning     \(p["method"]?.string ?? "?") at \(p["pattern"]?.string ?? p["sparsity"]?.double.map { String(format: "%.3f", $0) } ?? "?") (stored \(f.tensors.contains { $0.scheme.sparsity != nil } ? "compressed: +N:M schemes hold the kept values and a mask" : "dense"); zeros counted per tensor)")
         }
         print("")
         let w = max(40, f.tensors.map { $0.name.count }.max() ?? 0)
@@ -268,6 +268,9 @@ struct VerifyCommand: ParsableCommand {
             let f = try LMPKFile(path: file)
             if let bad = f.firstCorruptTensor() {
                 throw LMPKError(file: file, reason: "CRC mismatch in tensor '\(bad)' (corrupt file)")
+            }
+            for t in f.tensors where t.shape.count == 2 {
+                do { try t.scheme.codec.validate(t.packed, name: t.name) } catch { throw LMPKError(file: file, reason: "\(error)") }
             }
             _ = try f.tokenizerJSON()
             print("ok  \(file): \(f.tensors.count) tensors, structure and CRCs valid")

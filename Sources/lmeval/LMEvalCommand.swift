@@ -24,7 +24,7 @@ struct ModelOptions: ParsableArguments {
     var shards: String?
     @Option(help: "Worker threads (our loops and OpenBLAS).")
     var threads: Int = 2
-    @Option(help: "Decode kernel set: generic, avx2 or avx512vnni (default: the best this CPU has, or LMKIT_KERNELS).")
+    @Option(help: "Decode kernel set: generic, avx2, avx512vnni or avx512vbmi2 (default: the best this CPU has, or LMKIT_KERNELS).")
     var kernels: String?
 
     func validate() throws {

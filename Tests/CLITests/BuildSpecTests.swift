@@ -77,11 +77,17 @@ struct BuildSpecTests {
         guard case let .recipe(spec) = try gate(#"{"method": "sparsegpt", "pattern": "2:4"}"#).suites[0].candidates[0].source else { Issue.record("not a recipe"); return }
         #expect(spec.prune == PruneOptions(method: .sparsegpt, pattern: try SparsityPattern(n: 2, m: 4)))
         let canonical = try spec.canonicalString()
-        #expect(canonical.contains(#""prune":{"method":"sparsegpt","pattern":"2:4","damp":0.01,"block_size":128}"#), "\(canonical)")
+        #expect(canonical.contains(#""prune":{"method":"sparsegpt","pattern":"2:4","storage":"compressed","damp":0.01,"block_size":128}"#), "\(canonical)")
         var other = spec; other.prune?.pattern = try SparsityPattern(n: 4, m: 8)
         #expect(try spec.canonicalString() != other.canonicalString())
+        // Explicit "storage": "compressed" is the default's build; "dense" is another one.
+        guard case let .recipe(explicit) = try gate(#"{"method": "sparsegpt", "pattern": "2:4", "storage": "compressed"}"#).suites[0].candidates[0].source,
+              case let .recipe(dense) = try gate(#"{"method": "sparsegpt", "pattern": "2:4", "storage": "dense"}"#).suites[0].candidates[0].source else { Issue.record("not a recipe"); return }
+        #expect(try explicit.canonicalString() == canonical)
+        #expect(try dense.canonicalString().contains(#""storage":"dense""#))
         for (p, key) in [(#"{"method": "wanda", "pattern": "2:2"}"#, "recipe.prune.pattern"), (#"{"method": "wanda", "sparsity": 1.0}"#, "recipe.prune.sparsity"),
-                         (#"{"method": "pruney", "sparsity": 0.5}"#, "recipe.prune.method"), (#"{"method": "wanda", "sparsity": 0.5, "n": 2}"#, "recipe.prune")] {
+                         (#"{"method": "pruney", "sparsity": 0.5}"#, "recipe.prune.method"),
+                         (#"{"method": "wanda", "pattern": "2:4", "storage": "sparse"}"#, "recipe.prune.storage"), (#"{"method": "wanda", "sparsity": 0.5, "storage": "compressed"}"#, "recipe.prune.storage"), (#"{"method": "wanda", "sparsity": 0.5, "n": 2}"#, "recipe.prune")] {
             do { _ = try gate(p); Issue.record("\(p) was accepted") } catch { #expect("\(error)".contains(key), "\(p): \(error)") }
         }
     }

@@ -42,10 +42,60 @@ struct PruneCLITests {
         let sharded = try JSON.parse(file: dir + "/ps.json")["perplexity"]?.double ?? .nan
         #expect(abs(sharded - ppl) <= 1e-4 * ppl, "sharded PPL \(sharded) vs \(ppl)")
         for (args, flag) in [(["--method", "magnitude", "--sparsity", "1.5"], "--sparsity"), (["--method", "wanda", "--sparsity", "0.5"], "--calib"),
-                             (["--method", "magnitude", "--pattern", "2:4", "--scheme", "int4-g32"], "asymmetric"), (["--method", "magnitude", "--pattern", "3:4:5"], "--pattern")] {
+                             (["--method", "magnitude", "--pattern", "2:4", "--scheme", "int4-g32", "--storage", "dense"], "asymmetric"),
+                             (["--method", "magnitude", "--sparsity", "0.5", "--storage", "compressed"], "--storage"),
+                             (["--method", "magnitude", "--pattern", "2:4", "--scheme", "int3-g32"], "asymmetric"),
+                             (["--method", "magnitude", "--pattern", "3:4:5"], "--pattern")] {
             let r = try run("lmconvert", ["prune", "-i", dir + "/m", "-o", dir + "/bad.lmpk"] + args)
             #expect(r.status != 0 && r.stderr.contains(flag), "\(args): \(r.stderr)")
             #expect(!FileManager.default.fileExists(atPath: dir + "/bad.lmpk"))
         }
+    }
+
+    @Test("2:4 stored compressed: +2:4 schemes at half the value bytes, the same perplexity as dense zeros, asymmetric int4 exact zeros, shards; a dense model is refused by +2:4")
+    func compressed() throws {
+        let dir = scratch("prune-nm")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var spec = SyntheticModelSpec(); spec.hidden = 96; spec.intermediate = 128; spec.heads = 4; spec.kvHeads = 2; spec.headDim = 32
+        try SyntheticModel.write(spec, to: dir + "/m")
+        let text = dir + "/t.txt"
+        try String(repeating: "the cat and the dog ran far away. ", count: 200).write(toFile: text, atomically: true, encoding: .utf8)
+        func ppl(_ args: [String]) throws -> Double {
+            let p = try run("lmeval", ["perplexity", "--text", text, "--ctx", "64", "--json", dir + "/p.json"] + args)
+            #expect(p.status == 0, "\(p.stderr)")
+            return try JSON.parse(file: dir + "/p.json")["perplexity"]?.double ?? .nan
+        }
+        func inspect(_ f: String) throws -> JSON { try JSON.parse(Array(try run("lmconvert", ["inspect", "--json", f]).stdout.utf8), source: "inspect") }
+        var ppls: [String: Double] = [:], bytes: [String: Int] = [:]
+        for (name, args) in [("dense", ["--storage", "dense"]), ("nm", []), ("nm8", ["--scheme", "int8-g32"]), ("nm4", ["--scheme", "int4-g32"])] {
+            let r = try run("lmconvert", ["prune", "-i", dir + "/m", "-o", dir + "/\(name).lmpk", "--method", "magnitude", "--pattern", "2:4"] + args)
+            #expect(r.status == 0, "\(name): \(r.stderr)")
+            #expect(try run("lmconvert", ["verify", dir + "/\(name).lmpk"]).status == 0)
+            let j = try inspect(dir + "/\(name).lmpk")
+            var matrixBytes = 0
+            for t in j["tensors"]!.array! where t["name"]!.string!.hasPrefix("model.layers.") && t["shape"]!.array!.count == 2 {
+                let scheme = t["scheme"]!.string!
+                #expect(scheme.hasSuffix("+2:4") == (name != "dense"), "\(name): \(t["name"]!.string!) is \(scheme)")
+                #expect(t["sparsity"]?.double == 0.5, "\(name) \(t["name"]!.string!): pruned weights must decode to exactly 0")
+                matrixBytes += t["bytes"]!.int!
+            }
+            bytes[name] = matrixBytes
+            #expect(j["provenance"]?["build"]?["prune"]?["storage"]?.string == (name == "dense" ? "dense" : "compressed"))
+            ppls[name] = try ppl(["-m", dir + "/\(name).lmpk"])
+        }
+        // f16 values, dense zeros or compressed: the same weights, so the same perplexity up to summation order.
+        #expect(abs(ppls["nm"]! - ppls["dense"]!) <= 1e-5 * ppls["dense"]!, "\(ppls)")
+        #expect(Double(bytes["dense"]!) / Double(bytes["nm"]!) > 1.75, "f16 2:4 is \(bytes)")
+        // Tensor-parallel ranks slice the compressed tensors (no expansion) and compute the same perplexity.
+        let s = try run("lmconvert", ["shard", "--tp", "2", "-i", dir + "/nm8.lmpk", "-o", dir + "/tp2"])
+        #expect(s.status == 0, "\(s.stderr)")
+        let r0 = try inspect(dir + "/tp2/rank-0-of-2.lmpk")
+        #expect(r0["tensors"]!.array!.contains { $0["scheme"]?.string == "int8-g32+2:4" })
+        let sharded = try ppl(["--shards", dir + "/tp2"])
+        #expect(abs(sharded - ppls["nm8"]!) <= 1e-4 * ppls["nm8"]!, "sharded \(sharded) vs \(ppls["nm8"]!)")
+        // +2:4 on a model that is not 2:4 sparse: refused, naming the tensor; no file left.
+        let q = try run("lmconvert", ["quantize", "-i", dir + "/m", "-o", dir + "/bad.lmpk", "--scheme", "int8-g32+2:4"])
+        #expect(q.status != 0 && q.stderr.contains("is not 2:4 sparse") && q.stderr.contains("model.layers.0."), "\(q.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/bad.lmpk"))
     }
 }

@@ -300,9 +300,10 @@ struct PruningTests {
         #expect(option(s) == "method")
         s.method = .rtn
         let out = f.dir + "/x.lmpk"
-        for (scheme, pattern, expected) in [("f16", "2:4", "mlp.down_proj.weight' has 37 inputs"), ("int4-g32", "1:2", "asymmetric grid")] {
+        for (scheme, pattern, expected) in [("f16", "2:4", "mlp.down_proj.weight' has 37 inputs"), ("int4-g32", "1:2", "asymmetric grid"), ("int3-g32", "4:8", "asymmetric grid")] {
             s.scheme = scheme
-            s.prune = PruneOptions(method: .wanda, pattern: try SparsityPattern(parsing: pattern))
+            // Dense storage of asymmetric int4 has no exact 0 (compressed storage would not store the pruned weights at all).
+            s.prune = PruneOptions(method: .wanda, pattern: try SparsityPattern(parsing: pattern), storage: scheme == "int4-g32" ? .dense : nil)
             do { _ = try s.build(output: out); Issue.record("\(scheme) \(pattern) was accepted") } catch {
                 #expect("\(error)".contains(expected), "\(error)")
             }

@@ -29,12 +29,18 @@
 /// Group sizes are multiples of 32; the last group of a row may be shorter
 /// (`ngroups = ceil(cols / group)`).
 
+/// Value schemes of compressed N:M rows (`lmk_kernels.matvec_nm`).
+enum { LMK_NM_INT8 = 0, LMK_NM_INT4S = 1, LMK_NM_INT4 = 2 };
+/// Float value schemes of compressed N:M rows (`lmk_kernels.matvec_nm_f`).
+enum { LMK_NMF_F32 = 0, LMK_NMF_F16 = 1, LMK_NMF_BF16 = 2 };
+
 /// Kernel levels, lowest first.
 enum {
     LMK_LEVEL_GENERIC = 0,     ///< plain C, any CPU; the reference the others are tested against
     LMK_LEVEL_AVX2 = 1,        ///< AVX2 + FMA + F16C (x86-64-v3)
     LMK_LEVEL_AVX512VNNI = 2,  ///< AVX-512 F/BW/VL + VNNI (plus the AVX2 level's features)
-    LMK_LEVEL_COUNT = 3
+    LMK_LEVEL_AVX512VBMI2 = 3, ///< the AVX-512 VNNI level + VBMI/VBMI2 (Ice Lake, Zen 4): byte compress for N:M rows
+    LMK_LEVEL_COUNT = 4
 };
 
 /// Row kernels of the attention and scoring loops (kernels_exp.c): the same lane-wise
@@ -139,7 +145,7 @@ typedef struct lmk_kv_view {
 
 /// One level's kernels. Tables live in static const storage.
 typedef struct lmk_kernels {
-    /// "generic", "avx2" or "avx512vnni".
+    /// "generic", "avx2", "avx512vnni" or "avx512vbmi2".
     const char *name;
     /// The `LMK_LEVEL_*` value.
     int level;
@@ -174,6 +180,21 @@ typedef struct lmk_kernels {
                        int r0, int r1, int cols, int ngroups, int group, float *out);
     void (*dequant_q2)(const uint8_t *q, const uint16_t *scales, const uint16_t *mins,
                        int r0, int r1, int cols, int ngroups, int group, float *out);
+    /// Compressed N:M rows [r0, r1) (`+1:2`, `+2:4`, `+4:8`: every 8 columns keep 4) · int8
+    /// activations over `cols32` columns. A row is its kept values, dense in column order,
+    /// as a row of kcols32 = 32·ceil(cols32 / 64) columns of the value scheme `kind`
+    /// (LMK_NM_INT8: int8 codes, `scales` float32 per row when `group` == 0, else float16
+    /// per `group` kept values; LMK_NM_INT4S / LMK_NM_INT4: int4 codes in the dense nibble
+    /// order, float16 scales and, for INT4, float16 `mins`; `ngroups` per row), and its
+    /// mask (cols32 / 8 bytes a row; bit i of byte j: column 8j + i is kept). Kept block k
+    /// meets the activations of columns [64k, 64k + 64): slots 0..15 block 2k, 16..31 block 2k + 1.
+    /// out[r] = Σ_k Σ_h s_g(k)·dx[2k+h]·Σ_i code_i·qx_i (+ m_g·dx·Σ_i qx_i for INT4; INT4S codes − 8).
+    void (*matvec_nm)(int kind, const void *q, const void *scales, const uint16_t *mins, const uint8_t *mask,
+                      int r0, int r1, int cols32, int ngroups, int group, const int8_t *qx, const float *dx, float *out);
+    /// Compressed N:M rows [r0, r1) of float values (`kind` LMK_NMF_*; `cols / 2` values a
+    /// row, not padded; mask as `matvec_nm`) · float activations `x` (zero-padded to cols32):
+    /// out[r] = Σ_j w_j · x[c_j] over the kept columns c_j in order.
+    void (*matvec_nm_f)(int kind, const void *q, const uint8_t *mask, int r0, int r1, int cols, int cols32, const float *x, float *out);
     /// exp / max / softmax rows.
     const lmk_exp_kernels *exp;
     /// KV-cache page kernels.
@@ -200,7 +221,8 @@ void lmk_attend_paged_group(const lmk_kernels *k, const float *q, int64_t q_stri
 
 /// 1 when this CPU can run kernels of `level` (generic: always; avx2: AVX2+FMA+F16C
 /// with the OS saving YMM state; avx512vnni: AVX512F+BW+VL+VNNI with the OS saving
-/// ZMM state, and also AVX2/FMA/F16C), else 0 (also for an unknown level).
+/// ZMM state, and also AVX2/FMA/F16C; avx512vbmi2: that and AVX512_VBMI + VBMI2), else 0
+/// (also for an unknown level).
 /// Reads cpuid on every call: call it once, not per kernel call.
 int lmk_cpu_supports(int level);
 
