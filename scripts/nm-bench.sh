@@ -39,7 +39,7 @@ for k in $KERNELS; do
 import json, os, sys
 k, scheme, st, f, out = sys.argv[1:6]
 j = json.load(open(f"{out}/b.json"))
-open(f"{out}/nm-bench.tsv", "a").write(f"{k}\t{scheme}\t{st}\t{os.path.getsize(f)}\t{j['weight_bytes']}\t{j['decode_tokens_per_second']}\t{j['decode_ratio_to_bandwidth_bound']}\t{j['prefill_tokens_per_second']}\n")
+open(f"{out}/nm-bench.tsv", "a").write(f"{k}\t{scheme}\t{st}\t{os.path.getsize(f)}\t{j['weight_bytes']}\t{j['decode_median']}\t{j['decode_ratio_to_bandwidth_bound']}\t{j['prefill_median']}\n")
 PY
       done
     done

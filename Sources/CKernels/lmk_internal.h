@@ -52,7 +52,6 @@ void lmk_matvec_nm_avx512(LMK_NM_ARGS);
 void lmk_matvec_nm_vbmi2(LMK_NM_ARGS);
 void lmk_matvec_nm_f_avx2(LMK_NMF_ARGS);
 void lmk_matvec_nm_f_avx512(LMK_NMF_ARGS);
-void lmk_matvec_nm_f_vbmi2(LMK_NMF_ARGS);
 extern const lmk_kernels lmk_table_avx512vbmi2;
 #endif
 

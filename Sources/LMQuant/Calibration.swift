@@ -282,7 +282,7 @@ enum LayerwiseQuantizer {
                     // Plain RTN of `v` (the report's reference, and what other tensors store); not
                     // needed for an AWQ-folded matrix, whose reference is RTN of its original weights.
                     let folded = awqFold.original[t.name] != nil && role != nil
-                    let rtnV = folded ? nil : RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: s, clip: recipe.clip)
+                    let rtnV = folded ? nil : RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: s, clip: recipe.clip, keep: keep)
                     var q: QuantizedTensor, storedValues: [Float]
                     if let role, method == .awq || recipe.clip == .mse, method != .gptq, let h = H[role.tap] {
                         // Importance-weighted clipping (RTN with --clip mse, and AWQ's clip search):
@@ -291,7 +291,7 @@ enum LayerwiseQuantizer {
                         let colScale = awqFold.columnScale(role)
                         var importance = h.meanSquares.map { Float($0) }
                         if let cs = colScale { for j in 0..<cols { importance[j] /= cs[j] * cs[j] } }
-                        let m = RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: s, importance: importance)
+                        let m = RoundToNearest.quantize(v, rows: rows, cols: cols, scheme: s, importance: importance, keep: keep)
                         report.solveSeconds += Date().timeIntervalSince(s0)
                         // Errors of the equivalent unscaled matrix, on the same H as plain RTN's.
                         let original = awqFold.original[t.name] ?? v

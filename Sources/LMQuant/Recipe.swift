@@ -137,7 +137,7 @@ public enum Quantizer {
                     let v = try LayerwiseQuantizer.finite(t)
                     let (pruned, keep) = try Pruner.prune(weights: v, rows: t.shape[0], cols: t.shape[1], options: pr, tensor: t.name)
                     try Pruner.checkSparse(pruned, rows: t.shape[0], cols: t.shape[1], scheme: s, tensor: t.name)
-                    q = RoundToNearest.quantize(pruned, rows: t.shape[0], cols: t.shape[1], scheme: s, clip: recipe.clip)
+                    q = RoundToNearest.quantize(pruned, rows: t.shape[0], cols: t.shape[1], scheme: s, clip: recipe.clip, keep: keep)
                     try RoundToNearest.checkRepresentable(q, values: pruned, tensor: t.name)
                     try Pruner.checkZeros(s.isQuantized || s.kind != .f32 ? q.dequantized() : pruned, keep: keep, scheme: s, tensor: t.name)
                     n = v.count

@@ -24,9 +24,14 @@ public enum RoundToNearest {
     /// `importance` (`cols` non-negative weights, e.g. the inputs' mean squares): each
     /// group's range by the importance-weighted search (`weightedParameters`) instead of
     /// `clip`; ignored by float schemes.
+    /// `keep` (a pruning mask, `[rows, cols]`, `true` = kept): for a compressed N:M scheme,
+    /// the stored mask is the pruner's (`NMCodec.keptMask`); ignored by dense schemes.
     public static func quantize(_ values: [Float], rows: Int, cols: Int, scheme: QuantScheme, clip: ClipMethod = .minmax,
-                                importance: [Float]? = nil) -> QuantizedTensor {
+                                importance: [Float]? = nil, keep: [Bool]? = nil) -> QuantizedTensor {
         precondition(values.count == rows * cols)
+        precondition(keep == nil || keep!.count == rows * cols)
+        let nm = keep != nil ? scheme.codec as? NMCodec : nil
+        let keepFlags = keep ?? []
         precondition(importance == nil || importance!.count == cols)
         let codec = scheme.codec
         let weighted = importance != nil ? codec as? any ImportanceWeightedCodec : nil
@@ -41,16 +46,25 @@ public enum RoundToNearest {
         let ptrs = raws.map { UnsafeSendableRaw($0) }
         values.withUnsafeBufferPointer { vp in
             imp.withUnsafeBufferPointer { ip in
+            keepFlags.withUnsafeBufferPointer { kp in
                 let v = UnsafeSendableFloat(vp.baseAddress!), w = ip.baseAddress.map { UnsafeSendableFloat($0) }
+                let kf = kp.baseAddress.map { UnsafeSendableBool($0) }
                 DispatchQueue.concurrentPerform(iterations: nChunks) { c in
                     for r in (c * chunk)..<min(rows, (c + 1) * chunk) {
-                        if let weighted, let w {
+                        if let nm, let kf {
+                            if let w, importance != nil {
+                                nm.encodeRow(v.p + r * cols, row: r, cols: cols, scheme: scheme, importance: w.p, keep: kf.p + r * cols, out: ptrs.map { $0.p })
+                            } else {
+                                nm.encodeRow(v.p + r * cols, row: r, cols: cols, scheme: scheme, clip: clip, keep: kf.p + r * cols, out: ptrs.map { $0.p })
+                            }
+                        } else if let weighted, let w {
                             weighted.encodeRow(v.p + r * cols, row: r, cols: cols, scheme: scheme, importance: w.p, out: ptrs.map { $0.p })
                         } else {
                             codec.encodeRow(v.p + r * cols, row: r, cols: cols, scheme: scheme, clip: clip, out: ptrs.map { $0.p })
                         }
                     }
                 }
+            }
             }
         }
         let bufs = layout.indices.map { Array(UnsafeRawBufferPointer(start: raws[$0], count: layout[$0].bytes)) }
@@ -111,4 +125,5 @@ extension Array where Element == [UInt8] {
 }
 
 struct UnsafeSendableRaw: @unchecked Sendable { let p: UnsafeMutableRawPointer; init(_ p: UnsafeMutableRawPointer) { self.p = p } }
+struct UnsafeSendableBool: @unchecked Sendable { let p: UnsafePointer<Bool>; init(_ p: UnsafePointer<Bool>) { self.p = p } }
 struct UnsafeSendableFloat: @unchecked Sendable { let p: UnsafePointer<Float>; init(_ p: UnsafePointer<Float>) { self.p = p } }

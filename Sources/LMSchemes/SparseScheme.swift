@@ -41,13 +41,20 @@ public struct NMCodec: SchemeCodec, SliceableSchemeCodec, ImportanceWeightedCode
     /// largest magnitude (the first among equals). For an N:M-sparse row these include
     /// every nonzero weight, so the stored row decodes to exactly `x` (up to the value
     /// scheme's rounding). Callers check sparsity first (`firstViolation`).
-    func keptMask(_ x: UnsafePointer<Float>, cols: Int, into keep: UnsafeMutablePointer<Bool>) {
+    /// With `prior` (a pruning mask, `true` = kept), its kept columns come first (at most `n`
+    /// of a run), topped up to `n` by magnitude: the stored mask is then the pruner's, so every
+    /// weight it pruned decodes to exactly 0 even where a kept weight was itself 0.
+    func keptMask(_ x: UnsafePointer<Float>, cols: Int, prior: UnsafePointer<Bool>? = nil, into keep: UnsafeMutablePointer<Bool>) {
         let n = sparsity.n, m = sparsity.m
         var c0 = 0
         while c0 < cols {
             let len = min(m, cols - c0)
-            for i in 0..<len { keep[c0 + i] = false }
-            for _ in 0..<min(n, len) {
+            var taken = 0
+            for i in 0..<len {
+                keep[c0 + i] = false
+                if let prior, prior[c0 + i], taken < n { keep[c0 + i] = true; taken += 1 }
+            }
+            for _ in taken..<min(n, len) {
                 var best = -1
                 for i in 0..<len where !keep[c0 + i] && (best < 0 || abs(x[c0 + i]) > abs(x[c0 + best])) { best = i }
                 keep[c0 + best] = true
@@ -73,11 +80,11 @@ public struct NMCodec: SchemeCodec, SliceableSchemeCodec, ImportanceWeightedCode
 
     /// Gathers the kept values (and, optionally, a per-column companion such as importance)
     /// and writes the mask row.
-    func compress(_ x: UnsafePointer<Float>, row: Int, cols: Int, companion: UnsafePointer<Float>?,
+    func compress(_ x: UnsafePointer<Float>, row: Int, cols: Int, companion: UnsafePointer<Float>?, prior: UnsafePointer<Bool>?,
                   kept: UnsafeMutablePointer<Float>, keptCompanion: UnsafeMutablePointer<Float>?, mask: UnsafeMutableRawPointer) {
         let keep = UnsafeMutablePointer<Bool>.allocate(capacity: max(cols, 1))
         defer { keep.deallocate() }
-        keptMask(x, cols: cols, into: keep)
+        keptMask(x, cols: cols, prior: prior, into: keep)
         let mb = Self.maskRowBytes(cols: cols)
         let m = mask.assumingMemoryBound(to: UInt8.self) + row * mb
         m.update(repeating: 0, count: mb)
@@ -91,10 +98,17 @@ public struct NMCodec: SchemeCodec, SliceableSchemeCodec, ImportanceWeightedCode
     }
 
     public func encodeRow(_ x: UnsafePointer<Float>, row: Int, cols: Int, scheme: QuantScheme, clip: ClipMethod, out: [UnsafeMutableRawPointer]) {
+        encodeRow(x, row: row, cols: cols, scheme: scheme, clip: clip, keep: nil, out: out)
+    }
+
+    /// `encodeRow` with the pruner's mask of this row (`cols` flags, `true` = kept) deciding
+    /// the stored mask (see `keptMask`).
+    public func encodeRow(_ x: UnsafePointer<Float>, row: Int, cols: Int, scheme: QuantScheme, clip: ClipMethod, keep: UnsafePointer<Bool>?,
+                          out: [UnsafeMutableRawPointer]) {
         let k = keptCols(cols)
         let kept = UnsafeMutablePointer<Float>.allocate(capacity: max(k, 1))
         defer { kept.deallocate() }
-        compress(x, row: row, cols: cols, companion: nil, kept: kept, keptCompanion: nil, mask: out[out.count - 1])
+        compress(x, row: row, cols: cols, companion: nil, prior: keep, kept: kept, keptCompanion: nil, mask: out[out.count - 1])
         value.encodeRow(kept, row: row, cols: k, scheme: scheme.dense, clip: clip, out: Array(out.dropLast()))
     }
 
@@ -102,11 +116,19 @@ public struct NMCodec: SchemeCodec, SliceableSchemeCodec, ImportanceWeightedCode
     /// weighted search (float value schemes ignore it).
     public func encodeRow(_ x: UnsafePointer<Float>, row: Int, cols: Int, scheme: QuantScheme, importance w: UnsafePointer<Float>,
                           out: [UnsafeMutableRawPointer]) {
-        guard let weighted = value as? any ImportanceWeightedCodec else { return encodeRow(x, row: row, cols: cols, scheme: scheme, clip: .minmax, out: out) }
+        encodeRow(x, row: row, cols: cols, scheme: scheme, importance: w, keep: nil, out: out)
+    }
+
+    /// The importance-weighted `encodeRow` with the pruner's mask (see `keptMask`).
+    public func encodeRow(_ x: UnsafePointer<Float>, row: Int, cols: Int, scheme: QuantScheme, importance w: UnsafePointer<Float>,
+                          keep: UnsafePointer<Bool>?, out: [UnsafeMutableRawPointer]) {
+        guard let weighted = value as? any ImportanceWeightedCodec else {
+            return encodeRow(x, row: row, cols: cols, scheme: scheme, clip: .minmax, keep: keep, out: out)
+        }
         let k = keptCols(cols)
         let kept = UnsafeMutablePointer<Float>.allocate(capacity: max(2 * k, 1))
         defer { kept.deallocate() }
-        compress(x, row: row, cols: cols, companion: w, kept: kept, keptCompanion: kept + k, mask: out[out.count - 1])
+        compress(x, row: row, cols: cols, companion: w, prior: keep, kept: kept, keptCompanion: kept + k, mask: out[out.count - 1])
         weighted.encodeRow(kept, row: row, cols: k, scheme: scheme.dense, importance: kept + k, out: Array(out.dropLast()))
     }
 

@@ -153,6 +153,22 @@ struct NMKernelTests {
         }
     }
 
+    @Test("a pruner's mask decides the stored mask: a kept weight that is 0 does not make a pruned one stored (asymmetric int4 would decode it non-zero)")
+    func pruningMaskKept() throws {
+        let scheme = try QuantScheme(parsing: "int4-g32+2:4")
+        let rows = 3, cols = 64
+        var w = Self.sparse(rows: rows, cols: cols, n: 2, m: 4, seed: 9)
+        var keep = w.map { $0 != 0 }
+        // Row 1, run 2: the pruner keeps columns 9 and 10, and column 10's weight is 0; columns 8 and 11 are pruned.
+        for c in 8..<12 { w[cols + c] = 0; keep[cols + c] = false }
+        w[cols + 9] = 0.3; keep[cols + 9] = true; keep[cols + 10] = true
+        let back = RoundToNearest.quantize(w, rows: rows, cols: cols, scheme: scheme, keep: keep).dequantized()
+        for i in 0..<(rows * cols) where !keep[i] { #expect(back[i] == 0, "pruned weight \(i) decodes to \(back[i])") }
+        // Without the mask the codec keeps the first zero of the run (column 8), a pruned position.
+        let derived = RoundToNearest.quantize(w, rows: rows, cols: cols, scheme: scheme).dequantized()
+        #expect(derived[cols + 10] == 0 && derived[cols + 8] != 0, "\(derived[cols + 8]) \(derived[cols + 10])")
+    }
+
     @Test("bad masks and shapes are refused before use")
     func badInput() throws {
         let scheme = try QuantScheme(parsing: "int8-g32+2:4")
