@@ -276,7 +276,7 @@ INLINE A5V float nm_row_vbmi2(const int kind, const uint8_t *row, const uint8_t 
         const __m512 d = _mm512_loadu_ps(dxv + 16 * k);
         const int g = k / kpg;
         if (kind == LMK_NM_INT8) {
-            const __m512i c = _mm512_maskz_expand_epi8((__mmask64)m64, _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(row + 32 * k))));
+            const __m512i c = _mm512_maskz_expand_epi8((__mmask64)m64, _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(row + 32 * k))));
             const __m512i p = _mm512_dpbusd_epi32(_mm512_loadu_si512(nc + 16 * k), _mm512_xor_si512(c, bias), xa);
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(d, _mm512_set1_ps(sg[g])), acc);
         } else if (kind == LMK_NM_INT4S) {
@@ -284,13 +284,13 @@ INLINE A5V float nm_row_vbmi2(const int kind, const uint8_t *row, const uint8_t 
              * the kept sum: vpdpbusd started from −8·Σx of each lane's 4 activations (nc / 16). */
             const __m128i v = _mm_loadu_si128((const __m128i *)(row + 16 * k));
             const __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(15));
-            const __m512i c = _mm512_mask_expand_epi8(eight, (__mmask64)m64, _mm512_castsi256_si512(u));
+            const __m512i c = _mm512_mask_expand_epi8(eight, (__mmask64)m64, _mm512_zextsi256_si512(u));
             const __m512i p = _mm512_dpbusd_epi32(_mm512_srai_epi32(_mm512_loadu_si512(nc + 16 * k), 4), c, xa);
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(d, _mm512_set1_ps(sg[g])), acc);
         } else {
             const __m128i v = _mm_loadu_si128((const __m128i *)(row + 16 * k));
             const __m256i u = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
-            const __m512i c = _mm512_and_si512(_mm512_maskz_expand_epi8((__mmask64)m64, _mm512_castsi256_si512(u)), lo4);
+            const __m512i c = _mm512_and_si512(_mm512_maskz_expand_epi8((__mmask64)m64, _mm512_zextsi256_si512(u)), lo4);
             const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c, xa);
             const __m512i xs = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_maskz_mov_epi8((__mmask64)m64, ones8), xa);
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(d, _mm512_set1_ps(sg[g])), acc);

@@ -305,6 +305,7 @@ enum BitAllocator {
             let s: QuantScheme
             do { s = try QuantScheme(parsing: n) } catch { throw BuildSpecError(option: "candidates", reason: "--candidates: \(error)") }
             guard s.isQuantized else { throw BuildSpecError(option: "candidates", reason: "--candidates: \(n) stores floats; candidates are integer schemes") }
+            guard s.sparsity == nil else { throw BuildSpecError(option: "candidates", reason: "--candidates: \(n) is a compressed N:M scheme; bit allocation among them is not built yet") }
             return s
         }
     }

@@ -298,6 +298,11 @@ extension Pruner {
                 guard let p = o.pattern, c.m % p.m == 0, p.n * (c.m / p.m) <= c.n else {
                     throw RecipeError("tensor '\(t.name)' is stored as \(s.name), but pruning \(o.pattern.map { "to \($0)" } ?? "unstructured") does not guarantee \(c) sparsity; prune with --pattern \(c) or store it dense")
                 }
+                // A sparser pattern than the storage's: the mask is topped up with pruned weights,
+                // stored as values, so the value scheme must hold 0 exactly.
+                if p.n * (c.m / p.m) < c.n && !storesExactZero(s.dense) {
+                    throw RecipeError("tensor '\(t.name)': pruning to \(p) stored as \(s.name) stores some pruned weights as values, and \(s.dense.name) has no exact 0; store it as +\(p) or in a symmetric scheme (int8, int4s)")
+                }
             }
             guard storesExactZero(s) else {
                 throw RecipeError("tensor '\(t.name)' would be pruned and stored as \(s.name), whose asymmetric grid has no exact 0 (pruned weights would decode non-zero); use a float scheme (f16, bf16, f32) or a symmetric one (int8, int8-gG, int4s-gG)")

@@ -38,7 +38,8 @@ public struct Recipe: Sendable {
 
     /// The scheme per tensor, or an error naming the tensor / pattern.
     public func assign(_ tensors: [(name: String, shape: [Int])]) throws -> [QuantScheme] {
-        let emb = embeddingScheme ?? (defaultScheme.isQuantized ? QuantScheme(kind: .int8) : defaultScheme)
+        // The embedding (and an untied head) is never pruned: a compressed default stays dense there.
+        let emb = embeddingScheme ?? (defaultScheme.isQuantized ? QuantScheme(kind: .int8) : defaultScheme.dense)
         var out: [QuantScheme] = tensors.map { t in
             if t.shape.count == 1 { return QuantScheme(kind: .f32) }
             if t.name == "model.embed_tokens.weight" || t.name == "lm_head.weight" { return emb }

@@ -88,8 +88,11 @@ public struct NMCodec: SchemeCodec, SliceableSchemeCodec, ImportanceWeightedCode
         let mb = Self.maskRowBytes(cols: cols)
         let m = mask.assumingMemoryBound(to: UInt8.self) + row * mb
         m.update(repeating: 0, count: mb)
+        // At most `keptCols` values (a `cols` that `m` does not divide is refused by every
+        // caller; this keeps the writes in bounds even then).
+        let k = keptCols(cols)
         var j = 0
-        for c in 0..<cols where keep[c] {
+        for c in 0..<cols where keep[c] && j < k {
             kept[j] = x[c]
             if let companion, let keptCompanion { keptCompanion[j] = companion[c] }
             m[c / 8] |= UInt8(1) << UInt8(c % 8)

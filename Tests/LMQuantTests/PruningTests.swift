@@ -300,7 +300,14 @@ struct PruningTests {
         #expect(option(s) == "method")
         s.method = .rtn
         let out = f.dir + "/x.lmpk"
-        for (scheme, pattern, expected) in [("f16", "2:4", "mlp.down_proj.weight' has 37 inputs"), ("int4-g32", "1:2", "asymmetric grid"), ("int3-g32", "4:8", "asymmetric grid")] {
+        // Compressed N:M is not an allocation candidate (its round-trip error is not measured).
+        var alloc = BuildSpec(source: f.dir + "/m", scheme: "int4-g32")
+        alloc.calibration = CalibrationOptions(file: f.text, samples: 4, ctx: 32, seed: 0)
+        alloc.allocation = AllocationOptions(targetBPW: 5, candidates: ["int4-g32+2:4", "int8-g32"])
+        #expect(option(alloc) == "candidates")
+        // 1:4 stored as +2:4 stores pruned weights as values: refused for asymmetric int4 (no exact 0).
+        for (scheme, pattern, expected) in [("f16", "2:4", "mlp.down_proj.weight' has 37 inputs"), ("int4-g32", "1:2", "asymmetric grid"), ("int3-g32", "4:8", "asymmetric grid"),
+                                            ("int4-g32+2:4", "1:4", "has no exact 0")] {
             s.scheme = scheme
             // Dense storage of asymmetric int4 has no exact 0 (compressed storage would not store the pruned weights at all).
             s.prune = PruneOptions(method: .wanda, pattern: try SparsityPattern(parsing: pattern), storage: scheme == "int4-g32" ? .dense : nil)
