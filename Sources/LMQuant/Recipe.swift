@@ -72,11 +72,8 @@ public struct Recipe: Sendable {
     /// True for the seven matrices of a decoder layer (`model.layers.L.self_attn.{q,k,v,o}_proj.weight`,
     /// `model.layers.L.mlp.{gate,up,down}_proj.weight`), the ones pruning touches.
     public static func isDecoderMatrix(_ name: String) -> Bool {
-        guard name.hasPrefix("model.layers."), name.hasSuffix("_proj.weight") else { return false }
-        let parts = name.split(separator: ".")
-        guard parts.count == 6, Int(parts[2]) != nil else { return false }
-        return ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
-            .contains("\(parts[3]).\(parts[4])")
+        guard let l = LayerwiseQuantizer.layerIndex(name) else { return false }
+        return LayerMatrix(rawValue: String(name.dropFirst("model.layers.\(l).".count))) != nil
     }
 
     public func json(overrideStrings: [String]) -> JSON {

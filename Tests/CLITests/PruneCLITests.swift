@@ -6,14 +6,20 @@ import Testing
 
 @Suite("lmconvert prune → inspect, shard, lmeval", .serialized)
 struct PruneCLITests {
-    @Test("wanda 2:4 and magnitude 50 %: inspect counts the zeros, the shards compute the same perplexity; bad options fail before any work")
-    func pruneAndEvaluate() throws {
-        let dir = scratch("prune")
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+    /// A scratch folder with a synthetic model (`/m`: 4 heads, 2 KV heads, 128 FFN columns) and a calibration text.
+    static func fixture(_ name: String) throws -> (dir: String, text: String) {
+        let dir = scratch(name)
         var spec = SyntheticModelSpec(); spec.hidden = 96; spec.intermediate = 128; spec.heads = 4; spec.kvHeads = 2; spec.headDim = 32
         try SyntheticModel.write(spec, to: dir + "/m")
         let text = dir + "/t.txt"
         try String(repeating: "the cat and the dog ran far away. ", count: 200).write(toFile: text, atomically: true, encoding: .utf8)
+        return (dir, text)
+    }
+
+    @Test("wanda 2:4 and magnitude 50 %: inspect counts the zeros, the shards compute the same perplexity; bad options fail before any work")
+    func pruneAndEvaluate() throws {
+        let (dir, text) = try Self.fixture("prune")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
         let w = try run("lmconvert", ["prune", "-i", dir + "/m", "-o", dir + "/w.lmpk", "--method", "wanda", "--pattern", "2:4",
                                       "--calib", text, "--calib-samples", "4", "--calib-ctx", "64"])
         #expect(w.status == 0 && w.stdout.contains("wanda pruning at 2:4"), "\(w.stderr)")
@@ -54,12 +60,8 @@ struct PruneCLITests {
 
     @Test("2:4 stored compressed: +2:4 schemes at half the value bytes, the same perplexity as dense zeros, asymmetric int4 exact zeros, shards; a dense model is refused by +2:4")
     func compressed() throws {
-        let dir = scratch("prune-nm")
+        let (dir, text) = try Self.fixture("prune-nm")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        var spec = SyntheticModelSpec(); spec.hidden = 96; spec.intermediate = 128; spec.heads = 4; spec.kvHeads = 2; spec.headDim = 32
-        try SyntheticModel.write(spec, to: dir + "/m")
-        let text = dir + "/t.txt"
-        try String(repeating: "the cat and the dog ran far away. ", count: 200).write(toFile: text, atomically: true, encoding: .utf8)
         func ppl(_ args: [String]) throws -> Double {
             let p = try run("lmeval", ["perplexity", "--text", text, "--ctx", "64", "--json", dir + "/p.json"] + args)
             #expect(p.status == 0, "\(p.stderr)")
