@@ -8,6 +8,8 @@
 #   SCHEMES   f16 (pruned weights stored dense, exact zeros); int4s-g32 / int8: then
 #             round-to-nearest of the kept weights (symmetric: 0 stays exactly 0)
 #   MODELS    stories260k (documents, all 100 stories) smol (chunks, ctx 512, $SMOL_CHUNKS chunks)
+#   QUANT     rtn (default) or gptq: an integer scheme's codes by GPTQ in the pruning pass
+#             (--quant-method gptq: mask-aware GPTQ; SparseGPT's joint mode)
 #   STORAGE   unset: lmconvert prune's default (1:2, 2:4, 4:8 compressed as +N:M schemes, the
 #             rest dense); dense: exact zeros in place for every pattern
 # Calibration (wanda, sparsegpt), CALIB: tinystories (tinystories_v1_valid_prefix.txt, disjoint
@@ -28,6 +30,7 @@ PATTERNS="${PATTERNS:-0.5 2:4 4:8}"
 SCHEMES="${SCHEMES:-f16}"
 MODELS="${MODELS:-stories260k smol}"
 STORAGE="${STORAGE:-}"
+QUANT="${QUANT:-rtn}"
 mkdir -p "$OUT"
 [ -d "$OUT/smol" ] || $BIN/lmconvert import -i "$DATA/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf" -o "$OUT/smol" >/dev/null
 CALIB_NAME="${CALIB:-tinystories}"
@@ -49,13 +52,15 @@ for model in $MODELS; do
         f="$OUT/$model-$method-${pat/:/of}-$scheme-$CALIB_NAME.lmpk"
         extra=()
         [ -z "$STORAGE" ] || { extra=(--storage "$STORAGE"); f="${f%.lmpk}-$STORAGE.lmpk"; }
-        [ $method = magnitude ] || extra+=(--calib "$CALIB" --calib-samples "$CALIB_SAMPLES" --calib-ctx "$CTX")
+        [ $QUANT = rtn ] || { extra+=(--quant-method "$QUANT"); f="${f%.lmpk}-$QUANT.lmpk"; }
+        [ $method = magnitude ] && [ $QUANT = rtn ] || extra+=(--calib "$CALIB" --calib-samples "$CALIB_SAMPLES" --calib-ctx "$CTX")
         $BIN/lmconvert prune -i "$SRC" -o "$f" --method $method "${sp[@]}" --scheme $scheme "${extra[@]}" --json > "$f.build.json"
         $BIN/lmeval perplexity -m "$f" --baseline "$SRC" "${ARGS[@]}" --json "$f.json" >/dev/null
         rm -f "$f"
         label=$scheme
         case "$pat" in 1:2|2:4|4:8) if [ "$STORAGE" = dense ]; then label="$scheme (dense zeros)"; else label="$scheme+$pat"; fi;; esac
-        python3 - "$model" "$method" "$pat" "$label" "$f" "$OUT" "$([ $method = magnitude ] && echo none || echo $CALIB_NAME)" <<'PY'
+        [ $QUANT = rtn ] || label="$label, $QUANT"
+        python3 - "$model" "$method" "$pat" "$label" "$f" "$OUT" "$([ $method = magnitude ] && [ $QUANT = rtn ] && echo none || echo $CALIB_NAME)" <<'PY'
 import json, sys
 model, method, pat, scheme, f, out, calib = sys.argv[1:8]
 b = json.load(open(f + ".build.json")); j = json.load(open(f + ".json"))

@@ -1,12 +1,13 @@
 import Foundation
 import LMCore
 
-/// Opens any supported input — HF folder, `.gguf`, llama2.c `.bin` — as the same
+/// Opens any supported input — HF folder, `.gguf`, llama2.c `.bin`, a whole-model `.lmpk` — as the same
 /// in-memory model: config, tokenizer.json and lazily produced float tensors.
 public enum ModelSource {
     public static func open(_ path: String, llama2cTokenizer: String? = nil) throws -> ImportedModel {
         let lower = path.lowercased()
         if lower.hasSuffix(".gguf") { return try GGUFImporter.load(GGUFFile(path: path)) }
+        if lower.hasSuffix(".lmpk") { return try LMPKImporter.load(LMPKFile(path: path)) }
         if lower.hasSuffix(".bin") {
             var tok = llama2cTokenizer
             if tok == nil {
@@ -42,5 +43,35 @@ public enum ModelSource {
         var h = SHA256()
         for f in files { try sha256Update(&h, file: f) }
         return h.finalizeHex()
+    }
+}
+
+/// A whole-model `.lmpk` (e.g. a pruned or quantized build) read back as float tensors, so
+/// it can be pruned, quantized or re-quantized again: each tensor is its scheme's reference
+/// decoding (pruned weights of a compressed N:M tensor decode to exactly 0). Rank files of a
+/// tensor-parallel sharding are refused (pass the whole model); the CRCs and compressed masks
+/// are checked before any tensor is used.
+public enum LMPKImporter {
+    public static func load(_ f: LMPKFile) throws -> ImportedModel {
+        func fail(_ s: String) -> LMPKError { LMPKError(file: f.path, reason: s) }
+        if let sh = f.shard {
+            throw fail("a tensor-parallel rank file (rank \(sh.rank) of \(sh.worldSize)): pass the whole model's .lmpk it was cut from")
+        }
+        if let bad = f.firstCorruptTensor() { throw fail("tensor '\(bad)' fails its CRC-32 check: the file is corrupt, re-run lmconvert") }
+        var plan: [PendingTensor] = []
+        for (name, shape) in f.config.expectedTensors() {
+            guard let t = f[name] else { throw fail("tensor '\(name)' is missing") }
+            guard t.shape == shape else { throw ModelError.shapeMismatch(tensor: name, expected: shape, found: t.shape) }
+            try t.scheme.codec.validate(t.packed, name: name)
+            plan.append(PendingTensor(name: name, shape: shape) {
+                let rows = t.rows, cols = t.cols
+                var out = [Float](repeating: 0, count: rows * cols)
+                out.withUnsafeMutableBufferPointer { o in
+                    for r in 0..<rows { t.scheme.codec.decodeRow(row: r, cols: cols, scheme: t.scheme, sections: t.sections, into: o.baseAddress! + r * cols) }
+                }
+                return out
+            })
+        }
+        return ImportedModel(config: f.config, tokenizer: try f.tokenizerJSON(), tensors: plan, source: f)
     }
 }

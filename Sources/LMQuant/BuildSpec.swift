@@ -59,18 +59,21 @@ public struct BuildSpec: Sendable, Equatable {
         let calibratedPruning = prune.map { $0.method != .magnitude } ?? false
         if let pr = prune {
             try pr.validate()
-            guard method == .rtn else {
-                throw BuildSpecError(option: "method", reason: "a pruned build quantizes by round-to-nearest (optionally --clip mse --calib); GPTQ or AWQ after pruning (SparseGPT's joint mode) is not built yet")
+            guard method != .awq else {
+                throw BuildSpecError(option: "method", reason: "a pruned build quantizes by round-to-nearest (optionally --clip mse --calib) or GPTQ (in the same pass as the pruning); AWQ of pruned weights is not built yet")
             }
             guard allocation == nil else { throw BuildSpecError(option: "target_bpw", reason: "bit allocation of a pruned model is not built yet; prune at one scheme") }
-            if pr.method == .magnitude && calibration != nil && clip != .mse {
+            if pr.method == .magnitude && calibration != nil && clip != .mse && method == .rtn {
                 throw BuildSpecError(option: "calib", reason: "pruning by magnitude reads no calibration; --calib is only used with --clip mse and an integer --scheme (importance-weighted ranges)")
             }
             if calibratedPruning && calibration == nil {
                 throw BuildSpecError(option: "calib", reason: "pruning by \(pr.method.rawValue) reads the inputs' statistics: add --calib FILE (text like the model's use)")
             }
-            guard !gptq.actOrder && gptq.trueSequential else {
-                throw BuildSpecError(option: gptq.actOrder ? "act_order" : "true_sequential", reason: "act-order and true-sequential are GPTQ options; pruning (SparseGPT too) runs in storage order, layer by layer")
+            guard !gptq.actOrder else {
+                throw BuildSpecError(option: "act_order", reason: "pruning (SparseGPT too, and GPTQ with it) runs in storage order: drop --act-order")
+            }
+            guard gptq.trueSequential == nil || method == .gptq else {
+                throw BuildSpecError(option: "true_sequential", reason: "true-sequential is a GPTQ option; pruning with round-to-nearest runs layer by layer in two passes")
             }
             if clip == .mse && !s.isQuantized {
                 throw BuildSpecError(option: "clip", reason: "--clip mse chooses an integer scheme's ranges; \(s.name) stores floats (use --scheme int8 or int4s-gG, or drop --clip)")
@@ -118,8 +121,8 @@ public struct BuildSpec: Sendable, Equatable {
         }
         r.compressed = prune?.compressedPattern
         if s.sparsity != nil || r.overrides.contains(where: { $0.scheme.sparsity != nil }) {
-            guard method == .rtn else {
-                throw BuildSpecError(option: "method", reason: "\(method.rawValue) of compressed N:M schemes (+N:M) is not built yet; quantize those by round-to-nearest")
+            guard method != .awq else {
+                throw BuildSpecError(option: "method", reason: "AWQ of compressed N:M schemes (+N:M) is not built yet; quantize those by round-to-nearest or GPTQ")
             }
             guard allocation == nil else { throw BuildSpecError(option: "target_bpw", reason: "bit allocation among compressed N:M schemes is not built yet") }
         }
@@ -146,7 +149,7 @@ public struct BuildSpec: Sendable, Equatable {
                                                    ("ctx", .int(Int64(cal.ctx))), ("seed", .int(Int64(bitPattern: cal.seed)))])))
             if method == .gptq {
                 fields.append(("gptq", .object([("damp", .double(gptq.damp)), ("act_order", .bool(gptq.actOrder)), ("block_size", .int(Int64(gptq.blockSize))),
-                                                ("true_sequential", .bool(gptq.trueSequential))])))
+                                                ("true_sequential", .bool(gptq.trueSequential ?? (prune == nil)))])))
             }
             if let al = allocation {
                 fields.append(("allocation", .object([("target_bpw", .double(al.targetBPW)), ("candidates", .array(al.candidates.map { .string($0) })),
@@ -184,6 +187,9 @@ public struct BuildSpec: Sendable, Equatable {
             ("source_sha256", .string(try ModelSource.digest(source))),
         ] + (calibration == nil ? [] : [("blas_kernels", .string("OpenBLAS " + BLASKernels.coreName))]))
         var overrideStrings = r.overrides.map { $0.pattern + "=" + $0.scheme.name }
+        if let lmpk = model.source as? LMPKFile, let existing = lmpk.header["pruning"] {
+            try Pruner.checkRepruning(existing: existing, with: prune, file: source)
+        }
         if let pr = prune {
             let shapes = model.tensors.map { ($0.name, $0.shape) }
             try Pruner.checkPlan(pr, tensors: shapes, schemes: try r.assign(shapes), layers: model.config.numLayers)
@@ -209,7 +215,9 @@ public struct BuildSpec: Sendable, Equatable {
                 return summary
             }
         }
-        var (summary, report) = try LayerwiseQuantizer.run(model: model, recipe: r, method: method, calibration: set, gptq: gptq, awq: awq,
+        var g = gptq
+        g.trueSequential = g.trueSequential ?? (prune == nil)
+        var (summary, report) = try LayerwiseQuantizer.run(model: model, recipe: r, method: method, calibration: set, gptq: g, awq: awq,
                                                            prune: prune, overrideStrings: overrideStrings, output: output, provenance: provenance,
                                                            threads: threads, progress: progress?(model.config.numLayers))
         summary.calibration = report
@@ -232,5 +240,6 @@ public struct ShardOptions: Sendable, Equatable {
 public struct BuildSpecError: Error, CustomStringConvertible {
     public let option: String
     public let reason: String
+    public init(option: String, reason: String) { self.option = option; self.reason = reason }
     public var description: String { reason }
 }

@@ -233,20 +233,104 @@ public enum GPTQ {
     /// `quantize` with a factorization made by `factor` (its damp and act-order apply).
     /// `importance` (`cols` weights in storage order, e.g. the inputs' mean squares): group
     /// parameters by the importance-weighted range search (`weightedParameters`) instead of `clip`.
+    /// A compressed N:M scheme (`+2:4`…) stores the kept weights its mask selects from
+    /// `weights` (which must be N:M sparse: `Pruner.checkSparse`); GPTQ then leaves the
+    /// pruned weights at 0 and compensates the kept ones.
     public static func quantize(weights: [Float], rows: Int, cols: Int, factorization f: Factorization, scheme: QuantScheme,
                                 blockSize: Int = 128, clip: ClipMethod = .minmax, importance: [Float]? = nil, tensor: String) throws -> QuantizedTensor {
+        var pruning: Pruning? = nil
+        if let nm = scheme.codec as? NMCodec {
+            try Pruner.checkSparse(weights, rows: rows, cols: cols, scheme: scheme, tensor: tensor)
+            var keep = [Bool](repeating: false, count: rows * cols)
+            weights.withUnsafeBufferPointer { w in
+                keep.withUnsafeMutableBufferPointer { k in
+                    for r in 0..<rows { nm.storedColumns(w.baseAddress! + r * cols, cols: cols, prior: nil, into: k.baseAddress! + r * cols) }
+                }
+            }
+            pruning = .fixed(keep)
+        }
+        return try quantize(weights: weights, rows: rows, cols: cols, factorization: f, scheme: scheme, pruning: pruning,
+                            blockSize: blockSize, clip: clip, importance: importance, tensor: tensor).tensor
+    }
+
+    /// How GPTQ quantizes a matrix that is being pruned.
+    public enum Pruning: Sendable {
+        /// Mask-aware GPTQ: the mask (`[rows, cols]`, `true` = kept; e.g. Wanda's) is given.
+        /// Pruned weights are fixed to exactly 0 and kept ones to the grid, in column order,
+        /// and both errors are propagated into the columns not yet fixed, so the kept weights
+        /// compensate the pruning as well as the rounding (SparseGPT's update with a given mask).
+        case fixed([Bool])
+        /// SparseGPT's joint mode (Frantar & Alistarh 2023, §3.5): the mask is selected as
+        /// `Pruner.sparseGPT` selects it (`w²/[H⁻¹]²_jj` on the error-updated weights; N:M at
+        /// each run's first column, unstructured per lazy block, per row), the kept weights
+        /// quantized, in the same pass.
+        case select(PruneOptions)
+    }
+
+    /// GPTQ with pruning in the same pass (`Pruning`): returns the tensor and the final mask.
+    ///
+    /// Group parameters are chosen at the group's first column, as plain GPTQ does, from
+    /// the group's current weights that are not already known to be pruned (a fixed mask's
+    /// pruned weights are left out; in the joint N:M mode the runs of the group not reached
+    /// yet are still undecided and count). In a compressed scheme (`+N:M`, groups of G kept
+    /// values) a group spans `G·m/n` columns. Pruned weights are stored as nothing
+    /// (compressed) or as the code of 0 (dense storage, which needs a symmetric scheme);
+    /// without `pruning` this is plain GPTQ, byte for byte.
+    /// - Throws: `GPTQError` as `quantize`, and `.invalidArgument` for a mask of the wrong
+    ///   size, dense storage of pruned weights in a scheme without an exact 0, a fixed mask
+    ///   that keeps more than a compressed scheme's `n` of `m`, unstructured selection into a
+    ///   compressed scheme, act-order with pruning, or a pattern `Pruner` refuses.
+    public static func quantize(weights: [Float], rows: Int, cols: Int, factorization f: Factorization, scheme: QuantScheme,
+                                pruning: Pruning?, blockSize: Int = 128, clip: ClipMethod = .minmax, importance: [Float]? = nil,
+                                tensor: String) throws -> (tensor: QuantizedTensor, keep: [Bool]?) {
         let codec = try validate(weights: weights, rows: rows, cols: cols, inputs: f.cols, scheme: scheme, blockSize: blockSize, tensor: tensor)
         if let imp = importance, imp.count != cols {
             throw GPTQError(tensor: tensor, kind: .shapeMismatch, reason: "\(imp.count) importance weights for \(cols) columns")
         }
-        return run(codec, weights: weights, rows: rows, cols: cols, factorization: f, scheme: scheme, blockSize: blockSize, clip: clip, importance: importance)
+        func fail(_ reason: String) -> GPTQError { GPTQError(tensor: tensor, kind: .invalidArgument, reason: reason) }
+        if let pruning {
+            guard !f.actOrder else { throw fail("pruning runs in storage order; factor the Hessian without act-order") }
+            let storage = scheme.sparsity
+            switch pruning {
+            case let .fixed(keep):
+                guard keep.count == rows * cols else { throw fail("a mask of \(keep.count) flags for a [\(rows), \(cols)] weight") }
+                if let st = storage {
+                    for r in 0..<rows {
+                        for c0 in stride(from: 0, to: cols, by: st.m) where (c0..<min(cols, c0 + st.m)).filter({ keep[r * cols + $0] }).count > st.n {
+                            throw fail("the mask keeps more than \(st.n) of columns \(c0)..<\(c0 + st.m) in row \(r); \(scheme.name) stores \(st)")
+                        }
+                    }
+                }
+            case let .select(o):
+                try o.validate()
+                try Pruner.checkShape(cols: cols, options: o, tensor: tensor)
+                if let st = storage {
+                    guard let p = o.pattern, st.m % p.m == 0, p.n * (st.m / p.m) <= st.n else {
+                        throw fail("pruning \(o.pattern.map { "to \($0)" } ?? "unstructured") does not guarantee the \(st) sparsity \(scheme.name) stores")
+                    }
+                }
+            }
+            // Dense storage keeps pruned weights as the code of 0 (compressed storage checks
+            // the runs it tops up when packing).
+            let prunes: Bool
+            switch pruning {
+            case let .fixed(k): prunes = k.contains(false)
+            case let .select(o): prunes = o.prunedPerRow(cols: cols) > 0
+            }
+            if codec.zeroCode == nil && storage == nil && prunes {
+                throw fail("\(scheme.name) has no exact 0 (asymmetric grid): store pruned weights compressed (+2:4…) or in a symmetric scheme (int8, int4s)")
+            }
+        }
+        return try run(codec, weights: weights, rows: rows, cols: cols, factorization: f, scheme: scheme, blockSize: blockSize, clip: clip,
+                       importance: importance, pruning: pruning, tensor: tensor)
     }
 
-    /// The checks both entry points make, in this order; returns the scheme's integer codec.
+    /// The checks both entry points make, in this order; returns the integer codec of the
+    /// scheme's values (a compressed scheme's value scheme).
     static func validate(weights: [Float], rows: Int, cols: Int, inputs: Int, scheme: QuantScheme, blockSize: Int,
                          tensor: String) throws -> any IntegerSchemeCodec {
         func fail(_ kind: GPTQError.Kind, _ reason: String) -> GPTQError { GPTQError(tensor: tensor, kind: kind, reason: reason) }
-        guard let codec = scheme.codec as? any IntegerSchemeCodec else {
+        guard let codec = scheme.dense.codec as? any IntegerSchemeCodec else {
             throw fail(.notIntegerScheme, "GPTQ needs an integer scheme (int8, int8-gG, int4-gG, int4s-gG, int3-gG, int2-gG), not \(scheme.name)")
         }
         guard rows > 0, cols > 0, weights.count == rows * cols else {
@@ -257,15 +341,34 @@ public enum GPTQ {
         if let i = weights.firstIndex(where: { !$0.isFinite }) {
             throw fail(.nonFinite, "weight [\(i / cols), \(i % cols)] is \(weights[i])")
         }
+        if let st = scheme.sparsity, cols % st.m != 0 {
+            throw fail(.shapeMismatch, "\(scheme.name) needs a column count divisible by \(st.m), got \(cols)")
+        }
         return codec
     }
 
     /// The algorithm, with the codec's type opened.
     static func run<C: IntegerSchemeCodec>(_ codec: C, weights: [Float], rows: Int, cols n: Int, factorization f: Factorization,
-                                          scheme: QuantScheme, blockSize: Int, clip: ClipMethod, importance: [Float]? = nil) -> QuantizedTensor {
-        let G = scheme.groupSize == 0 ? n : scheme.groupSize
-        let ng = scheme.groups(cols: n)
+                                          scheme: QuantScheme, blockSize: Int, clip: ClipMethod, importance: [Float]? = nil,
+                                          pruning: Pruning? = nil, tensor: String) throws -> (tensor: QuantizedTensor, keep: [Bool]?) {
+        // A compressed scheme stores `kCols` kept values per row in its value scheme, whose
+        // groups of Gv values span G = Gv·m/n columns (every aligned m columns keep n).
+        let valueScheme = scheme.dense, storage = scheme.sparsity
+        let kCols = storage.map { n / $0.m * $0.n } ?? n
+        let Gv = valueScheme.groupSize == 0 ? kCols : valueScheme.groupSize
+        let G = storage.map { Gv * $0.m / $0.n } ?? Gv
+        let ng = valueScheme.groups(cols: kCols)
         let dead = f.dead, perm = f.perm, actOrder = f.actOrder
+
+        // The mask (`true` = kept), when pruning; a selected one is filled as the loop goes.
+        var keep: [Bool] = []
+        var select: PruneOptions? = nil
+        switch pruning {
+        case let .fixed(k)?: keep = k
+        case let .select(o)?: keep = [Bool](repeating: true, count: rows * n); select = o
+        case nil: break
+        }
+        let masked = pruning != nil
 
         // Wt: the weights transposed and permuted, position i (column perm[i]) is row i of
         // `rows` floats, so a column is contiguous and the updates are BLAS calls.
@@ -281,9 +384,30 @@ public enum GPTQ {
         var params = [GroupParameters](repeating: GroupParameters(scale: 0), count: rows * ng)
         let tmp = UnsafeMutablePointer<Float>.allocate(capacity: rows * G)
         defer { tmp.deallocate() }
+        let tmpImp = UnsafeMutablePointer<Float>.allocate(capacity: masked && importance != nil ? G : 1)
+        defer { tmpImp.deallocate() }
         /// Parameters of group g for every row, from `source(k, r)`: row r's k-th value of the group.
         func chooseGroup(_ g: Int, _ source: (Int, Int) -> Float) {
             let lo = g * G, count = min(G, n - lo)
+            if masked {
+                // Per row, the weights not known to be pruned (at least one value).
+                let scratch = UnsafeMutablePointer<Int32>.allocate(capacity: count)
+                defer { scratch.deallocate() }
+                for r in 0..<rows {
+                    let t = tmp + r * count
+                    var k = 0
+                    for j in 0..<count where keep[r * n + lo + j] {
+                        t[k] = source(lo + j, r)
+                        if let importance { tmpImp[k] = importance[lo + j] }
+                        k += 1
+                    }
+                    if k == 0 { t[0] = 0; tmpImp[0] = 1; k = 1 }
+                    params[r * ng + g] = importance != nil
+                        ? codec.weightedParameters(t, importance: tmpImp, count: k, scheme: valueScheme, codes: scratch)
+                        : codec.chooseParameters(t, count: k, clip: clip, scheme: valueScheme)
+                }
+                return
+            }
             for k in 0..<count { for r in 0..<rows { tmp[r * count + k] = source(lo + k, r) } }
             if let importance {
                 importance.withUnsafeBufferPointer { w in
@@ -305,12 +429,24 @@ public enum GPTQ {
         }
 
         let Hinv = f.hinv
+        /// SparseGPT's selection score of column position i, row r.
+        func score(_ i: Int, _ r: Int) -> Float { let w = Wt[i * rows + r], d = Hinv[i * n + i]; return w * w / (d * d) }
+        /// Prunes, per row, the `count` lowest scores among columns `range` (ties: lower column).
+        func selectLowest(_ range: Range<Int>, _ count: Int) {
+            guard count > 0 else { return }
+            for r in 0..<rows {
+                let order = range.sorted { a, b in let sa = score(a, r), sb = score(b, r); return sa < sb || (sa == sb && a < b) }
+                for c in order.prefix(count) { keep[r * n + c] = false }
+            }
+        }
 
         let codes = UnsafeMutablePointer<Int32>.allocate(capacity: rows * n)
         defer { codes.deallocate() }
-        let B = min(blockSize, n)
+        var B = min(blockSize, n)
+        if let p = select?.pattern { B = max(p.m, B - B % p.m) }
         let err = UnsafeMutablePointer<Float>.allocate(capacity: B * rows)
         defer { err.deallocate() }
+        let zero = codec.zeroCode ?? codec.paddingCode
 
         var i1 = 0
         while i1 < n {
@@ -320,14 +456,25 @@ public enum GPTQ {
                 var gs = (i1 / G + 1) * G
                 while gs < i2 { if min(gs + G, n) > i2 { i2 = gs; break }; gs += G }
             }
+            if let s = select, s.pattern == nil, let sp = s.sparsity {
+                // Unstructured: each row's share of this block, ⌊s·i2⌋ − ⌊s·i1⌋.
+                selectLowest(i1..<i2, Int((Double(i2) * sp).rounded(.down)) - Int((Double(i1) * sp).rounded(.down)))
+            }
             for i in i1..<i2 {
                 let c = perm[i], g = c / G
+                if let p = select?.pattern, i % p.m == 0 { selectLowest(i..<min(n, i + p.m), p.m - p.n) }
                 if !actOrder && c % G == 0 {
                     chooseGroup(g) { cc, r in Wt[cc * rows + r] }  // without act-order perm[i] == i
                 }
                 let d = Hinv[i * n + i]
                 let w = Wt + i * rows, e = err + (i - i1) * rows
                 for r in 0..<rows {
+                    if masked && !keep[r * n + c] {
+                        codes[r * n + c] = zero
+                        e[r] = w[r] / d
+                        w[r] = 0
+                        continue
+                    }
                     let p = params[r * ng + g]
                     var q: Int32 = 0
                     codec.chooseCodes(w + r, count: 1, parameters: p, into: &q)
@@ -352,11 +499,41 @@ public enum GPTQ {
         let raws = layout.map { UnsafeMutableRawPointer.allocate(byteCount: max($0.bytes, 1), alignment: 64) }
         defer { raws.forEach { $0.deallocate() } }
         for (p, l) in zip(raws, layout) { p.initializeMemory(as: UInt8.self, repeating: 0, count: l.bytes) }
-        for r in 0..<rows {
-            codec.pack(codes: codes + r * n, parameters: Array(params[(r * ng)..<((r + 1) * ng)]), row: r, cols: n, scheme: scheme, out: raws)
+        if let nm = scheme.codec as? NMCodec {
+            // The stored mask: the kept columns, topped up (a sparser mask) with pruned ones,
+            // which are then stored as the code of 0.
+            let stored = UnsafeMutablePointer<Bool>.allocate(capacity: n)
+            defer { stored.deallocate() }
+            let values = UnsafeMutablePointer<Float>.allocate(capacity: n)
+            defer { values.deallocate() }
+            let kc = UnsafeMutablePointer<Int32>.allocate(capacity: max(kCols, 1))
+            defer { kc.deallocate() }
+            let valueOut = Array(raws.dropLast())
+            for r in 0..<rows {
+                for c in 0..<n { values[c] = keep[r * n + c] ? codec.value(code: codes[r * n + c], params[r * ng + c / G]) : 0 }
+                keep.withUnsafeBufferPointer { nm.storedColumns(values, cols: n, prior: $0.baseAddress! + r * n, into: stored) }
+                var j = 0
+                for c in 0..<n where stored[c] {
+                    if !keep[r * n + c] {
+                        guard let z = codec.zeroCode else {
+                            throw GPTQError(tensor: tensor, kind: .invalidArgument, reason: "row \(r) keeps fewer than \(storage!.n) of an aligned run of \(storage!.m), and \(valueScheme.name) has no exact 0 to store the rest as: keep \(storage!) exactly, or choose a symmetric scheme (int8, int4s)")
+                        }
+                        kc[j] = z
+                    } else {
+                        kc[j] = codes[r * n + c]
+                    }
+                    j += 1
+                }
+                codec.pack(codes: kc, parameters: Array(params[(r * ng)..<((r + 1) * ng)]), row: r, cols: kCols, scheme: valueScheme, out: valueOut)
+                nm.writeMaskRow(stored, row: r, cols: n, into: raws[raws.count - 1])
+            }
+        } else {
+            for r in 0..<rows {
+                codec.pack(codes: codes + r * n, parameters: Array(params[(r * ng)..<((r + 1) * ng)]), row: r, cols: n, scheme: scheme, out: raws)
+            }
         }
         let bufs = layout.indices.map { Array(UnsafeRawBufferPointer(start: raws[$0], count: layout[$0].bytes)) }
-        return QuantizedTensor(scheme: scheme, rows: rows, cols: n, sections: zip(layout, bufs).map { ($0.role, $1) })
+        return (QuantizedTensor(scheme: scheme, rows: rows, cols: n, sections: zip(layout, bufs).map { ($0.role, $1) }), masked ? keep : nil)
     }
 
     /// GPTQ's `cholesky(cholesky_inverse(cholesky(H + λI)), upper=True)` of the permuted

@@ -310,4 +310,39 @@ extension Pruner {
             try checkShape(cols: t.shape[1], options: o, tensor: t.name)
         }
     }
+
+    /// Refuses to build from an already-pruned `.lmpk` (its header's `pruning` record
+    /// `existing`) unless the new pruning's mask can hold every weight already pruned, so the
+    /// result is exactly what was asked: per row (unstructured) or per aligned run (N:M), the
+    /// weights pruned before are at most the ones the new options prune. Old N:M n₁:m₁ under
+    /// new n₂:m₂: m₁ | m₂ needs n₂ ≤ n₁·m₂/m₁ (2:4 → 4:8, 1:4); m₂ | m₁ needs min(m₂, m₁−n₁) ≤
+    /// m₂−n₂ (4:8 → 2:4 is refused: a 4:8 run may hold 4 pruned weights in one half). Old N:M under
+    /// unstructured s: s ≥ (m₁−n₁)/m₁. Old unstructured s₁: only unstructured s ≥ s₁. Without new
+    /// pruning options the input's zeros would not survive quantization (GPTQ moves them,
+    /// asymmetric grids have no exact 0), so that is refused too, naming the way that keeps them.
+    /// - Throws: `RecipeError` naming the file, both patterns and what to do.
+    public static func checkRepruning(existing: JSON, with new: PruneOptions?, file: String) throws {
+        let oldPattern = existing["pattern"]?.string.flatMap { try? SparsityPattern(parsing: $0) }
+        let oldSparsity = existing["sparsity"]?.double ?? oldPattern?.sparsity ?? 0
+        let oldText = oldPattern?.description ?? String(format: "%g %% unstructured", oldSparsity * 100)
+        let method = existing["method"]?.string ?? "?"
+        guard let new else {
+            let keep = oldPattern.map { "--pattern \($0)" } ?? String(format: "--sparsity %g", oldSparsity)
+            throw RecipeError("'\(file)' is pruned (\(oldText) by \(method)); quantizing it directly would not keep its zeros: use lmconvert prune -i '\(file)' --method magnitude \(keep) --scheme … (magnitude pruning of a pruned model prunes exactly its zeros; add --quant-method gptq --calib … for GPTQ), or quantize the original model")
+        }
+        let newText = new.pattern?.description ?? String(format: "%g %% unstructured", (new.sparsity ?? 0) * 100)
+        let ok: Bool
+        switch (oldPattern, new.pattern) {
+        case let (o?, n?):
+            if n.m % o.m == 0 { ok = n.n * o.m <= o.n * n.m }
+            else if o.m % n.m == 0 { ok = min(n.m, o.m - o.n) <= n.m - n.n }
+            else { ok = false }
+        case (.some, nil): ok = (new.sparsity ?? 0) + 1e-12 >= oldSparsity
+        case (nil, nil): ok = (new.sparsity ?? 0) + 1e-12 >= oldSparsity
+        case (nil, .some): ok = oldSparsity == 0
+        }
+        guard ok else {
+            throw RecipeError("'\(file)' is already pruned (\(oldText) by \(method)); pruning it to \(newText) cannot keep those weights pruned and prune only what \(newText) asks (some \(new.pattern.map { "run of \($0.m) inputs" } ?? "row") may already hold more pruned weights than \(newText) prunes): choose a pattern the existing one satisfies (e.g. \(oldPattern.map { "--pattern \($0) or a sparser one" } ?? String(format: "--sparsity ≥ %g", oldSparsity))), or prune the original model")
+        }
+    }
 }

@@ -63,6 +63,19 @@ public struct NMCodec: SchemeCodec, SliceableSchemeCodec, ImportanceWeightedCode
         }
     }
 
+    /// The columns a row stores (`keptMask`), for encoders that choose their own codes (GPTQ).
+    public func storedColumns(_ x: UnsafePointer<Float>, cols: Int, prior: UnsafePointer<Bool>?, into keep: UnsafeMutablePointer<Bool>) {
+        keptMask(x, cols: cols, prior: prior, into: keep)
+    }
+
+    /// Writes row `row` of the mask section from `keep` (`cols` flags).
+    public func writeMaskRow(_ keep: UnsafePointer<Bool>, row: Int, cols: Int, into mask: UnsafeMutableRawPointer) {
+        let mb = Self.maskRowBytes(cols: cols)
+        let m = mask.assumingMemoryBound(to: UInt8.self) + row * mb
+        m.update(repeating: 0, count: mb)
+        for c in 0..<cols where keep[c] { m[c / 8] |= UInt8(1) << UInt8(c % 8) }
+    }
+
     /// The first aligned run of `m` columns of a `[rows, cols]` matrix holding more than `n`
     /// nonzero values, as (row, first column), or nil when the matrix is N:M sparse.
     public func firstViolation(_ v: UnsafePointer<Float>, rows: Int, cols: Int) -> (row: Int, col: Int)? {

@@ -24,10 +24,13 @@ struct PruneCommand: ParsableCommand {
         and the runtime's kernels read it directly. Other patterns, unstructured sparsity and --storage dense store \
         exact zeros in place, in a scheme that decodes 0 exactly: f16, bf16, f32 or a symmetric integer scheme \
         (int8, int8-gG, int4s-gG). Integer schemes by round-to-nearest (--clip mse with --calib: importance-weighted \
-        ranges). The header records the method and each tensor's sparsity (formats/lmpk.md, "Pruning").
+        ranges), or with --quant-method gptq by GPTQ in the same pass as the pruning: pruned weights are fixed to 0 \
+        and kept ones to the grid column by column, both errors compensated by the weights not yet fixed (magnitude \
+        and wanda: their mask, chosen first; sparsegpt: its mask selected as it goes, the paper's joint mode). \
+        The header records the method and each tensor's sparsity (formats/lmpk.md, "Pruning").
         """)
 
-    @Option(name: .shortAndLong, help: "Input: HF folder, .gguf, or llama2.c .bin.")
+    @Option(name: .shortAndLong, help: "Input: HF folder, .gguf, llama2.c .bin, or a whole-model .lmpk (e.g. already pruned: the new pattern must keep its pruned weights pruned).")
     var input: String
     @Option(name: .shortAndLong, help: "Output .lmpk file.")
     var output: String
@@ -41,6 +44,8 @@ struct PruneCommand: ParsableCommand {
     var scheme: String = "f16"
     @Option(help: "compressed (kept values + mask; the default for --pattern 1:2, 2:4, 4:8) or dense (exact zeros in place).")
     var storage: PruneStorage?
+    @Option(help: "How an integer --scheme's codes are chosen: rtn (round to nearest, default) or gptq (in the same pass as the pruning: mask-aware GPTQ, SparseGPT's joint mode; needs --calib).")
+    var quantMethod: QuantMethod = .rtn
     @Option(help: "Range selection of an integer --scheme: minmax, or mse (weighted by the inputs' mean squares with --calib).")
     var clip: ClipMethod = .minmax
     @Option(name: .customLong("override"), help: "Per-tensor scheme by name pattern, e.g. 'embed_tokens=f16'.")
@@ -48,10 +53,12 @@ struct PruneCommand: ParsableCommand {
     @Option(help: "Tokenizer for llama2.c input (.bin or .model).")
     var tokenizer: String?
     @OptionGroup var calibration: CalibrationArgs
-    @Option(help: "SparseGPT dampening: this fraction of the Hessian's mean diagonal is added to it.")
+    @Option(help: "SparseGPT and GPTQ dampening: this fraction of the Hessian's mean diagonal is added to it.")
     var damp: Double = 0.01
-    @Option(help: "SparseGPT: columns per lazy block (rounded down to a multiple of the pattern's M).")
+    @Option(help: "SparseGPT and GPTQ: columns per lazy block (rounded down to a multiple of the pattern's M).")
     var blockSize: Int = 128
+    @Flag(help: "With --quant-method gptq: quantize q/k/v, o, gate/up, down in turn, each from the inputs the already-pruned parts before it produce (default: every matrix from the float layer's inputs, then a second pass, as SparseGPT's code; measured better).")
+    var trueSequential = false
     @Flag(help: "Print a JSON summary instead of text.")
     var json = false
 
@@ -59,7 +66,8 @@ struct PruneCommand: ParsableCommand {
     func spec() throws -> BuildSpec {
         var s = BuildSpec(source: input, scheme: scheme, clip: clip, overrides: overrides, tokenizer: tokenizer)
         calibration.apply(to: &s)
-        s.gptq = GPTQOptions(damp: damp, blockSize: blockSize)
+        s.gptq = GPTQOptions(damp: damp, blockSize: blockSize, trueSequential: trueSequential ? true : nil)
+        s.method = quantMethod
         s.prune = PruneOptions(method: method, sparsity: sparsity, pattern: try pattern.map { try SparsityPattern(parsing: $0) }, storage: storage)
         return s
     }
@@ -68,7 +76,11 @@ struct PruneCommand: ParsableCommand {
     func validate() throws {
         guard output.hasSuffix(".lmpk") else { throw ValidationError("--output must end in .lmpk") }
         try calibration.check()
-        do { try checkRecipe(try spec()) } catch let e as BuildSpecError { throw usageError(e) }
+        do { _ = try spec().recipe() } catch let e as BuildSpecError {
+            // The recipe's `method` is this command's --quant-method (--method is the pruning's).
+            guard e.option == "method" else { throw usageError(e) }
+            throw usageError(BuildSpecError(option: "quant_method", reason: e.reason.replacingOccurrences(of: "--method ", with: "--quant-method ")))
+        }
     }
 
     func run() throws {
@@ -81,7 +93,8 @@ struct PruneCommand: ParsableCommand {
         }
         let sparsityText = spec.prune?.pattern?.description ?? String(format: "%.3f", spec.prune?.sparsity ?? 0)
         if json {
-            var fields: [(String, JSON)] = [("output", .string(output)), ("method", .string(method.rawValue)), ("tensors", .int(Int64(s.tensors))),
+            var fields: [(String, JSON)] = [("output", .string(output)), ("method", .string(method.rawValue)), ("quant_method", .string(quantMethod.rawValue)),
+                                            ("tensors", .int(Int64(s.tensors))),
                                             ("parameters", .int(Int64(s.parameters))), ("file_bytes", .int(Int64(s.fileBytes))),
                                             ("bits_per_weight", .double(s.bitsPerWeight)), ("seconds", .double(s.seconds)),
                                             ("peak_rss_bytes", .int(Int64(s.peakRSSBytes)))]

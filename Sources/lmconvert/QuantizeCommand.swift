@@ -10,7 +10,7 @@ extension QuantMethod: ExpressibleByArgument {}
 struct QuantizeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "quantize",
-        abstract: "Quantize a model (HF folder, GGUF or llama2.c) into an .lmpk file.",
+        abstract: "Quantize a model (HF folder, GGUF, llama2.c, or a whole-model .lmpk read back as floats) into an .lmpk file.",
         discussion: """
         Schemes: \(QuantScheme.allNames.joined(separator: ", ")). int4 is asymmetric (a scale and a minimum per group), \
         int4s symmetric (a scale per group); -gN is the group size along the input dimension; int8 without a group \

@@ -270,7 +270,34 @@ struct PruningTests {
         }
     }
 
-    @Test("bad input: sparsity outside [0, 1), both or neither, a pattern that does not divide, an asymmetric scheme, no calibration, GPTQ: clear errors before any work, no file")
+    @Test("re-pruning an already-pruned model: allowed when the new mask can hold every weight pruned before, refused otherwise and without options")
+    func repruning() throws {
+        func record(_ p: String?, _ s: Double? = nil) -> JSON {
+            .object([("method", .string("wanda"))] + (p.map { [("pattern", JSON.string($0))] } ?? []) + (s.map { [("sparsity", JSON.double($0))] } ?? []))
+        }
+        func new(_ p: String?, _ s: Double? = nil) throws -> PruneOptions {
+            PruneOptions(method: .magnitude, sparsity: s, pattern: try p.map { try SparsityPattern(parsing: $0) })
+        }
+        func allowed(_ old: JSON, _ n: PruneOptions) -> Bool { (try? Pruner.checkRepruning(existing: old, with: n, file: "x.lmpk")) != nil }
+        // (old, new, allowed)
+        let cases: [(JSON, PruneOptions, Bool)] = [
+            (record("2:4"), try new("2:4"), true), (record("2:4"), try new("4:8"), true), (record("2:4"), try new("1:4"), true),
+            (record("2:4"), try new(nil, 0.5), true), (record("2:4"), try new(nil, 0.6), true), (record("2:4"), try new(nil, 0.4), false),
+            (record("4:8"), try new("2:4"), false), (record("4:8"), try new("1:2"), false), (record("2:4"), try new("3:8"), true),
+            (record("2:4"), try new("2:8"), true), (record("1:2"), try new("2:4"), true), (record("2:4"), try new("1:3"), false),
+            (record(nil, 0.5), try new(nil, 0.5), true), (record(nil, 0.5), try new(nil, 0.7), true), (record(nil, 0.5), try new(nil, 0.3), false),
+            (record(nil, 0.5), try new("2:4"), false), (record(nil, 0), try new("2:4"), true),
+        ]
+        for (o, n, ok) in cases { #expect(allowed(o, n) == ok, "\(o.serialized()) → \(n.json.serialized())") }
+        do { try Pruner.checkRepruning(existing: record("4:8"), with: try new("2:4"), file: "p.lmpk"); Issue.record("accepted") } catch {
+            #expect("\(error)".contains("'p.lmpk' is already pruned (4:8 by wanda)") && "\(error)".contains("2:4"), "\(error)")
+        }
+        do { try Pruner.checkRepruning(existing: record("2:4"), with: nil, file: "p.lmpk"); Issue.record("accepted") } catch {
+            #expect("\(error)".contains("--method magnitude --pattern 2:4"), "\(error)")
+        }
+    }
+
+    @Test("bad input: sparsity outside [0, 1), both or neither, a pattern that does not divide, an asymmetric scheme, no calibration, AWQ: clear errors before any work, no file")
     func errors() throws {
         let f = try fixture("prune-err")   // intermediate 37: 2:4 does not divide down_proj
         defer { try? FileManager.default.removeItem(atPath: f.dir) }
@@ -297,8 +324,17 @@ struct PruningTests {
         #expect(option(s) == "act_order")
         s.gptq.actOrder = false
         s.method = .gptq; s.scheme = "int4s-g32"
+        #expect(option(s) == nil)   // GPTQ in the same pass (PruneGPTQTests)
+        s.method = .awq
         #expect(option(s) == "method")
-        s.method = .rtn
+        s.method = .gptq; s.gptq.trueSequential = true
+        #expect(option(s) == nil)
+        #expect(try s.canonical()["gptq"]?["true_sequential"]?.bool == true)
+        s.gptq.trueSequential = nil
+        #expect(try s.canonical()["gptq"]?["true_sequential"]?.bool == false)   // with pruning: two passes unless asked
+        s.method = .rtn; s.gptq.trueSequential = false
+        #expect(option(s) == "true_sequential")
+        s.gptq.trueSequential = nil; s.scheme = "f16"
         let out = f.dir + "/x.lmpk"
         // Compressed N:M is not an allocation candidate (its round-trip error is not measured).
         var alloc = BuildSpec(source: f.dir + "/m", scheme: "int4-g32")
