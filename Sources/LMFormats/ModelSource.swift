@@ -59,11 +59,18 @@ public enum LMPKImporter {
         }
         if let bad = f.firstCorruptTensor() { throw fail("tensor '\(bad)' fails its CRC-32 check: the file is corrupt, re-run lmconvert") }
         var plan: [PendingTensor] = []
-        for (name, shape) in f.config.expectedTensors() {
+        let expected = f.config.expectedTensors()
+        let names = Set(expected.map { $0.0 })
+        if let extra = f.tensors.first(where: { !names.contains($0.name) }) {
+            throw fail("tensor '\(extra.name)' is not part of the model its config describes")
+        }
+        for (name, shape) in expected {
             guard let t = f[name] else { throw fail("tensor '\(name)' is missing") }
             guard t.shape == shape else { throw ModelError.shapeMismatch(tensor: name, expected: shape, found: t.shape) }
             try t.scheme.codec.validate(t.packed, name: name)
-            plan.append(PendingTensor(name: name, shape: shape) {
+            // The closures hold the file (its mapping backs `t.sections`).
+            plan.append(PendingTensor(name: name, shape: shape, release: { [f] in f.release(t) }) { [f] in
+                _ = f
                 let rows = t.rows, cols = t.cols
                 var out = [Float](repeating: 0, count: rows * cols)
                 out.withUnsafeMutableBufferPointer { o in

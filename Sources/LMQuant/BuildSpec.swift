@@ -72,7 +72,7 @@ public struct BuildSpec: Sendable, Equatable {
             guard !gptq.actOrder else {
                 throw BuildSpecError(option: "act_order", reason: "pruning (SparseGPT too, and GPTQ with it) runs in storage order: drop --act-order")
             }
-            guard gptq.trueSequential == nil || method == .gptq else {
+            guard gptq.trueSequential != true || method == .gptq else {
                 throw BuildSpecError(option: "true_sequential", reason: "true-sequential is a GPTQ option; pruning with round-to-nearest runs layer by layer in two passes")
             }
             if clip == .mse && !s.isQuantized {
@@ -192,7 +192,7 @@ public struct BuildSpec: Sendable, Equatable {
         }
         if let pr = prune {
             let shapes = model.tensors.map { ($0.name, $0.shape) }
-            try Pruner.checkPlan(pr, tensors: shapes, schemes: try r.assign(shapes), layers: model.config.numLayers)
+            try Pruner.checkPlan(pr, tensors: shapes, schemes: try r.assign(shapes), layers: model.config.numLayers, gptq: method == .gptq)
         }
         guard let cal = calibration else {
             return try Quantizer.run(model: model, recipe: r, overrideStrings: overrideStrings,

@@ -202,6 +202,8 @@ enum LayerwiseQuantizer {
         }
         if prune != nil && method == .awq { throw RecipeError("AWQ of pruned weights is not built yet; prune with --quant-method rtn or gptq") }
         let order = outside + perLayer.flatMap { $0 }
+        // Wanda with round to nearest reads only the inputs' mean squares (its norms).
+        let diagonalOnly = prune?.method == .wanda && method == .rtn && recipe.clip != .mse
         let specs = order.map { LMPKTensorSpec(name: model.tensors[$0].name, shape: model.tensors[$0].shape, scheme: schemes[$0]) }
         let w = try LMPKWriter(path: output, config: c, tokenizerJSON: Array(tok.serialized().utf8),
                                meta: [("recipe", recipe.json(overrideStrings: overrideStrings)), ("provenance", provenance),
@@ -240,7 +242,7 @@ enum LayerwiseQuantizer {
                 var values: [String: [Float]] = [:]
                 for i in idx { values[model.tensors[i].name] = try finite(model.tensors[i]) }
                 let p = "model.layers.\(l)."
-                var H = hessianAccumulators(c)
+                var H = hessianAccumulators(c, diagonalOnly: diagonalOnly)
                 var hf: [TapPoint: [Float]] = [:]
                 func hessian(_ tp: TapPoint) -> [Float] {
                     if hf[tp] == nil { hf[tp] = H[tp]!.hessian().map { Float($0) } }
@@ -446,10 +448,10 @@ enum LayerwiseQuantizer {
     }
 
     /// An empty Hessian accumulator per tap point, at its input's width.
-    static func hessianAccumulators(_ c: ModelConfig) -> [TapPoint: HessianAccumulator] {
+    static func hessianAccumulators(_ c: ModelConfig, diagonalOnly: Bool = false) -> [TapPoint: HessianAccumulator] {
         let widths: [TapPoint: Int] = [.attentionInput: c.hiddenSize, .oProjInput: c.numHeads * c.headDim, .mlpInput: c.hiddenSize,
                                        .downProjInput: c.intermediateSize]
-        return widths.mapValues { HessianAccumulator(cols: $0) }
+        return widths.mapValues { HessianAccumulator(cols: $0, diagonalOnly: diagonalOnly) }
     }
 
     /// `model.layers.K.…` → K.

@@ -35,13 +35,26 @@ public struct HessianAccumulator: Sendable {
     public let cols: Int
     /// Samples (rows of `x`) added so far.
     public private(set) var samples: Int = 0
-    /// Σ xᵀx, `cols × cols` row-major; only the upper triangle (j ≥ i) is maintained.
+    /// Only diag(XᵀX) is kept (`meanSquares`: what Wanda and importance weights read), at a
+    /// cost of O(cols) per sample instead of O(cols²); `hessian()` is then unavailable.
+    public let diagonalOnly: Bool
+    /// Σ xᵀx, `cols × cols` row-major; only the upper triangle (j ≥ i) is maintained. With
+    /// `diagonalOnly`, its `cols` diagonal entries (Σ x_j², summed in Double).
     var sum: [Double]
 
     /// An empty accumulator for inputs of `cols` features.
-    public init(cols: Int) {
+    public init(cols: Int, diagonalOnly: Bool = false) {
         self.cols = max(cols, 0)
-        sum = [Double](repeating: 0, count: self.cols * self.cols)
+        self.diagonalOnly = diagonalOnly
+        sum = [Double](repeating: 0, count: diagonalOnly ? self.cols : self.cols * self.cols)
+    }
+
+    /// Σ x_j² of `rows` samples into `out` (`cols` Doubles), in row order.
+    static func addSquares(_ x: UnsafePointer<Float>, rows: Int, cols n: Int, into out: UnsafeMutablePointer<Double>) {
+        for r in 0..<rows {
+            let row = x + r * n
+            for j in 0..<n { let v = Double(row[j]); out[j] += v * v }
+        }
     }
 
     /// Rows of `x` converted to Double per syrk call (bounds the temporary to 256·cols doubles).
@@ -52,6 +65,11 @@ public struct HessianAccumulator: Sendable {
     public mutating func add(_ x: UnsafePointer<Float>, rows: Int) {
         guard rows > 0, cols > 0 else { return }
         let n = cols
+        if diagonalOnly {
+            sum.withUnsafeMutableBufferPointer { Self.addSquares(x, rows: rows, cols: n, into: $0.baseAddress!) }
+            samples += rows
+            return
+        }
         let buf = UnsafeMutablePointer<Double>.allocate(capacity: Self.chunkRows * n)
         defer { buf.deallocate() }
         sum.withUnsafeMutableBufferPointer { s in
@@ -77,6 +95,23 @@ public struct HessianAccumulator: Sendable {
         guard rows > 0, cols > 0 else { return }
         let n = cols
         let chunks = (rows + Self.chunkRows - 1) / Self.chunkRows
+        if diagonalOnly {
+            // Each chunk's squares in Double on its thread, added in chunk order: the same
+            // sums for every thread count.
+            let part = UnsafeMutablePointer<Double>.allocate(capacity: chunks * n)
+            defer { part.deallocate() }
+            part.initialize(repeating: 0, count: chunks * n)
+            let pp = SendablePointer(part), xp = SendablePointer(UnsafeMutablePointer(mutating: x))
+            context.parallelFor(chunks) { i in
+                let r0 = i * Self.chunkRows
+                Self.addSquares(xp.p + r0 * n, rows: min(Self.chunkRows, rows - r0), cols: n, into: pp.p + i * n)
+            }
+            sum.withUnsafeMutableBufferPointer { s in
+                for i in 0..<chunks { for j in 0..<n { s[j] += part[i * n + j] } }
+            }
+            samples += rows
+            return
+        }
         let wave = max(1, min(context.threads, chunks))
         let tmp = UnsafeMutablePointer<Float>.allocate(capacity: wave * n * n)
         defer { tmp.deallocate() }
@@ -103,6 +138,7 @@ public struct HessianAccumulator: Sendable {
     /// per-column importance of importance-weighted clipping and AWQ's activation statistic.
     public var meanSquares: [Double] {
         guard samples > 0 else { return [Double](repeating: 0, count: cols) }
+        if diagonalOnly { return sum.map { $0 / Double(samples) } }
         return (0..<cols).map { sum[$0 * cols + $0] / Double(samples) }
     }
 
@@ -115,8 +151,8 @@ public struct HessianAccumulator: Sendable {
     /// Adds another accumulator's samples (e.g. one filled on another thread).
     /// - Throws: `GPTQError` when the widths differ.
     public mutating func merge(_ other: HessianAccumulator) throws {
-        guard other.cols == cols else {
-            throw GPTQError(tensor: "", kind: .shapeMismatch, reason: "cannot merge a Hessian of \(other.cols) inputs into one of \(cols)")
+        guard other.cols == cols, other.diagonalOnly == diagonalOnly else {
+            throw GPTQError(tensor: "", kind: .shapeMismatch, reason: "cannot merge a Hessian of \(other.cols) inputs\(other.diagonalOnly ? " (diagonal)" : "") into one of \(cols)\(diagonalOnly ? " (diagonal)" : "")")
         }
         for i in sum.indices { sum[i] += other.sum[i] }
         samples += other.samples
@@ -124,6 +160,7 @@ public struct HessianAccumulator: Sendable {
 
     /// `H = 2/n · XᵀX`, `cols × cols` row-major and symmetric (all zeros before any sample).
     public func hessian() -> [Double] {
+        precondition(!diagonalOnly, "a diagonal-only accumulator has no full Hessian")
         let n = cols
         var h = [Double](repeating: 0, count: n * n)
         guard samples > 0 else { return h }
@@ -238,19 +275,8 @@ public enum GPTQ {
     /// pruned weights at 0 and compensates the kept ones.
     public static func quantize(weights: [Float], rows: Int, cols: Int, factorization f: Factorization, scheme: QuantScheme,
                                 blockSize: Int = 128, clip: ClipMethod = .minmax, importance: [Float]? = nil, tensor: String) throws -> QuantizedTensor {
-        var pruning: Pruning? = nil
-        if let nm = scheme.codec as? NMCodec {
-            try Pruner.checkSparse(weights, rows: rows, cols: cols, scheme: scheme, tensor: tensor)
-            var keep = [Bool](repeating: false, count: rows * cols)
-            weights.withUnsafeBufferPointer { w in
-                keep.withUnsafeMutableBufferPointer { k in
-                    for r in 0..<rows { nm.storedColumns(w.baseAddress! + r * cols, cols: cols, prior: nil, into: k.baseAddress! + r * cols) }
-                }
-            }
-            pruning = .fixed(keep)
-        }
-        return try quantize(weights: weights, rows: rows, cols: cols, factorization: f, scheme: scheme, pruning: pruning,
-                            blockSize: blockSize, clip: clip, importance: importance, tensor: tensor).tensor
+        try quantize(weights: weights, rows: rows, cols: cols, factorization: f, scheme: scheme, pruning: nil,
+                     blockSize: blockSize, clip: clip, importance: importance, tensor: tensor).tensor
     }
 
     /// How GPTQ quantizes a matrix that is being pruned.
@@ -275,7 +301,8 @@ public enum GPTQ {
     /// yet are still undecided and count). In a compressed scheme (`+N:M`, groups of G kept
     /// values) a group spans `G·m/n` columns. Pruned weights are stored as nothing
     /// (compressed) or as the code of 0 (dense storage, which needs a symmetric scheme);
-    /// without `pruning` this is plain GPTQ, byte for byte.
+    /// without `pruning` this is plain GPTQ, byte for byte (a compressed scheme then takes its
+    /// mask from `weights`, which must be N:M sparse).
     /// - Throws: `GPTQError` as `quantize`, and `.invalidArgument` for a mask of the wrong
     ///   size, dense storage of pruned weights in a scheme without an exact 0, a fixed mask
     ///   that keeps more than a compressed scheme's `n` of `m`, unstructured selection into a
@@ -288,6 +315,18 @@ public enum GPTQ {
             throw GPTQError(tensor: tensor, kind: .shapeMismatch, reason: "\(imp.count) importance weights for \(cols) columns")
         }
         func fail(_ reason: String) -> GPTQError { GPTQError(tensor: tensor, kind: .invalidArgument, reason: reason) }
+        var pruning = pruning
+        if pruning == nil, let nm = scheme.codec as? NMCodec {
+            // An already N:M-sparse matrix: its nonzeros are the mask.
+            try Pruner.checkSparse(weights, rows: rows, cols: cols, scheme: scheme, tensor: tensor)
+            var keep = [Bool](repeating: false, count: rows * cols)
+            weights.withUnsafeBufferPointer { w in
+                keep.withUnsafeMutableBufferPointer { k in
+                    for r in 0..<rows { nm.storedColumns(w.baseAddress! + r * cols, cols: cols, prior: nil, into: k.baseAddress! + r * cols) }
+                }
+            }
+            pruning = .fixed(keep)
+        }
         if let pruning {
             guard !f.actOrder else { throw fail("pruning runs in storage order; factor the Hessian without act-order") }
             let storage = scheme.sparsity
@@ -296,8 +335,13 @@ public enum GPTQ {
                 guard keep.count == rows * cols else { throw fail("a mask of \(keep.count) flags for a [\(rows), \(cols)] weight") }
                 if let st = storage {
                     for r in 0..<rows {
-                        for c0 in stride(from: 0, to: cols, by: st.m) where (c0..<min(cols, c0 + st.m)).filter({ keep[r * cols + $0] }).count > st.n {
-                            throw fail("the mask keeps more than \(st.n) of columns \(c0)..<\(c0 + st.m) in row \(r); \(scheme.name) stores \(st)")
+                        for c0 in stride(from: 0, to: cols, by: st.m) {
+                            var kept = 0
+                            for c in c0..<min(cols, c0 + st.m) where keep[r * cols + c] { kept += 1 }
+                            if kept > st.n { throw fail("the mask keeps more than \(st.n) of columns \(c0)..<\(c0 + st.m) in row \(r); \(scheme.name) stores \(st)") }
+                            if kept < st.n && codec.zeroCode == nil {
+                                throw fail("the mask keeps fewer than \(st.n) of columns \(c0)..<\(c0 + st.m) in row \(r), and \(scheme.dense.name) has no exact 0 to store the rest as: keep \(st) exactly, or choose a symmetric scheme (int8, int4s)")
+                            }
                         }
                     }
                 }
@@ -307,6 +351,17 @@ public enum GPTQ {
                 if let st = storage {
                     guard let p = o.pattern, st.m % p.m == 0, p.n * (st.m / p.m) <= st.n else {
                         throw fail("pruning \(o.pattern.map { "to \($0)" } ?? "unstructured") does not guarantee the \(st) sparsity \(scheme.name) stores")
+                    }
+                    if p.n * (st.m / p.m) < st.n && codec.zeroCode == nil {
+                        throw fail("pruning to \(p) stored as \(scheme.name) stores some pruned weights as values, and \(scheme.dense.name) has no exact 0: store it as +\(p) or in a symmetric scheme (int8, int4s)")
+                    }
+                }
+                // Each run is selected on weights the lazy blocks have fully updated: blocks are cut
+                // at group starts, so the pattern's M must divide the group (in columns).
+                if let p = o.pattern {
+                    let g = Self.groupColumns(scheme, cols: cols)
+                    guard g >= cols || g % p.m == 0 else {
+                        throw fail("--pattern \(p) with \(scheme.name): GPTQ's groups span \(g) columns, not a multiple of \(p.m); choose a pattern whose M divides \(g)")
                     }
                 }
             }
@@ -345,6 +400,14 @@ public enum GPTQ {
             throw fail(.shapeMismatch, "\(scheme.name) needs a column count divisible by \(st.m), got \(cols)")
         }
         return codec
+    }
+
+    /// The columns one group of `scheme` spans (a compressed scheme's groups count kept values).
+    public static func groupColumns(_ scheme: QuantScheme, cols: Int) -> Int {
+        let v = scheme.dense, st = scheme.sparsity
+        let kCols = st.map { cols / $0.m * $0.n } ?? cols
+        let Gv = v.groupSize == 0 ? kCols : v.groupSize
+        return st.map { Gv * $0.m / $0.n } ?? Gv
     }
 
     /// The algorithm, with the codec's type opened.

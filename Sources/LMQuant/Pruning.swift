@@ -292,8 +292,15 @@ extension Pruner {
 
     /// Refuses, before any work, a pruned decoder matrix whose scheme cannot store 0 exactly,
     /// and an N:M pattern that does not divide a matrix's inputs.
-    static func checkPlan(_ o: PruneOptions, tensors: [(name: String, shape: [Int])], schemes: [QuantScheme], layers: Int) throws {
+    static func checkPlan(_ o: PruneOptions, tensors: [(name: String, shape: [Int])], schemes: [QuantScheme], layers: Int, gptq: Bool = false) throws {
         for (t, s) in zip(tensors, schemes) where t.shape.count == 2 && role(t.name, layers: layers) != nil {
+            // GPTQ's joint N:M selection needs runs inside its lazy blocks, which are cut at group starts.
+            if gptq, o.method == .sparsegpt, let p = o.pattern, s.isQuantized {
+                let g = GPTQ.groupColumns(s, cols: t.shape[1])
+                if g < t.shape[1] && g % p.m != 0 {
+                    throw RecipeError("tensor '\(t.name)': --pattern \(p) with GPTQ and \(s.name): its groups span \(g) columns, not a multiple of \(p.m); choose a pattern whose M divides \(g)")
+                }
+            }
             if let c = s.sparsity {
                 guard let p = o.pattern, c.m % p.m == 0, p.n * (c.m / p.m) <= c.n else {
                     throw RecipeError("tensor '\(t.name)' is stored as \(s.name), but pruning \(o.pattern.map { "to \($0)" } ?? "unstructured") does not guarantee \(c) sparsity; prune with --pattern \(c) or store it dense")
@@ -322,13 +329,26 @@ extension Pruner {
     /// asymmetric grids have no exact 0), so that is refused too, naming the way that keeps them.
     /// - Throws: `RecipeError` naming the file, both patterns and what to do.
     public static func checkRepruning(existing: JSON, with new: PruneOptions?, file: String) throws {
-        let oldPattern = existing["pattern"]?.string.flatMap { try? SparsityPattern(parsing: $0) }
+        let method = existing["method"]?.string ?? "?"
+        var oldPattern: SparsityPattern? = nil
+        if let p = existing["pattern"] {
+            guard let s = p.string, let parsed = try? SparsityPattern(parsing: s) else {
+                throw RecipeError("'\(file)': its pruning record's pattern \(p.serialized()) is not N:M; the file is corrupt or from another tool: prune the original model")
+            }
+            oldPattern = parsed
+        } else if existing["sparsity"]?.double == nil {
+            throw RecipeError("'\(file)': its pruning record has neither a pattern nor a sparsity; the file is corrupt or from another tool: prune the original model")
+        }
         let oldSparsity = existing["sparsity"]?.double ?? oldPattern?.sparsity ?? 0
         let oldText = oldPattern?.description ?? String(format: "%g %% unstructured", oldSparsity * 100)
-        let method = existing["method"]?.string ?? "?"
+        let keep = oldPattern.map { "--pattern \($0)" } ?? String(format: "--sparsity %g", oldSparsity)
         guard let new else {
-            let keep = oldPattern.map { "--pattern \($0)" } ?? String(format: "--sparsity %g", oldSparsity)
-            throw RecipeError("'\(file)' is pruned (\(oldText) by \(method)); quantizing it directly would not keep its zeros: use lmconvert prune -i '\(file)' --method magnitude \(keep) --scheme … (magnitude pruning of a pruned model prunes exactly its zeros; add --quant-method gptq --calib … for GPTQ), or quantize the original model")
+            throw RecipeError("'\(file)' is pruned (\(oldText) by \(method)); lmconvert quantize would drop its pruning record, and GPTQ, AWQ or an asymmetric scheme would move its zeros: use lmconvert prune -i '\(file)' --method magnitude \(keep) --scheme … (pruning a pruned model by magnitude prunes its zeros first; add --quant-method gptq --calib … for GPTQ that keeps them 0), or quantize the original model")
+        }
+        guard new.method != .sparsegpt else {
+            // Its weight updates move the old zeros before each run is selected, and its unstructured
+            // quotas are per block: the weights pruned before are not guaranteed to stay pruned.
+            throw RecipeError("'\(file)' is already pruned (\(oldText) by \(method)); SparseGPT's weight updates would revive some of its pruned weights: re-prune it by magnitude or wanda (which prune its zeros first), e.g. --method magnitude \(keep), or run sparsegpt on the original model")
         }
         let newText = new.pattern?.description ?? String(format: "%g %% unstructured", (new.sparsity ?? 0) * 100)
         let ok: Bool

@@ -55,7 +55,7 @@ struct PruneCommand: ParsableCommand {
     @OptionGroup var calibration: CalibrationArgs
     @Option(help: "SparseGPT and GPTQ dampening: this fraction of the Hessian's mean diagonal is added to it.")
     var damp: Double = 0.01
-    @Option(help: "SparseGPT and GPTQ: columns per lazy block (rounded down to a multiple of the pattern's M).")
+    @Option(help: "SparseGPT and GPTQ: columns per lazy block (SparseGPT's rounded down to a multiple of the pattern's M; GPTQ's also cut at group starts).")
     var blockSize: Int = 128
     @Flag(help: "With --quant-method gptq: quantize q/k/v, o, gate/up, down in turn, each from the inputs the already-pruned parts before it produce (default: every matrix from the float layer's inputs, then a second pass, as SparseGPT's code; measured better).")
     var trueSequential = false
@@ -78,8 +78,9 @@ struct PruneCommand: ParsableCommand {
         try calibration.check()
         do { _ = try spec().recipe() } catch let e as BuildSpecError {
             // The recipe's `method` is this command's --quant-method (--method is the pruning's).
-            guard e.option == "method" else { throw usageError(e) }
-            throw usageError(BuildSpecError(option: "quant_method", reason: e.reason.replacingOccurrences(of: "--method ", with: "--quant-method ")))
+            var reason = e.reason
+            for m in QuantMethod.allCases { reason = reason.replacingOccurrences(of: "--method \(m.rawValue)", with: "--quant-method \(m.rawValue)") }
+            throw usageError(BuildSpecError(option: e.option == "method" ? "quant_method" : e.option, reason: reason))
         }
     }
 

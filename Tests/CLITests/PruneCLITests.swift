@@ -123,7 +123,7 @@ struct PruneCLITests {
             let b = RoundToNearest.dequantize(scheme: o.scheme, rows: o.rows, cols: o.cols, sections: o.sections)
             #expect(zip(a, b).allSatisfy { $0 != 0 || $1 == 0 }, "\(t.name): a weight pruned in the input is not 0 in the output")
         }
-        // Compatible re-pruning (2:4 → 1:4 unstructured 60 %) works; 4:8 → 2:4 and a rank file are refused before any work.
+        // Compatible re-pruning (2:4 → unstructured 60 %) works; 4:8 → 2:4 and a rank file are refused before any work.
         try ok(["prune", "-i", dir + "/w.lmpk", "-o", dir + "/w14.lmpk", "--method", "magnitude", "--sparsity", "0.6"])
         try ok(["prune", "-i", dir + "/m", "-o", dir + "/w48.lmpk", "--method", "magnitude", "--pattern", "4:8"])
         let r = try run("lmconvert", ["prune", "-i", dir + "/w48.lmpk", "-o", dir + "/bad.lmpk", "--method", "magnitude", "--pattern", "2:4"])

@@ -278,6 +278,37 @@ struct GPTQTests {
         #expect(throws: GPTQError.self) { try split.merge(HessianAccumulator(cols: 41)) }
     }
 
+    @Test("a diagonal-only accumulator (Wanda's norms) has the full one's mean squares, the same at any thread count")
+    func diagonalAccumulator() throws {
+        let cols = 37, samples = 700   // 3 chunks of 256 rows, the last partial
+        let x = mixedInputs(samples: samples, cols: cols, seed: 43)
+        let full = accumulate(x, samples: samples, cols: cols).meanSquares
+        var worst = 0.0
+        var byThreads: [[Double]] = []
+        for threads in [1, 2] {
+            var d = HessianAccumulator(cols: cols, diagonalOnly: true)
+            x.withUnsafeBufferPointer { d.add($0.baseAddress!, rows: samples, context: ComputeContext(threads: threads)) }
+            #expect(d.samples == samples)
+            byThreads.append(d.meanSquares)
+        }
+        var serial = HessianAccumulator(cols: cols, diagonalOnly: true)
+        serial.add(Array(x[0..<(300 * cols)]), rows: 300)
+        var rest = HessianAccumulator(cols: cols, diagonalOnly: true)
+        rest.add(Array(x[(300 * cols)...]), rows: samples - 300)
+        try serial.merge(rest)
+        for j in 0..<cols {
+            var ref = 0.0
+            for s in 0..<samples { ref += Double(x[s * cols + j]) * Double(x[s * cols + j]) }
+            ref /= Double(samples)
+            worst = max(worst, abs(byThreads[0][j] - ref) / ref)
+            #expect(abs(serial.meanSquares[j] - ref) <= 1e-12 * ref)
+            #expect(abs(full[j] - ref) <= 1e-6 * ref)   // the full accumulator's float32 chunks
+        }
+        #expect(byThreads[0] == byThreads[1])
+        #expect(worst <= 1e-12, "diagonal vs Double reference: \(worst)")
+        #expect(throws: GPTQError.self) { try serial.merge(HessianAccumulator(cols: cols)) }
+    }
+
     /// Prints the time per SmolLM2-135M shape (MLP 1536×576 and 576×1536, attention 576×576
     /// and 192×576) and checks GPTQ beats RTN on them; no time bound (the machine is shared).
     @Test("timing: SmolLM2's shapes 1536×576, 576×1536, 576×576, 192×576 (blockSize 128)")

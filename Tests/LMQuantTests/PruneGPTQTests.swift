@@ -171,12 +171,12 @@ struct PruneGPTQTests {
     /// (measured added-error ratios 25 %: 0.61, 50 %: 0.97, 2:4: 0.996, 0.918 for int4): half
     /// the kept weights have no quantization error to add, and the compensation capacity goes
     /// to the pruning. Wanda's mask gains most (0.80, 0.77, 0.87): its pruning is compensated too.
-    static let gainCases: [(String, String, Double, Double)] = [
-        ("int4s-g32", "2:4", 1.0, 0.82), ("int4-g32+2:4", "2:4", 0.95, 0.80), ("int4s-g32", "50%", 1.0, 0.90), ("int4s-g32", "25%", 0.65, 0.90),
+    static let gainCases: [(String, String, Double?, Double)] = [
+        ("int4s-g32", "2:4", nil, 0.82), ("int4-g32+2:4", "2:4", 0.95, 0.80), ("int4s-g32", "50%", nil, 0.89), ("int4s-g32", "25%", 0.65, 0.67),
     ]
 
     @Test("GPTQ in the pruning pass adds less error than round to nearest after SparseGPT (much less at 25 %); Wanda's mask with GPTQ beats Wanda then RTN", arguments: gainCases)
-    func gain(_ c: (String, String, Double, Double)) throws {
+    func gain(_ c: (String, String, Double?, Double)) throws {
         let (name, pat, bound, wandaBound) = c
         let scheme = try QuantScheme(parsing: name)
         let (w, x, f) = try problem(seed: 77)
@@ -199,7 +199,7 @@ struct PruneGPTQTests {
         print(String(format: "%@ %@: error added to SparseGPT's (float) %.4g: joint %.4g, then RTN %.4g (ratio %.4f); totals joint / then-RTN %.4f; Wanda mask: GPTQ / RTN %.4f",
                      name, pat, eSG, eJoint - eSG, eThen - eSG, added, eJoint / eThen, eWG / eWR))
         #expect(eJoint <= eThen)
-        #expect(added <= bound)
+        if let bound { #expect(added <= bound) }
         #expect(eWG / eWR <= wandaBound)
     }
 
@@ -228,6 +228,9 @@ struct PruneGPTQTests {
         #expect(kind("int4s-g32+2:4", .fixed(one)) == "accepted")
         #expect(kind("int4-g32+2:4", .fixed(one)).contains("no exact 0"))
         #expect(kind("int4-g32+2:4", .select(PruneOptions(method: .sparsegpt, pattern: try SparsityPattern(n: 1, m: 4)))).contains("no exact 0"))
+        // A pattern whose M does not divide the group's columns (runs would straddle lazy blocks).
+        #expect(kind("int4s-g32", .select(PruneOptions(method: .sparsegpt, pattern: try SparsityPattern(n: 3, m: 6)))).contains("not a multiple of 6"))
+        #expect(kind("int8", .select(PruneOptions(method: .sparsegpt, pattern: try SparsityPattern(n: 3, m: 6)))) == "accepted")   // one group per row
     }
 
     @Test("compressed schemes without pruning: the input's N:M zeros become the mask (GPTQ of an already pruned matrix)")
@@ -239,6 +242,25 @@ struct PruneGPTQTests {
         let g = try GPTQ.quantize(weights: pr.weights, rows: rows, cols: cols, factorization: f, scheme: scheme, tensor: "t")
         let masked = try GPTQ.quantize(weights: pr.weights, rows: rows, cols: cols, factorization: f, scheme: scheme, pruning: .fixed(pr.keep), tensor: "t")
         #expect(g.sections.map(\.bytes) == masked.tensor.sections.map(\.bytes))
+        let unmasked = try GPTQ.quantize(weights: pr.weights, rows: rows, cols: cols, factorization: f, scheme: scheme, pruning: nil, tensor: "t")
+        #expect(unmasked.tensor.sections.map(\.bytes) == g.sections.map(\.bytes) && unmasked.keep == pr.keep)
         #expect(throws: RecipeError.self) { _ = try GPTQ.quantize(weights: w, rows: rows, cols: cols, factorization: f, scheme: scheme, tensor: "t") }
+        #expect(throws: GPTQError.self) { _ = try GPTQ.quantize(weights: Array(w.prefix(10)), rows: rows, cols: cols, factorization: f, scheme: scheme, tensor: "t") }
+    }
+
+    @Test("compressed schemes with importance-weighted ranges: pruned weights exactly 0, and the weighted ranges change the codes")
+    func compressedImportance() throws {
+        let (w, x, f) = try problem()
+        let rows = Self.rows, cols = Self.cols
+        let imp = accumulate(x, samples: Self.samples, cols: cols).meanSquares.map { Float($0) }
+        let o = PruneOptions(method: .sparsegpt, pattern: try SparsityPattern(n: 2, m: 4))
+        for name in ["int4-g32+2:4", "int4s-g32+2:4", "int8-g32+4:8"] {
+            let scheme = try QuantScheme(parsing: name)
+            let plain = try GPTQ.quantize(weights: w, rows: rows, cols: cols, factorization: f, scheme: scheme, pruning: .select(o), tensor: "t")
+            let weighted = try GPTQ.quantize(weights: w, rows: rows, cols: cols, factorization: f, scheme: scheme, pruning: .select(o), importance: imp, tensor: "t")
+            let back = dequant(weighted.tensor)
+            for i in back.indices where !weighted.keep![i] { #expect(back[i] == 0, "\(name): a pruned weight decodes to \(back[i])") }
+            #expect(weighted.tensor.sections.map(\.bytes) != plain.tensor.sections.map(\.bytes), "\(name): importance changed nothing")
+        }
     }
 }

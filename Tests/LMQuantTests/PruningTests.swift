@@ -295,6 +295,12 @@ struct PruningTests {
         do { try Pruner.checkRepruning(existing: record("2:4"), with: nil, file: "p.lmpk"); Issue.record("accepted") } catch {
             #expect("\(error)".contains("--method magnitude --pattern 2:4"), "\(error)")
         }
+        // SparseGPT's updates would revive pruned weights; a record that does not parse is refused.
+        let sg = PruneOptions(method: .sparsegpt, pattern: try SparsityPattern(n: 2, m: 4))
+        let wa = PruneOptions(method: .wanda, pattern: try SparsityPattern(n: 2, m: 4))
+        #expect(!allowed(record("2:4"), sg) && allowed(record("2:4"), wa))
+        #expect(!allowed(.object([("method", .string("wanda")), ("pattern", .string("2-4"))]), try new("2:4")))
+        #expect(!allowed(.object([("method", .string("wanda"))]), try new(nil, 0.5)))
     }
 
     @Test("bad input: sparsity outside [0, 1), both or neither, a pattern that does not divide, an asymmetric scheme, no calibration, AWQ: clear errors before any work, no file")
@@ -333,6 +339,8 @@ struct PruningTests {
         s.gptq.trueSequential = nil
         #expect(try s.canonical()["gptq"]?["true_sequential"]?.bool == false)   // with pruning: two passes unless asked
         s.method = .rtn; s.gptq.trueSequential = false
+        #expect(option(s) == nil)   // what round to nearest does anyway
+        s.gptq.trueSequential = true
         #expect(option(s) == "true_sequential")
         s.gptq.trueSequential = nil; s.scheme = "f16"
         let out = f.dir + "/x.lmpk"
