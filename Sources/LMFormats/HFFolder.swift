@@ -17,25 +17,41 @@ public struct PendingTensor {
 /// Writes a Hugging Face model folder (`model.safetensors`, `config.json`,
 /// `tokenizer.json`), one tensor in memory at a time. Each file is atomic.
 public enum HFFolderWriter {
+    /// Returns each tensor's SHA-256 of the bytes written (lowercase hex), in `tensors` order.
+    /// `config.json` records `torch_dtype` as `dtype`; with `generationConfig`, a
+    /// `generation_config.json` holds the config's BOS/EOS ids.
+    @discardableResult
     public static func write(folder: String, config: ModelConfig, tokenizer: JSON?, tensors: [PendingTensor],
-                             dtype: DType, metadata: [(String, String)] = [], progress: ProgressReporter? = nil) throws {
+                             dtype: DType, metadata: [(String, String)] = [], generationConfig: Bool = false,
+                             progress: ProgressReporter? = nil) throws -> [String] {
         guard [.f32, .f16, .bf16].contains(dtype) else { throw ModelError.unsupportedDType(tensor: "*", dtype: dtype.rawValue, expected: "f32, f16 or bf16") }
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         let entries = tensors.map { SafetensorsWriter.Entry(name: $0.name, dtype: dtype, shape: $0.shape) }
         let w = try SafetensorsWriter(path: folder + "/model.safetensors", entries: entries, metadata: [("format", "pt")] + metadata)
+        var digests: [String] = []
         for (i, t) in tensors.enumerated() {
             let v = try t.produce()
             guard v.count == t.shape.reduce(1, *) else { throw ModelError.shapeMismatch(tensor: t.name, expected: t.shape, found: [v.count]) }
             if let bad = v.firstIndex(where: { !$0.isFinite }) {
                 throw ModelError.nonFinite(tensor: t.name, index: bad, value: v[bad])
             }
-            try w.write(floats: v, as: dtype)
+            digests.append(try w.write(floats: v, as: dtype))
             t.release()
             progress?.update(i + 1)
         }
         try w.commit()
-        try writeText(config.toJSON().serialized(pretty: true) + "\n", to: folder + "/config.json")
+        let torchDType = dtype == .f16 ? "float16" : dtype == .bf16 ? "bfloat16" : "float32"
+        try writeText(config.toJSON(torchDType: torchDType).serialized(pretty: true) + "\n", to: folder + "/config.json")
         if let tokenizer { try writeText(tokenizer.serialized(pretty: true) + "\n", to: folder + "/tokenizer.json") }
+        if generationConfig {
+            var g: [(String, JSON)] = [("_from_model_config", .bool(true))]
+            if let b = config.bosTokenId { g.append(("bos_token_id", .int(Int64(b)))) }
+            if !config.eosTokenIds.isEmpty {
+                g.append(("eos_token_id", config.eosTokenIds.count == 1 ? .int(Int64(config.eosTokenIds[0])) : .array(config.eosTokenIds.map { .int(Int64($0)) })))
+            }
+            try writeText(JSON.object(g).serialized(pretty: true) + "\n", to: folder + "/generation_config.json")
+        }
+        return digests
     }
 
     static func writeText(_ s: String, to path: String) throws {

@@ -115,7 +115,8 @@ public struct ModelConfig: Equatable, Sendable {
     }
 
     /// `config.json` for this model (HF field names).
-    public func toJSON() -> JSON {
+    /// config.json as Hugging Face writes it; `torchDType` names the weights' dtype.
+    public func toJSON(torchDType: String = "float32") -> JSON {
         var o: [(String, JSON)] = [
             ("architectures", .array([.string(architecture)])),
             ("model_type", .string(architecture == "Qwen2ForCausalLM" ? "qwen2" : architecture == "MistralForCausalLM" ? "mistral" : "llama")),
@@ -129,7 +130,7 @@ public struct ModelConfig: Equatable, Sendable {
         ]
         o.append(("bos_token_id", bosTokenId.map { .int(Int64($0)) } ?? .null))
         o.append(("eos_token_id", eosTokenIds.count == 1 ? .int(Int64(eosTokenIds[0])) : .array(eosTokenIds.map { .int(Int64($0)) })))
-        o.append(("torch_dtype", .string("float32")))
+        o.append(("torch_dtype", .string(torchDType)))
         return .object(o)
     }
 

@@ -233,13 +233,19 @@ public final class SafetensorsWriter {
         next += 1
     }
 
-    public func write(floats: [Float], as dtype: DType) throws {
+    /// Appends the next tensor's values converted to `dtype` (f32, f16 or bf16, round to
+    /// nearest even); returns the SHA-256 of the bytes written (lowercase hex).
+    @discardableResult
+    public func write(floats: [Float], as dtype: DType) throws -> String {
+        var h = SHA256()
+        func put(_ b: UnsafeRawBufferPointer) throws { h.update(b); try write(b) }
         switch dtype {
-        case .f32: try floats.withUnsafeBytes { try write($0) }
-        case .f16: let h = floats.map { floatToHalf($0) }; try h.withUnsafeBytes { try write($0) }
-        case .bf16: let h = floats.map { floatToBF16($0) }; try h.withUnsafeBytes { try write($0) }
+        case .f32: try floats.withUnsafeBytes { try put($0) }
+        case .f16: let v = floats.map { floatToHalf($0) }; try v.withUnsafeBytes { try put($0) }
+        case .bf16: let v = floats.map { floatToBF16($0) }; try v.withUnsafeBytes { try put($0) }
         default: preconditionFailure("write(floats:) supports f32/f16/bf16")
         }
+        return h.finalizeHex()
     }
 
     /// Finishes the file (all declared tensors must have been written).

@@ -6,5 +6,5 @@ struct LMConvert: ParsableCommand {
         commandName: "lmconvert",
         abstract: "Convert, quantize and inspect language-model weights.",
         version: "0.1.0",
-        subcommands: [ImportCommand.self, QuantizeCommand.self, PruneCommand.self, ShardCommand.self, InspectCommand.self, VerifyCommand.self])
+        subcommands: [ImportCommand.self, QuantizeCommand.self, PruneCommand.self, ShardCommand.self, ExportCommand.self, InspectCommand.self, VerifyCommand.self])
 }
