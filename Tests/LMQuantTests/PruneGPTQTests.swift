@@ -5,7 +5,7 @@ import LMQuant
 import Testing
 
 /// Reference twin of GPTQ with pruning in the same pass (`GPTQ.Pruning`): Double weights,
-/// no lazy blocks, its own `U = chol((H + λI)⁻¹)ᵀ` (Gauss–Jordan inverse, Cholesky); each
+/// no lazy blocks, its own `U = chol((H + λI)⁻¹)ᵀ` (`referenceInverseFactor`); each
 /// column is fixed in turn (pruned → 0, kept → the grid value under its group's parameters,
 /// chosen by the codec at the group's first column from the weights not known to be pruned)
 /// and its error spread over every later column at once. N:M selection at each run's first
@@ -13,33 +13,7 @@ import Testing
 /// share when one block spans the row). Returns the stored values and the mask.
 private func referenceJoint(_ w: [Float], rows: Int, cols n: Int, x: [Float], damp: Double, scheme: QuantScheme,
                             fixed: [Bool]? = nil, pattern: (n: Int, m: Int)? = nil, sparsity: Double = 0) -> (values: [Float], keep: [Bool]) {
-    let samples = x.count / n
-    var H = [Double](repeating: 0, count: n * n)
-    for s in 0..<samples { for i in 0..<n { for j in 0..<n { H[i * n + j] += 2 / Double(samples) * Double(x[s * n + i]) * Double(x[s * n + j]) } } }
-    var mean = 0.0
-    for i in 0..<n { mean += H[i * n + i] }
-    for i in 0..<n { H[i * n + i] += damp * mean / Double(n) }
-    var a = H, inv = [Double](repeating: 0, count: n * n)
-    for i in 0..<n { inv[i * n + i] = 1 }
-    for p in 0..<n {
-        let d = a[p * n + p]
-        for j in 0..<n { a[p * n + j] /= d; inv[p * n + j] /= d }
-        for r in 0..<n where r != p {
-            let f = a[r * n + p]
-            if f != 0 { for j in 0..<n { a[r * n + j] -= f * a[p * n + j]; inv[r * n + j] -= f * inv[p * n + j] } }
-        }
-    }
-    var U = [Double](repeating: 0, count: n * n)
-    for i in 0..<n {
-        var s = inv[i * n + i]
-        for k in 0..<i { s -= U[k * n + i] * U[k * n + i] }
-        U[i * n + i] = s.squareRoot()
-        for j in (i + 1)..<n {
-            var t = inv[i * n + j]
-            for k in 0..<i { t -= U[k * n + i] * U[k * n + j] }
-            U[i * n + j] = t / U[i * n + i]
-        }
-    }
+    let U = referenceInverseFactor(x, cols: n, damp: damp)
     let value = scheme.dense, codec = value.codec as! any IntegerSchemeCodec
     let st = scheme.sparsity
     let kCols = st.map { n / $0.m * $0.n } ?? n
