@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Independent check of an `lmconvert export --format safetensors` folder: reads
-model.safetensors with the `safetensors` package (numpy), and compares every tensor's
+model.safetensors (or every shard its index names) with the `safetensors` package (numpy), and compares every tensor's
 bytes (SHA-256, in its stored dtype), dtype and shape with what `lmconvert export --json` reported
 writing, and the config's torch_dtype with the dtype. Exit 1 naming the first mismatch.
 
@@ -11,7 +11,24 @@ import hashlib, json, sys
 from safetensors.numpy import load_file
 
 folder, summary = sys.argv[1], json.load(open(sys.argv[2]))
-tensors = load_file(folder + "/model.safetensors")
+try:
+    index = json.load(open(folder + "/model.safetensors.index.json"))
+except FileNotFoundError:
+    index = None
+if index is None:
+    tensors = load_file(folder + "/model.safetensors")
+else:
+    # A sharded folder: every file the index names, each tensor where the index says.
+    tensors = {}
+    for f in sorted(set(index["weight_map"].values())):
+        part = load_file(folder + "/" + f)
+        for name in part:
+            if index["weight_map"].get(name) != f:
+                sys.exit(f"{name}: in {f}, but the index maps it to {index['weight_map'].get(name)}")
+        tensors.update(part)
+    total = sum(t.nbytes for t in tensors.values())
+    if index["metadata"]["total_size"] != total:
+        sys.exit(f"index total_size {index['metadata']['total_size']} vs {total} bytes of tensors")
 want = {t["name"]: t["sha256"] for t in summary["tensors"]}
 shapes = {t["name"]: list(t["shape"]) for t in summary["tensors"]}
 if set(tensors) != set(want):
@@ -28,4 +45,4 @@ for name, t in tensors.items():
 config = json.load(open(folder + "/config.json"))
 if config.get("torch_dtype") != {"float32": "float32", "float16": "float16"}[np_dtype]:
     sys.exit(f"config.json torch_dtype {config.get('torch_dtype')} for {np_dtype} weights")
-print(f"safetensors {len(tensors)} tensors: names, shapes' bytes and dtype {np_dtype} match what lmconvert wrote")
+print(f"safetensors {len(tensors)} tensors{'' if index is None else ' in ' + str(len(set(index['weight_map'].values()))) + ' shards'}: names, shapes' bytes and dtype {np_dtype} match what lmconvert wrote")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Independent reader of `lmconvert export --format safetensors`: the PyPI `safetensors`
 # package (with numpy) reads the exported files of stories260K (f16, and a 2:4-pruned
-# int4-g32+2:4 build exported as f32) and checks every tensor's bytes, dtype and the
+# int4-g32+2:4 build exported as f32, and in f16 split into 200 KB shards with an index) and checks every tensor's bytes, dtype and the
 # config against what lmconvert reported writing (scripts/check-safetensors.py).
 # The packages go into a virtual environment under .build/pyenv (bounded: pip ≤ 5 min);
 # where PyPI is out of reach this prints a SKIPPED line. ~20 s with the packages cached.
@@ -25,6 +25,9 @@ $BIN/lmconvert export -i "$T/f16.lmpk" -o "$T/hf16" --format safetensors --dtype
 $BIN/lmconvert export -i "$T/p.lmpk" -o "$T/hp" --format safetensors --dtype f32 --json > "$T/hp.json"
 "$PY" scripts/check-safetensors.py "$T/hf16" "$T/hf16.json"
 "$PY" scripts/check-safetensors.py "$T/hp" "$T/hp.json"
+$BIN/lmconvert export -i "$T/p.lmpk" -o "$T/hs" --format safetensors --dtype f16 --max-shard-size 200KB --json > "$T/hs.json"
+[ -f "$T/hs/model.safetensors.index.json" ] || { echo "FAIL --max-shard-size 200KB wrote no index"; exit 1; }
+"$PY" scripts/check-safetensors.py "$T/hs" "$T/hs.json"
 # The checker fails on a mismatch (one tensor's reported digest changed).
 python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); t=j["tensors"][3]; t["sha256"]="0"*64; json.dump(j,open(sys.argv[2],"w"))' "$T/hp.json" "$T/bad.json"
 if "$PY" scripts/check-safetensors.py "$T/hp" "$T/bad.json" >/dev/null 2>&1; then echo "FAIL scripts/check-safetensors.py accepted a wrong digest"; exit 1; fi

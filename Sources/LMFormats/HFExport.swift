@@ -21,7 +21,9 @@ public enum HFExport {
 
     /// - Throws: `LMPKError` for a rank file (naming the manifest's source when its folder
     ///   has one), an output that exists without `force`, or a corrupt input.
-    public static func export(lmpk path: String, to folder: String, dtype: DType, force: Bool = false,
+    /// `maxShardBytes`: split `model.safetensors` into files of at most this many tensor bytes
+    /// with an index (`HFFolderWriter`); nil writes one file.
+    public static func export(lmpk path: String, to folder: String, dtype: DType, force: Bool = false, maxShardBytes: Int? = nil,
                               progress: ((Int) -> ProgressReporter)? = nil) throws -> Summary {
         let start = Date()
         let fm = FileManager.default
@@ -43,7 +45,8 @@ public enum HFExport {
         let digests: [String]
         do {
             digests = try HFFolderWriter.write(folder: tmp, config: f.config, tokenizer: model.tokenizer, tensors: model.tensors, dtype: dtype,
-                                               metadata: meta, generationConfig: true, progress: progress?(model.tensors.count))
+                                               metadata: meta, generationConfig: true, maxShardBytes: maxShardBytes,
+                                               progress: progress?(model.tensors.count))
             if fm.fileExists(atPath: folder) {
                 let aside = folder + ".old-\(getpid())"
                 try fm.moveItem(atPath: folder, toPath: aside)
@@ -56,7 +59,8 @@ public enum HFExport {
             try? fm.removeItem(atPath: tmp)
             throw error
         }
-        let bytes = ((try? fm.attributesOfItem(atPath: folder + "/model.safetensors")[.size] as? Int) ?? 0) ?? 0
+        let files = (try? fm.contentsOfDirectory(atPath: folder).filter { $0.hasSuffix(".safetensors") }) ?? []
+        let bytes = files.reduce(0) { $0 + (((try? fm.attributesOfItem(atPath: folder + "/" + $1)[.size] as? Int) ?? 0) ?? 0) }
         return Summary(tensors: zip(model.tensors, digests).map { ($0.name, $0.shape, $1) }, bytes: bytes, seconds: Date().timeIntervalSince(start))
     }
 }

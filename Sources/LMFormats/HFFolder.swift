@@ -20,26 +20,57 @@ public enum HFFolderWriter {
     /// Returns each tensor's SHA-256 of the bytes written (lowercase hex), in `tensors` order.
     /// `config.json` records `torch_dtype` as `dtype`; with `generationConfig`, a
     /// `generation_config.json` holds the config's BOS/EOS ids.
+    /// `maxShardBytes`: when the tensors' bytes exceed it, they are split in file order into
+    /// `model-0000i-of-0000n.safetensors` files of at most that many tensor bytes (a larger
+    /// tensor gets a file of its own) plus `model.safetensors.index.json` (`total_size`,
+    /// `weight_map`), as transformers' `save_pretrained(max_shard_size:)` does; otherwise one
+    /// `model.safetensors`.
     @discardableResult
     public static func write(folder: String, config: ModelConfig, tokenizer: JSON?, tensors: [PendingTensor],
                              dtype: DType, metadata: [(String, String)] = [], generationConfig: Bool = false,
-                             progress: ProgressReporter? = nil) throws -> [String] {
+                             maxShardBytes: Int? = nil, progress: ProgressReporter? = nil) throws -> [String] {
         guard [.f32, .f16, .bf16].contains(dtype) else { throw ModelError.unsupportedDType(tensor: "*", dtype: dtype.rawValue, expected: "f32, f16 or bf16") }
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        let entries = tensors.map { SafetensorsWriter.Entry(name: $0.name, dtype: dtype, shape: $0.shape) }
-        let w = try SafetensorsWriter(path: folder + "/model.safetensors", entries: entries, metadata: [("format", "pt")] + metadata)
-        var digests: [String] = []
-        for (i, t) in tensors.enumerated() {
-            let v = try t.produce()
-            guard v.count == t.shape.reduce(1, *) else { throw ModelError.shapeMismatch(tensor: t.name, expected: t.shape, found: [v.count]) }
-            if let bad = v.firstIndex(where: { !$0.isFinite }) {
-                throw ModelError.nonFinite(tensor: t.name, index: bad, value: v[bad])
+        let sizes = tensors.map { $0.shape.reduce(1, *) * dtype.size }
+        let total = sizes.reduce(0, +)
+        // Consecutive runs of tensors, each within the shard size.
+        var shards: [Range<Int>] = []
+        if let cap = maxShardBytes, total > cap {
+            var lo = 0, bytes = 0
+            for (i, b) in sizes.enumerated() {
+                if i > lo && bytes + b > cap { shards.append(lo..<i); lo = i; bytes = 0 }
+                bytes += b
             }
-            digests.append(try w.write(floats: v, as: dtype))
-            t.release()
-            progress?.update(i + 1)
+            shards.append(lo..<tensors.count)
+        } else {
+            shards = [0..<tensors.count]
         }
-        try w.commit()
+        func fileName(_ k: Int) -> String {
+            shards.count == 1 ? "model.safetensors" : String(format: "model-%05d-of-%05d.safetensors", k + 1, shards.count)
+        }
+        var digests: [String] = []
+        for (k, range) in shards.enumerated() {
+            let entries = range.map { SafetensorsWriter.Entry(name: tensors[$0].name, dtype: dtype, shape: tensors[$0].shape) }
+            let w = try SafetensorsWriter(path: folder + "/" + fileName(k), entries: entries, metadata: [("format", "pt")] + metadata)
+            for i in range {
+                let t = tensors[i]
+                let v = try t.produce()
+                guard v.count == t.shape.reduce(1, *) else { throw ModelError.shapeMismatch(tensor: t.name, expected: t.shape, found: [v.count]) }
+                if let bad = v.firstIndex(where: { !$0.isFinite }) {
+                    throw ModelError.nonFinite(tensor: t.name, index: bad, value: v[bad])
+                }
+                digests.append(try w.write(floats: v, as: dtype))
+                t.release()
+                progress?.update(i + 1)
+            }
+            try w.commit()
+        }
+        if shards.count > 1 {
+            var map: [(String, JSON)] = []
+            for (k, range) in shards.enumerated() { for i in range { map.append((tensors[i].name, .string(fileName(k)))) } }
+            let index = JSON.object([("metadata", .object([("total_size", .int(Int64(total)))])), ("weight_map", .object(map))])
+            try writeText(index.serialized(pretty: true) + "\n", to: folder + "/model.safetensors.index.json")
+        }
         let torchDType = dtype == .f16 ? "float16" : dtype == .bf16 ? "bfloat16" : "float32"
         try writeText(config.toJSON(torchDType: torchDType).serialized(pretty: true) + "\n", to: folder + "/config.json")
         if let tokenizer { try writeText(tokenizer.serialized(pretty: true) + "\n", to: folder + "/tokenizer.json") }

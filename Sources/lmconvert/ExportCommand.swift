@@ -30,6 +30,8 @@ struct ExportCommand: ParsableCommand {
     var format: ExportFormat
     @Option(help: "Storage dtype of the written tensors: f16, bf16 or f32 (exact for every stored value).")
     var dtype: OutputDType = .f16
+    @Option(help: "Split model.safetensors into files of at most this size, with model.safetensors.index.json (bytes, or KB/MB/GB = 10³/10⁶/10⁹, KiB/MiB/GiB); transformers' default.")
+    var maxShardSize: String = "5GB"
     @Flag(help: "Replace an existing output.")
     var force = false
     @Flag(help: "Print a JSON summary (with each tensor's SHA-256 as written) instead of text.")
@@ -37,11 +39,23 @@ struct ExportCommand: ParsableCommand {
 
     func validate() throws {
         guard input.lowercased().hasSuffix(".lmpk") else { throw ValidationError("--input must be an .lmpk file (convert other formats with lmconvert quantize or import)") }
+        _ = try shardBytes()
+    }
+
+    /// `--max-shard-size` in bytes.
+    func shardBytes() throws -> Int {
+        let units: [(String, Double)] = [("GiB", 1_073_741_824), ("MiB", 1_048_576), ("KiB", 1024), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("B", 1)]
+        var text = maxShardSize.trimmingCharacters(in: .whitespaces), scale = 1.0
+        if let u = units.first(where: { text.uppercased().hasSuffix($0.0.uppercased()) }) { text = String(text.dropLast(u.0.count)); scale = u.1 }
+        guard let v = Double(text.trimmingCharacters(in: .whitespaces)), v.isFinite, v * scale >= 1, v * scale < 1e15 else {
+            throw ValidationError("--max-shard-size must be a positive size such as 5GB, 500MB or 2GiB, got '\(maxShardSize)'")
+        }
+        return Int(v * scale)
     }
 
     func run() throws {
         InterruptCleanup.install()
-        let s = try HFExport.export(lmpk: input, to: output, dtype: dtype.dtype, force: force) {
+        let s = try HFExport.export(lmpk: input, to: output, dtype: dtype.dtype, force: force, maxShardBytes: try shardBytes()) {
             ProgressReporter(label: "export", total: $0, unit: " tensors")
         }
         if json {

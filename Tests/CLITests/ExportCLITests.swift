@@ -40,6 +40,32 @@ struct ExportCLITests {
         }
     }
 
+    @Test("--max-shard-size: files of at most that many tensor bytes in order, an index our reader follows to the same values; a bad size is refused")
+    func sharded() throws {
+        let (dir, _) = try PruneCLITests.fixture("export-shards")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(try run("lmconvert", ["quantize", "-i", dir + "/m", "-o", dir + "/q.lmpk", "--scheme", "int8-g32"]).status == 0)
+        #expect(try run("lmconvert", ["export", "-i", dir + "/q.lmpk", "-o", dir + "/one", "--format", "safetensors"]).status == 0)
+        let r = try run("lmconvert", ["export", "-i", dir + "/q.lmpk", "-o", dir + "/many", "--format", "safetensors", "--max-shard-size", "100KiB"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let index = try JSON.parse(file: dir + "/many/model.safetensors.index.json")
+        let files = Set(index["weight_map"]!.object!.map { $0.1.string! })
+        #expect(files.count > 2 && !FileManager.default.fileExists(atPath: dir + "/many/model.safetensors"))
+        var total = 0
+        for f in files {
+            let sf = try SafetensorsFile(path: dir + "/many/" + f)
+            let bytes = sf.tensors.reduce(0) { $0 + $1.bytes.count }
+            total += bytes
+            #expect(bytes <= 100 * 1024 || sf.tensors.count == 1, "\(f): \(bytes) bytes in \(sf.tensors.count) tensors")
+        }
+        #expect(index["metadata"]?["total_size"]?.int == total)
+        let one = try TensorStore(path: dir + "/one"), many = try TensorStore(path: dir + "/many")
+        #expect(one.names == many.names)
+        for n in one.names { #expect(try one.require(n).toFloat() == many.require(n).toFloat(), "\(n)") }
+        let bad = try run("lmconvert", ["export", "-i", dir + "/q.lmpk", "-o", dir + "/bad", "--format", "safetensors", "--max-shard-size", "lots"])
+        #expect(bad.status != 0 && bad.stderr.contains("--max-shard-size"), "\(bad.stderr)")
+    }
+
     @Test("bad input: an existing output without --force (untouched), a rank file (the manifest's source named), a non-.lmpk input; --force replaces")
     func errors() throws {
         let (dir, _) = try PruneCLITests.fixture("export-err")
