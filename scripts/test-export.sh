@@ -12,7 +12,13 @@ DATA="${LMKIT_SHARED:-../shared}"
 PY=.build/pyenv/bin/python
 if [ ! -x "$PY" ] || ! "$PY" -c 'import safetensors, numpy' 2>/dev/null; then
   rm -rf .build/pyenv
-  if ! python3 -m venv .build/pyenv >/dev/null 2>&1 || ! timeout 300 .build/pyenv/bin/pip install -q safetensors numpy >/dev/null 2>&1; then
+  if ! python3 -m venv .build/pyenv >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    # Debian ships venv separately (python3-venv): install it as scripts/setup.sh installs packages.
+    as_root=(); [ "$(id -u)" = 0 ] || as_root=(sudo -n)
+    rm -rf .build/pyenv
+    "${as_root[@]}" apt-get install -y -qq --no-install-recommends python3-venv python3-pip </dev/null >/dev/null 2>&1 || true
+  fi
+  if ! { [ -x .build/pyenv/bin/python ] || python3 -m venv .build/pyenv >/dev/null 2>&1; } || ! timeout 300 .build/pyenv/bin/pip install -q safetensors numpy >/dev/null 2>&1; then
     echo "SKIPPED scripts/test-export.sh: could not install safetensors and numpy from PyPI into .build/pyenv"
     exit 0
   fi
