@@ -418,8 +418,7 @@ public enum GPTQ {
         // groups of Gv values span G = Gv·m/n columns (every aligned m columns keep n).
         let valueScheme = scheme.dense, storage = scheme.sparsity
         let kCols = storage.map { n / $0.m * $0.n } ?? n
-        let Gv = valueScheme.groupSize == 0 ? kCols : valueScheme.groupSize
-        let G = storage.map { Gv * $0.m / $0.n } ?? Gv
+        let G = groupColumns(scheme, cols: n)
         let ng = valueScheme.groups(cols: kCols)
         let dead = f.dead, perm = f.perm, actOrder = f.actOrder
 

@@ -357,8 +357,7 @@ extension Pruner {
             if n.m % o.m == 0 { ok = n.n * o.m <= o.n * n.m }
             else if o.m % n.m == 0 { ok = min(n.m, o.m - o.n) <= n.m - n.n }
             else { ok = false }
-        case (.some, nil): ok = (new.sparsity ?? 0) + 1e-12 >= oldSparsity
-        case (nil, nil): ok = (new.sparsity ?? 0) + 1e-12 >= oldSparsity
+        case (_, nil): ok = (new.sparsity ?? 0) + 1e-12 >= oldSparsity
         case (nil, .some): ok = oldSparsity == 0
         }
         guard ok else {
