@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Independent reader of `lmconvert export --format safetensors`: the PyPI `safetensors`
-# package (with numpy) reads the exported files of stories260K (f16, and a 2:4-pruned
-# int4-g32+2:4 build exported as f32, and in f16 split into 200 KB shards with an index) and checks every tensor's bytes, dtype and the
-# config against what lmconvert reported writing (scripts/check-safetensors.py).
+# Independent readers of `lmconvert export`:
+# - safetensors: the PyPI `safetensors` package (with numpy) reads the exported files of
+#   stories260K (f16, and a 2:4-pruned int4-g32+2:4 build exported as f32, and in f16 split
+#   into 200 KB shards with an index) and checks every tensor's bytes, dtype and the config
+#   against what lmconvert reported writing (scripts/check-safetensors.py);
+# - gguf: the PyPI `gguf` package (gguf-py) reads GGUF exports of stories260K (int4s-g32 with
+#   an int8-g32 embedding and int4-g32 down_proj requantized to f32; a compressed
+#   int4s-g32+2:4 build; int8-g64 → Q8_0; int4-g128 → Q4_1) and of SmolLM2 (int4-g32 → Q4_1) and
+#   dequantizes every tensor to exactly the reference decoding, which the f32 safetensors
+#   export of the same .lmpk holds (scripts/check-gguf.py).
 # The packages go into a virtual environment under .build/pyenv (bounded: pip ≤ 5 min);
 # where PyPI is out of reach this prints a SKIPPED line. ~20 s with the packages cached.
 set -euo pipefail
@@ -10,7 +16,7 @@ cd "$(dirname "$0")/.."
 BIN="${BIN:-.build/release}"
 DATA="${LMKIT_SHARED:-../shared}"
 PY=.build/pyenv/bin/python
-if [ ! -x "$PY" ] || ! "$PY" -c 'import safetensors, numpy' 2>/dev/null; then
+if [ ! -x "$PY" ] || ! "$PY" -c 'import safetensors, numpy, gguf' 2>/dev/null; then
   rm -rf .build/pyenv
   if ! python3 -m venv .build/pyenv >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
     # Debian ships venv separately (python3-venv): install it as scripts/setup.sh installs packages.
@@ -18,8 +24,8 @@ if [ ! -x "$PY" ] || ! "$PY" -c 'import safetensors, numpy' 2>/dev/null; then
     rm -rf .build/pyenv
     "${as_root[@]}" apt-get install -y -qq --no-install-recommends python3-venv python3-pip </dev/null >/dev/null 2>&1 || true
   fi
-  if ! { [ -x .build/pyenv/bin/python ] || python3 -m venv .build/pyenv >/dev/null 2>&1; } || ! timeout 300 .build/pyenv/bin/pip install -q safetensors numpy >/dev/null 2>&1; then
-    echo "SKIPPED scripts/test-export.sh: could not install safetensors and numpy from PyPI into .build/pyenv"
+  if ! { [ -x .build/pyenv/bin/python ] || python3 -m venv .build/pyenv >/dev/null 2>&1; } || ! timeout 300 .build/pyenv/bin/pip install -q safetensors numpy gguf >/dev/null 2>&1; then
+    echo "SKIPPED scripts/test-export.sh: could not install safetensors, numpy and gguf from PyPI into .build/pyenv"
     exit 0
   fi
 fi
@@ -37,4 +43,21 @@ $BIN/lmconvert export -i "$T/p.lmpk" -o "$T/hs" --format safetensors --dtype f16
 # The checker fails on a mismatch (one tensor's reported digest changed).
 python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); t=j["tensors"][3]; t["sha256"]="0"*64; json.dump(j,open(sys.argv[2],"w"))' "$T/hp.json" "$T/bad.json"
 if "$PY" scripts/check-safetensors.py "$T/hp" "$T/bad.json" >/dev/null 2>&1; then echo "FAIL scripts/check-safetensors.py accepted a wrong digest"; exit 1; fi
+# GGUF: gguf-py's dequantization equals the reference decoding (the f32 safetensors export).
+gguf_case() { # name, then the build command's arguments after -o
+  local n="$1"; shift
+  "$@" >/dev/null
+  $BIN/lmconvert export -i "$T/$n.lmpk" -o "$T/$n.gguf" --format gguf --requantize-to f32 --json > "$T/$n.json"
+  $BIN/lmconvert export -i "$T/$n.lmpk" -o "$T/$n-ref" --format safetensors --dtype f32 >/dev/null
+  "$PY" scripts/check-gguf.py "$T/$n.gguf" "$T/$n.json" "$T/$n-ref"
+}
+S="$DATA/models/stories260k"
+gguf_case g4 $BIN/lmconvert quantize -i "$S" -o "$T/g4.lmpk" --scheme int4s-g32 --override embed_tokens=int8-g32 --override down_proj=int4-g32
+gguf_case g8 $BIN/lmconvert quantize -i "$S" -o "$T/g8.lmpk" --scheme int8-g64
+gguf_case g1 $BIN/lmconvert quantize -i "$S" -o "$T/g1.lmpk" --scheme int4-g128 --override embed_tokens=f16
+gguf_case gp $BIN/lmconvert prune -i "$S" -o "$T/gp.lmpk" --method magnitude --pattern 2:4 --scheme int4s-g32
+gguf_case gs $BIN/lmconvert quantize -i "$DATA/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf" -o "$T/gs.lmpk" --scheme int4-g32 --override embed_tokens=int8-g32
+# The checker fails on a mismatch (a reference value changed).
+"$PY" -c 'import sys; from safetensors.numpy import load_file, save_file; d=load_file(sys.argv[1]); k="model.layers.0.mlp.up_proj.weight"; d[k]=d[k].copy(); d[k][0,0]+=1; save_file(d, sys.argv[1], metadata={"format":"pt"})' "$T/g4-ref/model.safetensors"
+if "$PY" scripts/check-gguf.py "$T/g4.gguf" "$T/g4.json" "$T/g4-ref" >/dev/null 2>&1; then echo "FAIL scripts/check-gguf.py accepted a wrong value"; exit 1; fi
 echo "ok   scripts/test-export.sh"

@@ -7,13 +7,25 @@ import LMFormats
 enum ExportFormat: String, ExpressibleByArgument, CaseIterable {
     /// A Hugging Face folder of dequantized weights.
     case safetensors
+    /// A GGUF v3 file for llama.cpp, its codes mapped onto ggml types exactly.
+    case gguf
 }
+
+extension GGUFExport.Target: ExpressibleByArgument {}
 
 struct ExportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "export",
-        abstract: "Export a whole-model .lmpk for other runtimes: a Hugging Face safetensors folder.",
+        abstract: "Export a whole-model .lmpk for other runtimes: a GGUF file (llama.cpp) or a Hugging Face safetensors folder.",
         discussion: """
+        --format gguf writes OUT (a GGUF v3 file llama.cpp, Ollama and LM Studio load): the codes, scales and \
+        minimums unchanged — int4s-gG → Q4_0, int4-gG → Q4_1, int8-gG → Q8_0 (G = 32, 64 or 128; 32-column \
+        rows), f32/f16/bf16 as themselves, compressed N:M with int4s/int8/float values scattered with exact zeros \
+        — each row checked to decode to the .lmpk's values; the tokenizer (gpt2 or llama), architecture \
+        metadata and the q/k row permutation llama.cpp expects; provenance in lmkit.provenance. A tensor with no \
+        exact ggml type (int8 per channel, int3, int2, int4 with pruning, columns not a multiple of 32) is \
+        refused by name unless --requantize-to gives its type (f32 keeps its values exactly).
+
         --format safetensors writes OUT/ with model.safetensors (each tensor's reference decoding in --dtype: \
         f16 default, bf16 or f32; HF names and layout, loadable by transformers), config.json (torch_dtype set), \
         tokenizer.json and generation_config.json; the .lmpk's provenance and pruning record go into the \
@@ -26,10 +38,12 @@ struct ExportCommand: ParsableCommand {
     var input: String
     @Option(name: .shortAndLong, help: "Output folder.")
     var output: String
-    @Option(help: "Output format: safetensors.")
+    @Option(help: "Output format: gguf or safetensors.")
     var format: ExportFormat
-    @Option(help: "Storage dtype of the written tensors: f16, bf16 or f32 (exact for every stored value).")
+    @Option(help: "safetensors: storage dtype of the written tensors: f16, bf16 or f32 (exact for every stored value).")
     var dtype: OutputDType = .f16
+    @Option(help: "gguf: convert tensors whose scheme has no exact ggml type to this one: f32 (exact values), f16, bf16, q8_0, q4_0, q4_1.")
+    var requantizeTo: GGUFExport.Target?
     @Option(help: "Split model.safetensors into files of at most this size, with model.safetensors.index.json (bytes, or KB/MB/GB = 10³/10⁶/10⁹, KiB/MiB/GiB); transformers' default.")
     var maxShardSize: String = "5GB"
     @Flag(help: "Replace an existing output.")
@@ -40,6 +54,7 @@ struct ExportCommand: ParsableCommand {
     func validate() throws {
         guard input.lowercased().hasSuffix(".lmpk") else { throw ValidationError("--input must be an .lmpk file (convert other formats with lmconvert quantize or import)") }
         _ = try shardBytes()
+        if format != .gguf && requantizeTo != nil { throw ValidationError("--requantize-to applies to --format gguf only") }
     }
 
     /// `--max-shard-size` in bytes.
@@ -55,6 +70,7 @@ struct ExportCommand: ParsableCommand {
 
     func run() throws {
         InterruptCleanup.install()
+        if format == .gguf { return try runGGUF() }
         let s = try HFExport.export(lmpk: input, to: output, dtype: dtype.dtype, force: force, maxShardBytes: try shardBytes()) {
             ProgressReporter(label: "export", total: $0, unit: " tensors")
         }
@@ -66,6 +82,25 @@ struct ExportCommand: ParsableCommand {
         } else {
             print(String(format: "exported %@ → %@ (%@ safetensors, %d tensors, %.2f MiB) in %.1f s", input, output, dtype.rawValue, s.tensors.count,
                          Double(s.bytes) / 1_048_576, s.seconds))
+        }
+    }
+
+    func runGGUF() throws {
+        let s = try GGUFExport.export(lmpk: input, to: output, requantizeTo: requantizeTo, force: force) {
+            ProgressReporter(label: "export", total: $0, unit: " tensors")
+        }
+        if json {
+            let fields: [(String, JSON)] = [("output", .string(output)), ("format", .string("gguf")), ("bytes", .int(Int64(s.bytes))), ("seconds", .double(s.seconds)),
+                                            ("tensors", .array(s.tensors.map {
+                                                .object([("name", .string($0.plan.hfName)), ("gguf_name", .string($0.plan.ggufName)), ("scheme", .string($0.plan.scheme.description)),
+                                                         ("type", .string($0.plan.type.name)), ("exact", .bool($0.plan.exact)), ("sha256", .string($0.sha256))])
+                                            }))]
+            print(JSON.object(fields).serialized(pretty: true))
+        } else {
+            var counts: [String: Int] = [:]
+            for t in s.tensors { counts["\(t.plan.scheme) → \(t.plan.type.name)\(t.plan.exact ? "" : " (requantized)")", default: 0] += 1 }
+            print(String(format: "exported %@ → %@ (GGUF, %d tensors, %.2f MiB) in %.1f s", input, output, s.tensors.count, Double(s.bytes) / 1_048_576, s.seconds))
+            for (k, v) in counts.sorted(by: { $0.key < $1.key }) { print("  \(v) × \(k)") }
         }
     }
 }
