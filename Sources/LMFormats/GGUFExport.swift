@@ -21,7 +21,7 @@ public enum GGUFExport {
             switch self { case .f32: return .f32; case .f16: return .f16; case .bf16: return .bf16; case .q8_0: return .q8_0; case .q4_0: return .q4_0; case .q4_1: return .q4_1 }
         }
         /// The `.lmpk` scheme whose round-to-nearest codes a quantized target takes (mapped exactly).
-        var scheme: QuantScheme? {
+        public var scheme: QuantScheme? {
             switch self {
             case .q8_0: return QuantScheme(kind: .int8, groupSize: 32)
             case .q4_0: return QuantScheme(kind: .int4s, groupSize: 32)
@@ -272,33 +272,10 @@ public enum GGUFExport {
             }
             return
         }
-        let G = scheme.groupSize
-        // Codes per column (int8 as its bit pattern) and, per 32-column block, the index of its group.
-        var codes = [UInt8](repeating: 0, count: cols)
-        let nBlocks = cols / 32
-        var groupOf = [Int](repeating: 0, count: nBlocks)
-        let int8 = scheme.kind == .int8
-        let k: Int, stored: Int
-        if let sp = scheme.sparsity { k = cols / sp.m * sp.n; stored = k } else { k = cols; stored = cols }
-        let k32 = QuantScheme.paddedCols(stored), ng = (k + G - 1) / G
-        func code(_ j: Int) -> UInt8 {
-            if int8 { return s[0][r * k32 + j] }
-            let byte = s[0][r * k32 / 2 + (j / 32) * 16 + (j % 32) % 16]
-            return (j % 32) < 16 ? byte & 0xF : byte >> 4
-        }
-        if scheme.sparsity != nil {
-            let mask = s[s.count - 1], mb = NMCodec.maskRowBytes(cols: cols)
-            let zero: UInt8 = int8 ? 0 : 8
-            var j = 0
-            for c in 0..<cols {
-                if (mask[r * mb + c / 8] >> UInt8(c % 8)) & 1 == 1 && j < k { codes[c] = code(j); j += 1 } else { codes[c] = zero }
-            }
-            // Every 8 columns keep 4 (validated), so block b's kept values are 16b…16b+15: one group.
-            for b in 0..<nBlocks { groupOf[b] = 16 * b / G }
-        } else {
-            for c in 0..<cols { codes[c] = code(c) }
-            for b in 0..<nBlocks { groupOf[b] = 32 * b / G }
-        }
+        let codes = StoredCodes.row(scheme, sections: s, row: r, cols: cols)
+        let nBlocks = cols / 32, ng = StoredCodes.groupsPerRow(scheme, cols: cols)
+        // Each 32-column block lies inside one stored group (exactType checked G).
+        let groupOf = (0..<nBlocks).map { StoredCodes.group(ofColumn: 32 * $0, scheme: scheme) }
         let (_, bb) = type.block
         for b in 0..<nBlocks {
             let o = d + b * bb, g = r * ng + groupOf[b]

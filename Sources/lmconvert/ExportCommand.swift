@@ -9,6 +9,8 @@ enum ExportFormat: String, ExpressibleByArgument, CaseIterable {
     case safetensors
     /// A GGUF v3 file for llama.cpp, its codes mapped onto ggml types exactly.
     case gguf
+    /// A Hugging Face folder in llm-compressor's pack-quantized format (vLLM, transformers).
+    case compressedTensors = "compressed-tensors"
 }
 
 extension GGUFExport.Target: ExpressibleByArgument {}
@@ -16,7 +18,7 @@ extension GGUFExport.Target: ExpressibleByArgument {}
 struct ExportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "export",
-        abstract: "Export a whole-model .lmpk for other runtimes: a GGUF file (llama.cpp) or a Hugging Face safetensors folder.",
+        abstract: "Export a whole-model .lmpk for other runtimes: a GGUF file (llama.cpp), a compressed-tensors folder (vLLM, transformers) or a Hugging Face safetensors folder.",
         discussion: """
         --format gguf writes OUT (a GGUF v3 file llama.cpp, Ollama and LM Studio load): the codes, scales and \
         minimums unchanged — int4s-gG → Q4_0, int4-gG → Q4_1, int8-gG → Q8_0 (G = 32, 64 or 128; 32-column \
@@ -25,6 +27,13 @@ struct ExportCommand: ParsableCommand {
         metadata and the q/k row permutation llama.cpp expects; provenance in lmkit.provenance. A tensor with no \
         exact ggml type (int8 per channel, int3, int2, int4 with pruning, columns not a multiple of 32) is \
         refused by name unless --requantize-to gives its type (f32 keeps its values exactly).
+
+        --format compressed-tensors writes OUT/ as llm-compressor's pack-quantized format (vLLM, transformers): \
+        each linear with symmetric codes keeps them — int4s-gG → 4-bit, int8-gG → 8-bit groups, int8 → 8-bit \
+        per channel, compressed N:M scattered with zero codes — with its float16 scales unchanged; config.json \
+        carries quantization_config (and sparsity_config for pruned models); the embedding, norms and float \
+        linears are dense in --dtype. A linear without a twin (asymmetric int4, int3, int2) is refused by name \
+        unless --requantize-to f16|bf16|f32 writes it dense (listed in quantization_config.ignore).
 
         --format safetensors writes OUT/ with model.safetensors (each tensor's reference decoding in --dtype: \
         f16 default, bf16 or f32; HF names and layout, loadable by transformers), config.json (torch_dtype set), \
@@ -38,11 +47,11 @@ struct ExportCommand: ParsableCommand {
     var input: String
     @Option(name: .shortAndLong, help: "Output folder.")
     var output: String
-    @Option(help: "Output format: gguf or safetensors.")
+    @Option(help: "Output format: gguf, compressed-tensors or safetensors.")
     var format: ExportFormat
-    @Option(help: "safetensors: storage dtype of the written tensors: f16, bf16 or f32 (exact for every stored value).")
+    @Option(help: "safetensors, compressed-tensors: storage dtype of the dense tensors: f16, bf16 or f32 (exact for every stored value).")
     var dtype: OutputDType = .f16
-    @Option(help: "gguf: convert tensors whose scheme has no exact ggml type to this one: f32 (exact values), f16, bf16, q8_0, q4_0, q4_1.")
+    @Option(help: "gguf: convert tensors whose scheme has no exact ggml type to this one: f32 (exact values), f16, bf16, q8_0, q4_0, q4_1. compressed-tensors: f16, bf16 or f32 writes linears without a pack-quantized twin dense in --dtype.")
     var requantizeTo: GGUFExport.Target?
     @Option(help: "Split model.safetensors into files of at most this size, with model.safetensors.index.json (bytes, or KB/MB/GB = 10³/10⁶/10⁹, KiB/MiB/GiB); transformers' default.")
     var maxShardSize: String = "5GB"
@@ -54,7 +63,10 @@ struct ExportCommand: ParsableCommand {
     func validate() throws {
         guard input.lowercased().hasSuffix(".lmpk") else { throw ValidationError("--input must be an .lmpk file (convert other formats with lmconvert quantize or import)") }
         _ = try shardBytes()
-        if format != .gguf && requantizeTo != nil { throw ValidationError("--requantize-to applies to --format gguf only") }
+        if format == .safetensors && requantizeTo != nil { throw ValidationError("--requantize-to applies to --format gguf and compressed-tensors only") }
+        if format == .compressedTensors, let r = requantizeTo, r.scheme != nil {
+            throw ValidationError("--format compressed-tensors: --requantize-to takes f16, bf16 or f32 (linears without a twin are written dense in --dtype); \(r.rawValue) is for gguf")
+        }
     }
 
     /// `--max-shard-size` in bytes.
@@ -71,6 +83,7 @@ struct ExportCommand: ParsableCommand {
     func run() throws {
         InterruptCleanup.install()
         if format == .gguf { return try runGGUF() }
+        if format == .compressedTensors { return try runCompressedTensors() }
         let s = try HFExport.export(lmpk: input, to: output, dtype: dtype.dtype, force: force, maxShardBytes: try shardBytes()) {
             ProgressReporter(label: "export", total: $0, unit: " tensors")
         }
@@ -101,6 +114,24 @@ struct ExportCommand: ParsableCommand {
             for t in s.tensors { counts["\(t.plan.scheme) → \(t.plan.type.name)\(t.plan.exact ? "" : " (requantized)")", default: 0] += 1 }
             print(String(format: "exported %@ → %@ (GGUF, %d tensors, %.2f MiB) in %.1f s", input, output, s.tensors.count, Double(s.bytes) / 1_048_576, s.seconds))
             for (k, v) in counts.sorted(by: { $0.key < $1.key }) { print("  \(v) × \(k)") }
+        }
+    }
+
+    func runCompressedTensors() throws {
+        let s = try CompressedTensorsExport.export(lmpk: input, to: output, dtype: dtype.dtype, denseFallback: requantizeTo != nil, force: force,
+                                                   maxShardBytes: try shardBytes()) {
+            ProgressReporter(label: "export", total: $0, unit: " tensors")
+        }
+        if json {
+            let fields: [(String, JSON)] = [("output", .string(output)), ("format", .string(format.rawValue)), ("dtype", .string(dtype.rawValue)),
+                                            ("bytes", .int(Int64(s.bytes))), ("seconds", .double(s.seconds)),
+                                            ("quantized_linears", .int(Int64(s.quantized))), ("dense_linears", .int(Int64(s.dense))),
+                                            ("tensors", .array(s.tensors.map { .object([("name", .string($0.name)), ("dtype", .string($0.dtype)),
+                                                                                        ("shape", .array($0.shape.map { .int(Int64($0)) })), ("sha256", .string($0.sha256))]) }))]
+            print(JSON.object(fields).serialized(pretty: true))
+        } else {
+            print(String(format: "exported %@ → %@ (compressed-tensors pack-quantized, %d linears quantized, %d dense, %.2f MiB) in %.1f s", input, output,
+                         s.quantized, s.dense, Double(s.bytes) / 1_048_576, s.seconds))
         }
     }
 }

@@ -13,7 +13,7 @@ struct LMEvalCommand: ParsableCommand {
         commandName: "lmeval",
         abstract: "Measure language models: perplexity under named protocols, and generation.",
         version: "0.1.0",
-        subcommands: [PerplexityCommand.self, GenerateCommand.self, BenchCommand.self, GateCommand.self])
+        subcommands: [PerplexityCommand.self, GenerateCommand.self, BenchCommand.self, GateCommand.self, LogitsCommand.self])
 }
 
 /// Options shared by every command that runs a model.
