@@ -9,11 +9,6 @@ import LMSchemes
 /// every pruned column gets the zero code, so every column's value is its group's scale times
 /// its signed code. `group(ofColumn:)` says which of the stored groups holds a column.
 enum StoredCodes {
-    /// Whether `scheme` stores symmetric integer codes this type can re-pack.
-    static func supports(_ scheme: QuantScheme) -> Bool {
-        (scheme.kind == .int4s || scheme.kind == .int8 || scheme.kind == .int4) && !(scheme.kind == .int4 && scheme.sparsity != nil)
-    }
-
     /// Kept (stored) columns per row.
     static func storedColumns(_ scheme: QuantScheme, cols: Int) -> Int {
         scheme.sparsity.map { cols / $0.m * $0.n } ?? cols

@@ -98,4 +98,26 @@ struct ExportCompressedTensorsTests {
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.contains(".tmp-") || $0.contains(".old-") || $0 == "r" || $0 == "ct2" }
         #expect(leftovers.isEmpty, "\(leftovers)")
     }
+
+    @Test("lmeval logits: input ids and every position's logits; --ids and --prompt agree; the last row's argmax is generate's first greedy token; bad ids refused")
+    func logits() throws {
+        let (dir, _) = try PruneCLITests.fixture("logits")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let a = try run("lmeval", ["logits", "-m", dir + "/m", "--prompt", "the cat and the dog", "-o", dir + "/a.safetensors"])
+        #expect(a.status == 0, "\(a.stderr)")
+        let fa = try SafetensorsFile(path: dir + "/a.safetensors")
+        let ids = try #require(fa["input_ids"]), lg = try #require(fa["logits"])
+        let idList = (0..<ids.count).map { Int(ids.bytes.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self)) }
+        #expect(ids.dtype == .i32 && lg.dtype == .f32 && lg.shape == [idList.count, 300] && idList.count > 2)
+        let b = try run("lmeval", ["logits", "-m", dir + "/m", "--ids", idList.map(String.init).joined(separator: ","), "-o", dir + "/b.safetensors"])
+        #expect(b.status == 0, "\(b.stderr)")
+        #expect(try SafetensorsFile(path: dir + "/b.safetensors")["logits"]!.toFloat() == lg.toFloat())
+        let v = try lg.toFloat(), last = Array(v[(v.count - 300)...])
+        let g = try run("lmeval", ["generate", "-m", dir + "/m", "--prompt", "the cat and the dog", "--max-tokens", "1", "--ids", "--ignore-eos"])
+        #expect(g.status == 0 && g.stdout.split(whereSeparator: { $0 == " " || $0 == "\n" }).last.flatMap { Int($0) } == last.indices.max { last[$0] < last[$1] }, "\(g.stdout)")
+        let bad = try run("lmeval", ["logits", "-m", dir + "/m", "--ids", "1,99999", "-o", dir + "/c.safetensors"])
+        #expect(bad.status != 0 && bad.stderr.contains("99999") && !FileManager.default.fileExists(atPath: dir + "/c.safetensors"), "\(bad.stderr)")
+        let both = try run("lmeval", ["logits", "-m", dir + "/m", "--ids", "1", "--prompt", "x", "-o", dir + "/c.safetensors"])
+        #expect(both.status != 0 && both.stderr.contains("exactly one"))
+    }
 }
