@@ -51,17 +51,8 @@ public enum CompressedTensorsExport {
     public static func export(lmpk path: String, to folder: String, dtype: DType, denseFallback: Bool = false, force: Bool = false,
                               maxShardBytes: Int? = nil, progress: ((Int) -> ProgressReporter)? = nil) throws -> Summary {
         let start = Date()
-        let fm = FileManager.default
-        let f = try LMPKFile(path: path)
+        let f = try ExportSupport.open(path, output: folder, force: force)
         func fail(_ s: String) -> LMPKError { LMPKError(file: path, reason: s) }
-        if let sh = f.shard {
-            let dir = (path as NSString).deletingLastPathComponent
-            let source = (try? ShardManifest.load(folder: dir.isEmpty ? "." : dir)).map { " ('\($0.source)' per its manifest)" } ?? ""
-            throw fail("a tensor-parallel rank file (rank \(sh.rank) of \(sh.worldSize)): export the whole model it was cut from\(source)")
-        }
-        if fm.fileExists(atPath: folder) && !force {
-            throw LMPKError(file: folder, reason: "the output exists: choose another path or pass --force to replace it")
-        }
         let model = try LMPKImporter.load(f) // CRCs, masks, the tensor set
         func isLinear(_ name: String) -> Bool {
             name == "lm_head.weight" || (name.hasPrefix("model.layers.") && name.hasSuffix("_proj.weight"))
@@ -103,31 +94,12 @@ public enum CompressedTensorsExport {
             })
         }
         let config = try configJSON(f, quant: quant, dense: dense, dtype: dtype)
-        var meta: [(String, String)] = [("lmkit_source", (path as NSString).lastPathComponent)]
-        if let p = f.header["provenance"] { meta.append(("lmkit_provenance", p.serialized())) }
-        if let p = f.header["pruning"] { meta.append(("lmkit_pruning", p.serialized())) }
-        let tmp = folder + ".tmp-\(getpid())"
-        if fm.fileExists(atPath: tmp) { try fm.removeItem(atPath: tmp) }
-        let slot = InterruptCleanup.register(tmp)
-        defer { InterruptCleanup.unregister(slot) }
-        let digests: [String]
-        do {
-            digests = try HFFolderWriter.writeRaw(folder: tmp, config: f.config, configJSON: config, tokenizer: model.tokenizer, tensors: raw,
-                                                  metadata: meta, generationConfig: true, maxShardBytes: maxShardBytes, progress: progress?(raw.count))
-            if fm.fileExists(atPath: folder) {
-                let aside = folder + ".old-\(getpid())"
-                try fm.moveItem(atPath: folder, toPath: aside)
-                try fm.moveItem(atPath: tmp, toPath: folder)
-                try fm.removeItem(atPath: aside)
-            } else {
-                try fm.moveItem(atPath: tmp, toPath: folder)
-            }
-        } catch {
-            try? fm.removeItem(atPath: tmp)
-            throw error
+        let digests = try ExportSupport.writeFolder(folder) { tmp in
+            try HFFolderWriter.writeRaw(folder: tmp, config: f.config, configJSON: config, tokenizer: model.tokenizer, tensors: raw,
+                                        metadata: ExportSupport.safetensorsMetadata(f), generationConfig: true, maxShardBytes: maxShardBytes,
+                                        progress: progress?(raw.count))
         }
-        let files = (try? fm.contentsOfDirectory(atPath: folder).filter { $0.hasSuffix(".safetensors") }) ?? []
-        let bytes = files.reduce(0) { $0 + ((try? fm.attributesOfItem(atPath: folder + "/" + $1)[.size] as? Int) ?? 0) }
+        let bytes = ExportSupport.safetensorsBytes(folder)
         return Summary(tensors: zip(raw, digests).map { ($0.name, $0.dtype.rawValue, $0.shape, $1) }, quantized: quant.count, dense: dense.count,
                        bytes: bytes, seconds: Date().timeIntervalSince(start))
     }

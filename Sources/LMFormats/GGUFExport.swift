@@ -144,15 +144,7 @@ public enum GGUFExport {
     public static func export(lmpk path: String, to out: String, requantizeTo: Target? = nil, force: Bool = false,
                               progress: ((Int) -> ProgressReporter)? = nil) throws -> Summary {
         let start = Date()
-        let f = try LMPKFile(path: path)
-        if let sh = f.shard {
-            let dir = (path as NSString).deletingLastPathComponent
-            let source = (try? ShardManifest.load(folder: dir.isEmpty ? "." : dir)).map { " ('\($0.source)' per its manifest)" } ?? ""
-            throw LMPKError(file: path, reason: "a tensor-parallel rank file (rank \(sh.rank) of \(sh.worldSize)): export the whole model it was cut from\(source)")
-        }
-        if FileManager.default.fileExists(atPath: out) && !force {
-            throw LMPKError(file: out, reason: "the output exists: choose another path or pass --force to replace it")
-        }
+        let f = try ExportSupport.open(path, output: out, force: force)
         if let bad = f.firstCorruptTensor() { throw LMPKError(file: path, reason: "tensor '\(bad)' fails its CRC-32 check: the file is corrupt, re-run lmconvert") }
         for t in f.tensors { try t.scheme.codec.validate(t.packed, name: t.name) }
         let plans = try plan(f, requantizeTo: requantizeTo)
