@@ -45,7 +45,7 @@ struct ExportCommand: ParsableCommand {
 
     @Option(name: .shortAndLong, help: "Input: a whole-model .lmpk file.")
     var input: String
-    @Option(name: .shortAndLong, help: "Output folder.")
+    @Option(name: .shortAndLong, help: "Output: a .gguf file (--format gguf) or a folder (--format safetensors, compressed-tensors).")
     var output: String
     @Option(help: "Output format: gguf, compressed-tensors or safetensors.")
     var format: ExportFormat
@@ -53,7 +53,7 @@ struct ExportCommand: ParsableCommand {
     var dtype: OutputDType = .f16
     @Option(help: "gguf: convert tensors whose scheme has no exact ggml type to this one: f32 (exact values), f16, bf16, q8_0, q4_0, q4_1. compressed-tensors: f16, bf16 or f32 writes linears without a pack-quantized twin dense in --dtype.")
     var requantizeTo: GGUFExport.Target?
-    @Option(help: "Split model.safetensors into files of at most this size, with model.safetensors.index.json (bytes, or KB/MB/GB = 10³/10⁶/10⁹, KiB/MiB/GiB); transformers' default.")
+    @Option(help: "safetensors, compressed-tensors: split model.safetensors into files of at most this size, with model.safetensors.index.json (bytes, or KB/MB/GB = 10³/10⁶/10⁹, KiB/MiB/GiB); transformers' default.")
     var maxShardSize: String = "5GB"
     @Flag(help: "Replace an existing output.")
     var force = false
